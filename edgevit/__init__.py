@@ -1,0 +1,10 @@
+"""edgevit: vision transformers from training to validated engines on edge devices.
+
+The top level stays import-light (no torch) so that device programs and ``edgevit --help`` start fast.
+"""
+
+__version__ = "0.1.0"
+
+from edgevit.errors import EdgevitError  # noqa: E402
+
+__all__ = ["__version__", "EdgevitError"]

@@ -1,0 +1,169 @@
+"""Checkpoints: ours, and the official SuperViT and timm/DeiT layouts.
+
+Ours is a plain dict of tensors and JSON-like values, so ``torch.load(weights_only=True)`` opens it.
+Official training checkpoints carry an ``argparse.Namespace``; that one class is allow-listed. Anything
+else that needs pickle is refused unless the caller passes ``trust=True`` (``--trust-checkpoint``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from edgevit import __version__
+from edgevit.errors import EdgevitError
+from edgevit.models import create_model
+
+FORMAT = "edgevit-checkpoint"
+FORMAT_VERSION = 1
+TRUST_FLAG = "--trust-checkpoint"
+
+
+@dataclass
+class Checkpoint:
+    model: torch.nn.Module
+    layout: str                     # "edgevit" | "supervit-official" | "timm-deit"
+    meta: dict = field(default_factory=dict)   # preprocess, classes, data, metrics, train (ours only)
+
+
+def save_checkpoint(path, model, **meta) -> Path:
+    """Atomically write ``model`` and its metadata (preprocess, classes, data, metrics, train)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "edgevit_version": __version__,
+        "model": {"name": model.variant, "config": dict(model.config)},
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        **meta,
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint_file(path, trust: bool = False) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise EdgevitError(f"checkpoint {path} does not exist")
+    try:
+        if trust:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        else:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found is None:
+            raise EdgevitError(f"checkpoint {path} is not a readable PyTorch file (the weights-only loader "
+                               f"refused it); if it is a full pickle you trust, pass {TRUST_FLAG}") from None
+        raise EdgevitError(f"checkpoint {path} needs full pickle loading, which can run arbitrary code (it "
+                           f"contains {found.group(1)}); pass {TRUST_FLAG} only if you trust where the file "
+                           f"came from") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise EdgevitError(f"checkpoint {path} is not a readable PyTorch file: {str(e).splitlines()[0]}") from None
+    if not isinstance(obj, dict):
+        raise EdgevitError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of weights")
+    return obj
+
+
+def _state_dict_of(obj: dict) -> dict:
+    for key in ("model", "state_dict_ema", "state_dict", "model_ema"):
+        if isinstance(obj.get(key), dict) and any(torch.is_tensor(v) for v in obj[key].values()):
+            state = obj[key]
+            break
+    else:
+        state = obj
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items() if torch.is_tensor(v)}
+
+
+def resize_pos_table(table: torch.Tensor, grid: int) -> torch.Tensor:
+    """Bicubic resize of a [1, 1+g*g, D] table's grid part to ``grid``x``grid``, CLS row kept (timm's way)."""
+    cls, pos = table[:, :1], table[:, 1:]
+    g = int(round(pos.shape[1] ** 0.5))
+    if g * g != pos.shape[1]:
+        raise EdgevitError(f"pos_embed has {pos.shape[1]} patch rows, not a square grid")
+    pos = pos.reshape(1, g, g, -1).permute(0, 3, 1, 2).float()
+    pos = F.interpolate(pos, size=(grid, grid), mode="bicubic", align_corners=False, antialias=True)
+    return torch.cat([cls, pos.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(table.dtype)], dim=1)
+
+
+def _from_timm_deit(state: dict, model) -> dict:
+    state = dict(state)
+    table = state.pop("pos_embed")
+    for i, r in enumerate(model.resolutions):
+        state[f"pos_embed_list.{i}"] = resize_pos_table(table, r // model.patch_size)
+    return state
+
+
+def load_into(model, state: dict, source) -> None:
+    """Load with every mismatch named: shapes, missing and unexpected keys."""
+    own = model.state_dict()
+    bad = [f"{k} (checkpoint {list(v.shape)}, model {list(own[k].shape)})"
+           for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+
+    def few(keys):
+        return ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+
+    problems = []
+    if bad:
+        problems.append(f"shape mismatch: {few(bad)}")
+    if missing:
+        problems.append(f"missing keys: {few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {few(unexpected)}")
+    if problems:
+        raise EdgevitError(f"checkpoint {source} does not fit model {getattr(model, 'variant', '?')}: "
+                           + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def load_checkpoint(path, model_name: str | None = None, trust: bool = False) -> Checkpoint:
+    """Open any supported layout and return the model in eval mode with the checkpoint's metadata.
+
+    Foreign layouts (official SuperViT, timm/DeiT) build ``model_name`` (default ``supervit-deit-s``)
+    with the class count and input channels read from the weights.
+    """
+    obj = read_checkpoint_file(path, trust)
+    if obj.get("format") == FORMAT:
+        if obj.get("format_version", 0) > FORMAT_VERSION:
+            raise EdgevitError(f"checkpoint {path} has format version {obj['format_version']}; this edgevit "
+                               f"({__version__}) reads up to {FORMAT_VERSION}")
+        name = obj["model"]["name"]
+        if model_name and model_name != name:
+            raise EdgevitError(f"checkpoint {path} holds {name}, not {model_name}")
+        model = create_model(name, **obj["model"]["config"])
+        load_into(model, obj["state_dict"], path)
+        meta = {k: v for k, v in obj.items() if k not in ("state_dict", "model")}
+        return Checkpoint(model.eval(), "edgevit", meta)
+
+    state = _state_dict_of(obj)
+    if "head.weight" not in state or "patch_embed.proj.weight" not in state:
+        raise EdgevitError(f"checkpoint {path} is not a SuperViT/DeiT checkpoint: no head.weight or "
+                           f"patch_embed.proj.weight among {len(state)} tensors")
+    overrides = {"num_classes": state["head.weight"].shape[0], "in_chans": state["patch_embed.proj.weight"].shape[1]}
+    model = create_model(model_name or "supervit-deit-s", **overrides)
+    if "pos_embed_list.0" in state:
+        layout = "supervit-official"
+    elif "pos_embed" in state:
+        layout, state = "timm-deit", _from_timm_deit(state, model)
+    else:
+        raise EdgevitError(f"checkpoint {path} has neither pos_embed_list.* (official SuperViT) nor pos_embed "
+                           f"(timm/DeiT)")
+    load_into(model, state, path)
+    return Checkpoint(model.eval(), layout, {})

@@ -1,0 +1,182 @@
+"""Labelled image data split three ways: train / calibration / validation, disjoint and reproducible.
+
+Calibration (for INT8) and validation use the same preprocessing, and a hash of the three splits travels
+with checkpoints and bundles so a bundle's accuracy can be traced to the exact images it was measured on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from edgevit.data.preprocess import Preprocess, imagenet_preprocess
+from edgevit.errors import EdgevitError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
+
+
+@dataclass
+class Split:
+    """One split: ``sources`` are in-memory uint8 images or image file paths, with integer labels."""
+
+    name: str
+    sources: list
+    labels: np.ndarray
+    ids: list            # stable identifiers (index or relative path), for the split hash
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> Image.Image:
+        src = self.sources[i]
+        if isinstance(src, np.ndarray):
+            return Image.fromarray(src)
+        try:
+            with Image.open(src) as im:
+                im.load()
+                return im
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise EdgevitError(f"cannot read image {src}: {e}") from None
+
+    def arrays(self, preprocess: Preprocess, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The split preprocessed for evaluation: (N, C, H, W) float32 and (N,) int64 labels."""
+        n = len(self) if limit is None else min(limit, len(self))
+        x = np.stack([preprocess(self.image(i)) for i in range(n)]) if n else np.zeros((0,), np.float32)
+        return x, self.labels[:n].astype(np.int64)
+
+
+@dataclass
+class Dataset:
+    name: str
+    classes: list
+    preprocess: Preprocess
+    train: Split
+    calib: Split
+    val: Split
+
+    def split_hash(self) -> str:
+        h = hashlib.sha256(self.name.encode())
+        for s in (self.train, self.calib, self.val):
+            h.update(json.dumps([s.name, [str(i) for i in s.ids], s.labels.tolist()]).encode())
+        return h.hexdigest()[:16]
+
+    def summary(self) -> str:
+        return (f"{self.name}: {len(self.classes)} classes, train {len(self.train)}, "
+                f"calibration {len(self.calib)}, validation {len(self.val)}")
+
+
+def _stratified(labels: np.ndarray, fractions: dict, seed: int) -> dict:
+    """Indices per split name, class by class, with a fixed seed (fractions sum to 1)."""
+    rng = np.random.default_rng(seed)
+    out = {k: [] for k in fractions}
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        start = 0
+        names = list(fractions)
+        for k in names[:-1]:
+            n = int(round(fractions[k] * len(idx)))
+            out[k].extend(idx[start:start + n].tolist())
+            start += n
+        out[names[-1]].extend(idx[start:].tolist())
+    return {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in out.items()}
+
+
+# -- the embedded default ------------------------------------------------------------------------------
+
+DIGITS_SEED = 0
+
+
+def digits_preprocess(crop: int = 32) -> Preprocess:
+    # 8x8 digits upscaled (32x32 for the small-input variants); flips would turn digits into other shapes.
+    return Preprocess(resize=crop, crop=crop, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear",
+                      channels=3, train_scale=(0.85, 1.0), train_ratio=(0.8, 1.25), hflip=0.0)
+
+
+def load_digits(crop: int = 32, seed: int = DIGITS_SEED) -> Dataset:
+    """scikit-learn's digits (1,797 8x8 images shipped inside the package: no download), 70/10/20 split."""
+    from sklearn.datasets import load_digits as _sk_digits
+
+    d = _sk_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = d.target.astype(np.int64)
+    parts = _stratified(labels, {"train": 0.7, "calib": 0.1, "val": 0.2}, seed)
+    splits = {k: Split(k, [images[i] for i in idx], labels[idx], idx.tolist()) for k, idx in parts.items()}
+    return Dataset("digits", [str(i) for i in range(10)], digits_preprocess(crop), **splits)
+
+
+# -- image folders -------------------------------------------------------------------------------------
+
+def _scan(split_dir: Path) -> tuple[list[str], list[tuple[Path, str]]]:
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    items = []
+    for c in classes:
+        for f in sorted((split_dir / c).rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                items.append((f, c))
+    return classes, items
+
+
+def _check_headers(items) -> None:
+    # Reading headers is cheap and turns a corrupt file into a named error before hours of training.
+    for path, _ in items:
+        try:
+            with Image.open(path) as im:
+                im.size  # noqa: B018
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise EdgevitError(f"cannot read image {path}: {e}") from None
+
+
+def load_image_folder(root, crop: int, channels: int = 3, calib_fraction: float = 0.1,
+                      calib_max: int = 512, seed: int = 0, preprocess: Preprocess | None = None) -> Dataset:
+    """``root/train/<class>/*`` and ``root/val/<class>/*``; calibration is carved from train (and removed
+    from it, so the three splits stay disjoint) unless ``root/calib/<class>/*`` exists."""
+    root = Path(root)
+    if not root.is_dir():
+        raise EdgevitError(f"data folder {root} does not exist (expected {root}/train/<class>/*.jpg|png "
+                           f"and {root}/val/<class>/...)")
+    split_dirs = {k: root / k for k in ("train", "val", "calib")}
+    for k in ("train", "val"):
+        if not split_dirs[k].is_dir():
+            raise EdgevitError(f"data folder {root} has no {k}/ folder (expected {split_dirs[k]}/<class>/*.jpg|png)")
+    classes, train_items = _scan(split_dirs["train"])
+    classes = [c for c in classes if any(ci == c for _, ci in train_items)]
+    if len(classes) < 2:
+        raise EdgevitError(f"{split_dirs['train']} has {len(classes)} class folder(s) with images "
+                           f"({', '.join(classes) or 'none'}); a classifier needs at least 2")
+    index = {c: i for i, c in enumerate(classes)}
+    val_classes, val_items = _scan(split_dirs["val"])
+    extra = sorted({c for _, c in val_items} - set(classes))
+    if extra:
+        raise EdgevitError(f"{split_dirs['val']} has classes not in train/: {', '.join(extra)}")
+    if not val_items:
+        raise EdgevitError(f"{split_dirs['val']} has no images")
+    if split_dirs["calib"].is_dir():
+        _, calib_items = _scan(split_dirs["calib"])
+    else:
+        labels = np.array([index[c] for _, c in train_items])
+        frac = min(calib_fraction, calib_max / max(1, len(labels)))
+        parts = _stratified(labels, {"calib": frac, "train": 1.0 - frac}, seed)
+        calib_items = [train_items[i] for i in parts["calib"]]
+        train_items = [train_items[i] for i in parts["train"]]
+    for items in (train_items, val_items, calib_items):
+        _check_headers(items)
+
+    def split(name, items):
+        return Split(name, [p for p, _ in items], np.array([index[c] for _, c in items], np.int64),
+                     [str(p.relative_to(root)) for p, _ in items])
+
+    pre = preprocess or imagenet_preprocess(crop, channels)
+    return Dataset(str(root), classes, pre, split("train", train_items), split("calib", calib_items),
+                   split("val", val_items))
+
+
+def load_dataset(data: str | None, crop: int, channels: int = 3) -> Dataset:
+    """``None`` or ``"digits"``: the embedded default; anything else is an image-folder root."""
+    if data in (None, "digits"):
+        return load_digits(crop)
+    return load_image_folder(data, crop, channels)

@@ -1,0 +1,4 @@
+from edgevit.models.presets import Preset, preset_name
+from edgevit.models.registry import create_model, list_models, model_family, register_model
+
+__all__ = ["Preset", "preset_name", "create_model", "list_models", "model_family", "register_model"]

@@ -1,0 +1,59 @@
+"""A registry of named model variants, timm-style: ``@register_model`` on a factory, ``create_model(name)``.
+
+Factories take keyword overrides (``num_classes``, ``in_chans``, ...) so a checkpoint's recorded
+config can rebuild exactly the model it was saved from.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from edgevit.errors import EdgevitError
+
+_FACTORIES: dict[str, Callable] = {}
+_FAMILY: dict[str, str] = {}
+_FAMILY_MODULES = ("supervit",)
+
+
+def register_model(name: str, family: str):
+    def wrap(fn: Callable) -> Callable:
+        if name in _FACTORIES:
+            raise ValueError(f"model {name!r} registered twice")
+        _FACTORIES[name] = fn
+        _FAMILY[name] = family
+        return fn
+
+    return wrap
+
+
+def _load_families() -> None:
+    # Family modules import torch, so they are loaded on first use of the registry, not at import time.
+    import importlib
+
+    for mod in _FAMILY_MODULES:
+        importlib.import_module(f"edgevit.models.{mod}")
+
+
+def list_models() -> list[str]:
+    _load_families()
+    return sorted(_FACTORIES)
+
+
+def model_family(name: str) -> str:
+    _load_families()
+    _check_name(name)
+    return _FAMILY[name]
+
+
+def _check_name(name: str) -> None:
+    if name not in _FACTORIES:
+        raise EdgevitError(f"unknown model {name!r}; known models: {', '.join(sorted(_FACTORIES))}")
+
+
+def create_model(name: str, **overrides):
+    """Build a registered variant; ``overrides`` replace the variant's defaults (e.g. ``num_classes=10``)."""
+    _load_families()
+    _check_name(name)
+    model = _FACTORIES[name](**overrides)
+    model.variant = name
+    return model

@@ -1,0 +1,306 @@
+"""Training: the SuperViT four-pass step, AdamW + warm-up + cosine, optional DistributedDataParallel.
+
+Under ``torchrun`` every rank samples its own sub-network configurations (as the official code does, with
+its own ``random`` stream), gradients are averaged by DDP, and only rank 0 prints and writes. At the end
+the ranks compare a digest of their weights, and the checkpoint records it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgevit.checkpoints import save_checkpoint
+from edgevit.data.datasets import Dataset, Split, load_dataset
+from edgevit.data.preprocess import Preprocess
+from edgevit.errors import EdgevitError
+from edgevit.models import create_model
+
+
+@dataclass
+class TrainConfig:
+    model: str = "supervit-nano"
+    data: str | None = None               # None: the embedded default (scikit-learn digits)
+    out: str = "runs/supervit-nano.pt"
+    # Defaults suit the embedded default (~4 min on 2 cores); real data sets want more epochs.
+    epochs: int = 24
+    batch_size: int = 64
+    lr: float = 2e-3
+    min_lr: float = 1e-5
+    warmup_epochs: int = 2
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    drop_path: float | None = None        # None: the variant's default
+    seed: int = 0
+    workers: int = 0
+    threads: int | None = None
+    max_steps: int | None = None          # stop early (smoke tests); the schedule still spans all epochs
+
+
+# -- distributed ---------------------------------------------------------------------------------------
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        device, backend = torch.device("cuda", local), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+        # Ranks on one CPU host share its cores; oversubscribing threads makes every rank slower.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    dist.init_process_group(backend=backend)
+    return Dist(rank, world, local, device)
+
+
+def weight_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# -- data ----------------------------------------------------------------------------------------------
+
+class AugmentedSplit(torch.utils.data.Dataset):
+    def __init__(self, split: Split, preprocess: Preprocess, seed: int):
+        self.split, self.preprocess = split, preprocess
+        self.rng = random.Random(seed)
+
+    def reseed(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(self.preprocess.train(self.split.image(i), self.rng)), int(self.split.labels[i])
+
+
+def _worker_init(worker_id: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    info.dataset.reseed(info.seed % 2**32)
+
+
+# -- the SuperViT step -----------------------------------------------------------------------------------
+
+def supervit_configs(model, rng: random.Random) -> list[tuple[int, float]]:
+    """The four sub-networks of one step: largest unpruned, largest pruned, a smaller size unpruned and pruned."""
+    full, smaller = model.resolutions[-1], model.resolutions[:-1]
+    rates = [k for k in model.keep_rates if k < 1.0]
+    s = rng.choice(smaller) if smaller else full
+    return [(full, 1.0), (full, rng.choice(rates)), (s, 1.0), (s, rng.choice(rates))]
+
+
+def supervit_step(model, x, y, rng: random.Random, label_smoothing: float = 0.1) -> dict:
+    """CE on (max, 1.0); KL of a pruned pass to it; CE on (s, 1.0); KL of a pruned pass at s to it.
+
+    Each pass back-propagates at once (one graph alive at a time) and gradients add up, so the optimizer
+    step minimises CE0 + KL1 + CE2 + KL3 with weights 1, as the official engine does.
+    """
+    net = getattr(model, "module", model)
+    losses = {}
+    teacher = None
+    for i, (size, rate) in enumerate(supervit_configs(net, rng)):
+        logits = model(x, size, rate)
+        if rate == 1.0:
+            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            teacher = logits.detach().softmax(dim=-1)
+        else:
+            loss = F.kl_div(logits.log_softmax(dim=-1), teacher, reduction="batchmean")
+        loss.backward()
+        losses[f"{'ce' if rate == 1.0 else 'kl'}{i}"] = float(loss.detach())
+    return losses
+
+
+def plain_step(model, x, y, rng, label_smoothing: float = 0.1) -> dict:
+    loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+    loss.backward()
+    return {"ce": float(loss.detach())}
+
+
+def lr_at(step: int, total: int, warmup: int, base: float, floor: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+# -- evaluation -----------------------------------------------------------------------------------------
+
+@torch.inference_mode()
+def evaluate_presets(model, x: np.ndarray, y: np.ndarray, presets=None, batch_size: int = 256,
+                     device=None) -> dict[str, float]:
+    """Top-1 per preset on preprocessed arrays."""
+    model.eval()
+    device = device or next(model.parameters()).device
+    presets = presets if presets is not None else model.presets()
+    out = {}
+    for p in presets:
+        correct = 0
+        for i in range(0, len(x), batch_size):
+            xb = torch.from_numpy(x[i:i + batch_size]).to(device)
+            correct += int((model(xb, p.resolution, p.keep_rate).argmax(-1).cpu().numpy() == y[i:i + batch_size]).sum())
+        out[p.name] = correct / max(1, len(x))
+    return out
+
+
+def preset_table(presets, top1: dict | None = None, title: str = "validation top-1") -> str:
+    """Presets as a text table; the accuracy column only when ``top1`` is given."""
+    head = f"{'preset':<12} {'res':>4} {'keep':>5} {'MFLOPs':>9} {'params':>10}"
+    rows = [head + (f" {title:>18}" if top1 is not None else "")]
+    for p in presets:
+        row = f"{p.name:<12} {p.resolution:>4} {p.keep_rate:>5.1f} {p.flops / 1e6:>9.1f} {p.params:>10,}"
+        rows.append(row + (f" {100 * top1[p.name]:>17.2f}%" if top1 is not None else ""))
+    return "\n".join(rows)
+
+
+# -- the loop -------------------------------------------------------------------------------------------
+
+def _log(msg: str, dist: Dist) -> None:
+    if dist.main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
+    """Train ``cfg.model`` and write a checkpoint (rank 0). Returns a summary dict."""
+    dist = setup_distributed()
+    if cfg.threads and dist.world == 1:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank; DDP also broadcasts them
+    overrides = {} if cfg.drop_path is None else {"drop_path_rate": cfg.drop_path}
+    model = create_model(cfg.model, **overrides)
+    channels = getattr(model, "in_chans", 3)
+    if dataset is None:
+        dataset = load_dataset(cfg.data, crop=model.img_size, channels=channels)
+    if dataset.preprocess.crop != model.img_size:
+        raise EdgevitError(f"data preprocess crops {dataset.preprocess.crop} px but {cfg.model} takes {model.img_size} px")
+    if model.num_classes != len(dataset.classes):
+        model = create_model(cfg.model, num_classes=len(dataset.classes), **overrides)
+    model.to(dist.device)
+    _log(f"edgevit train: {cfg.model} ({sum(p.numel() for p in model.parameters()):,} params) on "
+         f"{dataset.summary()}; {dist.world} process(es), {torch.get_num_threads()} thread(s) each", dist)
+
+    train_set = AugmentedSplit(dataset.train, dataset.preprocess, cfg.seed * 1000 + dist.rank)
+    sampler = None
+    if dist.world > 1:
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            train_set, num_replicas=dist.world, rank=dist.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
+        num_workers=cfg.workers, worker_init_fn=_worker_init if cfg.workers else None, generator=gen)
+    if len(loader) == 0:
+        raise EdgevitError(f"the training split has {len(train_set)} images, fewer than one batch of {cfg.batch_size}")
+
+    net = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # Each pass leaves the other resolutions' position tables unused.
+        net = DDP(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
+                  find_unused_parameters=True)
+
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        # As the official code ends up doing: 1-D params and cls_token undecayed, position tables decayed.
+        (no_decay if p.ndim <= 1 or n == "cls_token" else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    step_fn = supervit_step if getattr(model, "family", "") == "supervit" else plain_step
+    rng = random.Random(cfg.seed * 7919 + dist.rank)  # per-rank sub-network sampling
+    total = cfg.epochs * len(loader)
+    warmup = cfg.warmup_epochs * len(loader)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total if cfg.max_steps is None else min(total, cfg.max_steps), unit="step",
+               disable=not dist.main, file=sys.stderr, dynamic_ncols=True,
+               mininterval=1.0 if sys.stderr.isatty() else 15.0)  # logs get a line every 15 s, not a flood
+    start, step, last = time.perf_counter(), 0, {}
+    model.train()
+    for epoch in range(cfg.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        for xb, yb in loader:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, warmup, cfg.lr, cfg.min_lr)
+            last = step_fn(net, xb.to(dist.device), yb.to(dist.device), rng, cfg.label_smoothing)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", **{k: f"{v:.3f}" for k, v in last.items()})
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+    bar.close()
+    seconds = time.perf_counter() - start
+
+    digests = [weight_digest(model)]
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        gathered = [None] * dist.world
+        tdist.all_gather_object(gathered, digests[0])
+        digests = gathered
+    in_sync = len(set(digests)) == 1
+
+    result = {"seconds": seconds, "steps": step, "world_size": dist.world, "ranks_in_sync": in_sync}
+    if dist.main:
+        if not in_sync:
+            _log(f"warning: the ranks' weights differ after training: {digests}", dist)
+        vx, vy = dataset.val.arrays(dataset.preprocess)
+        presets = model.presets() if hasattr(model, "presets") else []
+        top1 = evaluate_presets(model, vx, vy, presets)
+        _log(f"\ntrained {step} steps in {seconds:.1f} s\n" + preset_table(presets, top1), dist)
+        path = save_checkpoint(
+            cfg.out, model,
+            preprocess=dataset.preprocess.to_dict(), classes=list(dataset.classes),
+            data={"name": dataset.name, "split_hash": dataset.split_hash(),
+                  "sizes": {"train": len(dataset.train), "calib": len(dataset.calib), "val": len(dataset.val)}},
+            metrics={"val_top1": top1},
+            train={**asdict(cfg), **result, "weight_digests": digests, "torch": str(torch.__version__)},
+        )
+        _log(f"checkpoint written to {path}", dist)
+        result.update(top1=top1, checkpoint=str(path))
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+        tdist.destroy_process_group()
+    return result
+
+
+def default_checkpoint_path(model: str, data: str | None) -> str:
+    tag = "digits" if data in (None, "digits") else Path(data).name
+    return str(Path("runs") / f"{model}-{tag}.pt")
