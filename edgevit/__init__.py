@@ -7,4 +7,11 @@ __version__ = "0.1.0"
 
 from edgevit.errors import EdgevitError  # noqa: E402
 
-__all__ = ["__version__", "EdgevitError"]
+__all__ = ["__version__", "EdgevitError", "load"]
+
+
+def load(bundle, backend=None, presets=None, verify=True):
+    """Open a bundle for inference: ``rt = edgevit.load("bundles/supervit-nano-x86-cpu")``."""
+    from edgevit.runtime import load as _load
+
+    return _load(bundle, backend=backend, presets=presets, verify=verify)

@@ -35,6 +35,8 @@ def cli():
       edgevit models                       # the model variants and their presets
       edgevit train                        # train the embedded default (SuperViT-nano on digits)
       edgevit eval runs/supervit-nano-digits.pt   # top-1 of every preset
+      edgevit build --target x86-cpu       # INT8 engines for every preset, validated, in one bundle
+      edgevit inspect bundles/supervit-nano-x86-cpu
 
     Every command takes --help. Bad input exits with code 2 and one line naming the problem.
     """
@@ -73,7 +75,7 @@ def models_cmd(name):
               help="Image folder root with train/<class>/* and val/<class>/*. Default: the embedded digits set.")
 @click.option("--out", default=None, metavar="FILE",
               help="Checkpoint path. Default: runs/<model>-<data>.pt")
-@click.option("--epochs", default=24, show_default=True, type=click.IntRange(1))
+@click.option("--epochs", default=30, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(0, min_open=True))
 @click.option("--weight-decay", default=0.05, show_default=True, type=click.FloatRange(0))
@@ -131,6 +133,96 @@ def eval_cmd(checkpoint, data, model, presets, trust_checkpoint):
     x, y = ds.val.arrays(pre)
     click.echo(f"{checkpoint} ({ck.layout} layout) on {ds.summary()}")
     click.echo(preset_table(chosen, evaluate_presets(m, x, y, chosen)))
+
+
+@cli.command("build")
+@click.option("--target", "-t", required=True, metavar="NAME|FILE.yaml",
+              help="Hardware profile: a name from `edgevit profiles` or a path to your own YAML file.")
+@click.option("--model", "model", default=None, help="Variant (default supervit-nano, or the checkpoint's).")
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
+              help="Weights to build from (edgevit, official SuperViT or timm/DeiT). Default: train, cached.")
+@click.option("--data", default=None, metavar="DIR",
+              help="Image folder root for calibration and validation (default: the checkpoint's, or digits).")
+@click.option("--out", default=None, metavar="DIR", help="Bundle directory. Default: bundles/<model>-<target>.")
+@click.option("--presets", default=None, help="Comma-separated preset names (default: all).")
+@click.option("--cache-dir", default=".edgevit-cache", show_default=True,
+              help="Where stage outputs (training, ONNX, engines) are cached by content hash.")
+@click.option("--no-checkpoint", is_flag=True, help="Leave the torch checkpoint out of the bundle.")
+@click.option("--no-latency", is_flag=True, help="Skip the build-host latency measurement.")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow full pickle loading of --checkpoint (trusted files only).")
+def build_cmd(target, model, checkpoint, data, out, presets, cache_dir, no_checkpoint, no_latency, trust_checkpoint):
+    """Export, quantize, validate and bundle every preset for a target.
+
+    \b
+    Stages, per preset:  ONNX export (static shapes) -> onnx.checker -> onnxslim -> FP32 parity of
+    ONNX Runtime against torch -> INT8 per backend (OpenVINO: NNCF on the OpenVINO model; ONNX Runtime:
+    QDQ, per-channel weights) -> validation (top-1, agreement with torch FP32, |delta logit|) -> gate.
+    A preset that misses the profile's accuracy gate is re-quantized with the head and attention matmuls
+    in FP32 as well (OpenVINO: NNCF accuracy control); if it still misses, it ships in FP32, and the
+    manifest says so and why. The bundle appears only when complete.
+
+    \b
+    Examples:
+      edgevit build --target x86-cpu                  # the embedded default, trained first if needed
+      edgevit build -t x86-cpu --checkpoint deit_small_patch16_224.pth --data ~/imagenet-subset
+      edgevit build -t my-board.yaml --presets r32-k1,r16-k0.5
+    """
+    from edgevit.builder import BuildOptions, build
+    from edgevit.cleanup import install_termination_handler
+
+    install_termination_handler()  # SIGTERM removes the partial bundle and cache entries, then exits
+    build(BuildOptions(target=target, model=model, checkpoint=checkpoint, data=data, out=out,
+                       presets=[p.strip() for p in presets.split(",")] if presets else None, cache_dir=cache_dir,
+                       trust_checkpoint=trust_checkpoint, include_checkpoint=not no_checkpoint,
+                       measure=not no_latency))
+
+
+@cli.group("profiles", invoke_without_command=True)
+@click.pass_context
+def profiles_cmd(ctx):
+    """List the hardware profiles (targets); `edgevit profiles show NAME` prints one resolved."""
+    if ctx.invoked_subcommand is None:
+        from edgevit.profiles import list_profiles, load_profile
+
+        for name in list_profiles():
+            p = load_profile(name)
+            click.echo(f"{name:<18} {p.backend:<12} {p.precision:<5} {p.description}")
+
+
+@profiles_cmd.command("show")
+@click.argument("target")
+def profiles_show(target):
+    """Print TARGET (a name or a YAML path) with every default filled in."""
+    import yaml
+
+    from edgevit.profiles import load_profile
+
+    click.echo(yaml.safe_dump(load_profile(target).to_dict(), sort_keys=False).rstrip())
+
+
+@cli.command("inspect")
+@click.argument("bundle", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Check every file's sha256.")
+def inspect_cmd(bundle, as_json, verify):
+    """Describe a bundle: model, target, tools, and every preset's engines and accuracy."""
+    import json
+
+    from edgevit.bundle import read_manifest, verify_files
+    from edgevit.report import fallbacks, preset_header, preset_rows, summary_lines, text_table
+
+    m = read_manifest(bundle)
+    if verify:
+        verify_files(bundle, m)
+    if as_json:
+        click.echo(json.dumps(m, indent=2))
+        return
+    click.echo("\n".join(summary_lines(m)))
+    click.echo(f"files      {len(m['files'])} listed" + (", all sha256 verified" if verify else ""))
+    click.echo("")
+    click.echo(text_table(preset_header(m), preset_rows(m)))
+    for line in fallbacks(m):
+        click.echo(f"fallback: {line}")
 
 
 def main():

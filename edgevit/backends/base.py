@@ -1,0 +1,93 @@
+"""The backend interface (Polygraphy's loader/runner split).
+
+A ``Backend`` compiles an ONNX artifact for a profile into an engine and loads an engine into a ``Runner``.
+Runners share one small interface, so validation, benchmarks and the device runtime treat every backend
+alike. Nothing here imports torch: runners run on devices that do not have it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgevit.errors import EdgevitError
+
+
+@dataclass
+class EngineSpec:
+    """What ``compile`` produced: the engine file (relative to its bundle) and how it was made."""
+
+    backend: str
+    precision: str                     # int8 | fp16 | fp32
+    file: str
+    extra_files: list = field(default_factory=list)
+    settings: dict = field(default_factory=dict)      # runtime settings the runner must use
+    quantization: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def files(self) -> list[str]:
+        return [self.file, *self.extra_files]
+
+
+class Runner:
+    """One loaded engine. ``infer`` takes and returns numpy arrays of the engine's static shapes."""
+
+    input_name: str
+    input_shape: tuple
+    output_shape: tuple
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Backend:
+    name: str = ""
+    library: str = ""          # the Python package the backend needs
+
+    def available(self) -> tuple[bool, str]:
+        """Whether this host can compile and run the backend, and if not, why."""
+        try:
+            importlib.import_module(self.library)
+        except ImportError as e:
+            return False, f"{self.library} is not installed ({e})"
+        return True, ""
+
+    def compile(self, onnx_path, out_dir, name: str, precision: str, calib: np.ndarray | None, level: int,
+                profile) -> EngineSpec:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def load(self, bundle_dir, spec: EngineSpec) -> Runner:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+_MODULES = {"onnxruntime": "edgevit.backends.onnxruntime", "openvino": "edgevit.backends.openvino",
+            "tensorrt": "edgevit.backends.tensorrt"}
+
+
+def get_backend(name: str) -> Backend:
+    if name not in _MODULES:
+        raise EdgevitError(f"unknown backend {name!r}; known backends: {', '.join(_MODULES)}")
+    try:
+        module = importlib.import_module(_MODULES[name])
+    except ImportError as e:  # a backend module that is not written yet or cannot import
+        raise EdgevitError(f"backend {name!r} is not available here: {e}") from None
+    return module.BACKEND
+
+
+def engine_path(bundle_dir, spec: EngineSpec) -> Path:
+    return Path(bundle_dir) / spec.file

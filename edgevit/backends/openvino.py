@@ -1,0 +1,83 @@
+"""OpenVINO: the x86 CPU primary backend. Engines are OpenVINO IR (xml + bin), INT8 through NNCF."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from edgevit.backends.base import Backend, EngineSpec, Runner
+
+_CORE = None
+
+
+def core():
+    global _CORE
+    if _CORE is None:
+        import openvino as ov
+
+        _CORE = ov.Core()
+    return _CORE
+
+
+def compile_config(settings: dict) -> dict:
+    # INFERENCE_PRECISION_HINT is always explicit: on AVX512-BF16/AMX CPUs OpenVINO would pick bf16 itself.
+    cfg = {"INFERENCE_PRECISION_HINT": settings.get("inference_precision", "f32"),
+           "PERFORMANCE_HINT": settings.get("performance_hint", "LATENCY"),
+           "NUM_STREAMS": str(settings.get("num_streams", 1))}
+    if settings.get("threads"):
+        cfg["INFERENCE_NUM_THREADS"] = int(settings["threads"])
+    return cfg
+
+
+class OvRunner(Runner):
+    def __init__(self, xml_path, settings: dict):
+        self.compiled = core().compile_model(str(xml_path), "CPU", compile_config(settings))
+        # What the plugin will really use, read back (e.g. "f32", "bf16"), recorded in the manifest.
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.inference_precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+        i, o = self.compiled.inputs[0], self.compiled.outputs[0]
+        self.input_name = i.get_any_name()
+        self.input_shape, self.output_shape = tuple(i.get_shape()), tuple(o.get_shape())
+        self._local = threading.local()
+
+    def _request(self):
+        # An infer request is not thread-safe; each calling thread gets its own.
+        req = getattr(self._local, "req", None)
+        if req is None:
+            req = self._local.req = self.compiled.create_infer_request()
+        return req
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        req = self._request()
+        req.infer({0: batch})
+        return req.get_output_tensor(0).data.copy()
+
+
+class OpenVINOBackend(Backend):
+    name = "openvino"
+    library = "openvino"
+
+    def compile(self, onnx_path, out_dir, name, precision, calib, level, profile) -> EngineSpec:
+        from edgevit.quantize import convert_openvino_fp32, quantize_openvino
+
+        settings = dict(profile.openvino)
+        rel = Path("engines") / self.name / f"{name}.{precision}.xml"
+        out = Path(out_dir) / rel
+        if precision == "int8":
+            drop = min(profile.accuracy["max_top1_drop"], 1 - profile.accuracy["min_agreement"])
+            quant = quantize_openvino(onnx_path, out, calib, level, profile.batch, max_drop=drop,
+                                      inference_precision=settings["inference_precision"])
+        elif precision == "fp32":
+            quant = convert_openvino_fp32(onnx_path, out)
+        else:
+            raise ValueError(f"openvino backend builds int8 or fp32 on this host, not {precision}")
+        return EngineSpec(self.name, precision, rel.as_posix(), [rel.with_suffix(".bin").as_posix()],
+                          settings=settings, quantization=quant)
+
+    def load(self, bundle_dir, spec: EngineSpec) -> Runner:
+        return OvRunner(Path(bundle_dir) / spec.file, spec.settings)
+
+
+BACKEND = OpenVINOBackend()

@@ -1,0 +1,317 @@
+"""The build pipeline: profile + model -> export -> quantize -> compile -> validate -> bundle.
+
+Each stage is a plain function of plain inputs. Training, export and engines are cached by content hash
+(``edgevit.cache``), so a second build reuses them, and says so. The bundle is assembled in a temporary
+directory and renamed into place only when every preset is done (``edgevit.bundle``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgevit import __version__
+from edgevit.backends.base import EngineSpec, get_backend
+from edgevit.bundle import SCHEMA, SCHEMA_VERSION, BundleWriter, sha256_file
+from edgevit.cache import Cache, content_key
+from edgevit.errors import EdgevitError
+from edgevit.host import host_info, matches_target, tool_versions
+from edgevit.profiles import Profile, load_profile
+from edgevit.validate import gate, measure_latency, pareto_front, validate
+
+DEFAULT_MODEL = "supervit-nano"
+
+
+@dataclass
+class BuildOptions:
+    target: str
+    model: str | None = None
+    checkpoint: str | None = None
+    data: str | None = None
+    out: str | None = None
+    presets: list[str] | None = None
+    cache_dir: str = ".edgevit-cache"
+    trust_checkpoint: bool = False
+    include_checkpoint: bool = True
+    measure: bool = True
+    log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
+
+
+@dataclass
+class Obtained:
+    model: object
+    layout: str
+    source: str
+    dataset: object
+    preprocess: object
+
+
+# -- obtain ------------------------------------------------------------------------------------------------
+
+def obtain(opts: BuildOptions, cache: Cache) -> Obtained:
+    """Load ``--checkpoint`` or train the model (cached by its recipe and data split)."""
+    from edgevit.checkpoints import load_checkpoint
+    from edgevit.data.datasets import load_dataset
+    from edgevit.data.preprocess import Preprocess
+    from edgevit.models import create_model
+    from edgevit.train import TrainConfig, train
+
+    log = opts.log
+    if opts.checkpoint:
+        ck = load_checkpoint(opts.checkpoint, opts.model, trust=opts.trust_checkpoint)
+        model = ck.model
+        data = opts.data or ck.meta.get("data", {}).get("name")
+        if data is None:
+            raise EdgevitError(f"checkpoint {opts.checkpoint} ({ck.layout} layout) records no data set; pass --data "
+                               f"DIR with the images to calibrate and validate on")
+        if data != "digits" and not Path(data).is_dir():
+            raise EdgevitError(f"checkpoint {opts.checkpoint} was trained on {data}, which is not here; pass --data DIR")
+        ds = load_dataset(data, crop=model.img_size, channels=model.in_chans)
+        pre = Preprocess.from_dict(ck.meta["preprocess"]) if "preprocess" in ck.meta else ds.preprocess
+        if model.num_classes != len(ds.classes):
+            raise EdgevitError(f"checkpoint {opts.checkpoint} has {model.num_classes} classes but the data set "
+                               f"{ds.name} has {len(ds.classes)}")
+        log(f"[obtain] loaded {opts.checkpoint} ({ck.layout} layout, {model.variant})")
+        return Obtained(model, ck.layout, str(opts.checkpoint), ds, pre)
+
+    name = opts.model or DEFAULT_MODEL
+    probe = create_model(name)
+    ds = load_dataset(opts.data, crop=probe.img_size, channels=probe.in_chans)
+    cfg = TrainConfig(model=name, data=opts.data)
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("out", "data", "workers", "threads")}
+    key = content_key("train", recipe, ds.split_hash(), __version__, tool_versions()["torch"])
+    path = cache.path("train", key) / "model.pt"
+    if cache.get("train", key):
+        log(f"[obtain] training: reused the cached checkpoint {path} (same model, recipe and data split)")
+    else:
+        log(f"[obtain] no checkpoint given: training {name} on {ds.summary()}")
+        with cache.put("train", key) as tmp:
+            cfg.out = str(tmp / "model.pt")
+            train(cfg, dataset=ds)
+    ck = load_checkpoint(path)
+    return Obtained(ck.model, "edgevit", f"trained ({name}, {ds.name})", ds, ds.preprocess)
+
+
+# -- export ------------------------------------------------------------------------------------------------
+
+def export_cached(model, preset, weights: str, sample, profile: Profile, cache: Cache, log) -> tuple[Path, dict, bool]:
+    from edgevit.export import export_preset
+
+    versions = tool_versions()
+    key = content_key("export", weights, model.variant, model.config, preset.name, profile.opset, profile.batch,
+                      versions["torch"], versions["onnx"], versions["onnxslim"], __version__)
+    hit = cache.get("export", key)
+    if hit:
+        import json
+
+        return hit / "model.onnx", json.loads((hit / "report.json").read_text()), True
+    with cache.put("export", key) as tmp:
+        import json
+
+        report = export_preset(model, preset, tmp / "model.onnx", sample, opset=profile.opset, batch=profile.batch)
+        report = {**report.to_dict(), "path": None}
+        (tmp / "report.json").write_text(json.dumps(report))
+    return cache.path("export", key) / "model.onnx", report, False
+
+
+# -- engines -----------------------------------------------------------------------------------------------
+
+def compile_cached(backend, onnx_path: Path, name: str, precision: str, level, calib, profile: Profile,
+                   cache: Cache, bundle_dir: Path) -> tuple[EngineSpec, bool]:
+    """Compile (quantize) an engine into ``bundle_dir``, reusing a cached one with the same inputs."""
+    import json
+
+    section = getattr(profile, backend.name, {}) if backend.name in ("openvino", "onnxruntime", "tensorrt") else {}
+    calib_digest = content_key(calib.shape, sha256_bytes(calib)) if calib is not None and precision == "int8" else None
+    key = content_key("engine", sha256_file(onnx_path), backend.name, name, precision, level, calib_digest, section,
+                      profile.calibration, profile.accuracy, profile.batch, tool_versions(), __version__)
+    hit = cache.get("engine", key)
+    cached = hit is not None
+    if not cached:
+        with cache.put("engine", key) as tmp:
+            spec = backend.compile(onnx_path, tmp, name, precision, calib, level, profile)
+            (tmp / "spec.json").write_text(json.dumps(spec.to_dict()))
+        hit = cache.path("engine", key)
+    spec = EngineSpec(**json.loads((hit / "spec.json").read_text()))
+    for rel in spec.files:
+        dst = bundle_dir / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(hit / rel, dst)
+    return spec, cached
+
+
+def sha256_bytes(a: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def build_engine(backend, onnx_path, preset, profile: Profile, calib, vx, vy, ref_logits, torch_top1,
+                 cache: Cache, bundle_dir: Path, measure: bool) -> dict:
+    """Quantize/compile, validate and gate one preset on one backend; fall back to FP32 if INT8 misses."""
+    from edgevit.quantize import LEVEL_NAMES, LEVELS
+
+    attempts = []
+    plan = [(profile.precision, lvl) for lvl in LEVELS] if profile.precision == "int8" else [(profile.precision, None)]
+    if profile.precision != "fp32":
+        plan.append(("fp32", None))
+    for precision, level in plan:
+        t0 = time.perf_counter()
+        spec, cached = compile_cached(backend, onnx_path, preset.name, precision, level, calib, profile, cache,
+                                      bundle_dir)
+        runner = backend.load(bundle_dir, spec)
+        v = validate(runner, vx, vy, ref_logits)
+        ok, why = gate(v, torch_top1, profile.accuracy)
+        attempts.append({"precision": precision, "level": level, "scheme": LEVEL_NAMES.get(level, precision),
+                         "passed": ok or precision == "fp32", "reason": why, "cached": cached,
+                         "seconds": round(time.perf_counter() - t0, 2), **v.to_dict()})
+        if ok or precision == "fp32":
+            entry = {"status": "ok", "engine": spec.to_dict(), "precision": precision, **v.to_dict(),
+                     "attempts": attempts, "fallback": None, "latency_ms": None}
+            if precision != profile.precision:
+                entry["fallback"] = {"from": profile.precision, "to": precision,
+                                     "reason": " | ".join(f"{a['scheme']}: {a['reason']}" for a in attempts[:-1])}
+            if hasattr(runner, "inference_precision"):
+                entry["inference_precision"] = runner.inference_precision
+            if measure:
+                entry["latency_ms"] = measure_latency(runner, vx)
+            runner.close()
+            return entry
+        runner.close()
+        for rel in spec.files:  # the failed attempt does not ship
+            (bundle_dir / rel).unlink(missing_ok=True)
+    raise AssertionError("unreachable: fp32 always passes")
+
+
+# -- the pipeline ------------------------------------------------------------------------------------------
+
+def build(opts: BuildOptions) -> Path:
+    import torch
+
+    from edgevit.checkpoints import save_checkpoint
+    from edgevit.models import model_family
+    from edgevit.train import evaluate_presets, weight_digest
+
+    t_start = time.perf_counter()
+    log = opts.log
+    profile = load_profile(opts.target)
+    cache = Cache(opts.cache_dir)
+    got = obtain(opts, cache)
+    model, ds, pre = got.model.eval(), got.dataset, got.preprocess
+    out = Path(opts.out or Path("bundles") / f"{model.variant}-{profile.name}")
+
+    all_presets = model.presets()
+    if opts.presets:
+        presets = [model.preset(n) for n in opts.presets]
+    else:
+        presets = all_presets
+    log(f"[build] {model.variant} -> {profile.name} ({profile.backend}"
+        f"{', fallbacks ' + ', '.join(profile.fallbacks) if profile.fallbacks else ''}; {profile.precision}); "
+        f"{len(presets)} presets -> {out}")
+
+    vx, vy = ds.val.arrays(pre)
+    cx, _ = ds.calib.arrays(pre, limit=profile.calibration["samples"])
+    log(f"[data] {ds.summary()}; calibrating on {len(cx)}, validating on {len(vx)} images")
+
+    backends, unavailable = [], {}
+    for name in profile.backends:
+        try:
+            b = get_backend(name)
+            ok, why = b.available()
+        except EdgevitError as e:
+            ok, why = False, str(e)
+        if ok:
+            backends.append(b)
+        else:
+            unavailable[name] = why
+            log(f"[build] backend {name} is not available here: {why}")
+    if not backends:
+        raise EdgevitError(f"none of the target's backends ({', '.join(profile.backends)}) is available here")
+    host_ok, host_why = matches_target(profile)
+    measure = opts.measure and host_ok
+    if not host_ok:
+        log(f"[build] latencies are not measured: {host_why}")
+
+    weights = weight_digest(model)
+    with BundleWriter(out) as writer:
+        tmp = writer.tmp
+        entries = []
+        for i, p in enumerate(presets, 1):
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                ref = np.concatenate([model(torch.from_numpy(vx[j:j + 256]), p.resolution, p.keep_rate).numpy()
+                                      for j in range(0, len(vx), 256)])
+            torch_top1 = float((ref.argmax(-1) == vy).mean())
+            onnx_src, export_report, hit = export_cached(model, p, weights, vx[:64], profile, cache, log)
+            onnx_rel = Path("onnx") / f"{p.name}.onnx"
+            (tmp / onnx_rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(onnx_src, tmp / onnx_rel)
+            line = [f"[{i:>2}/{len(presets)}] {p.name:<10} export {'(cached)' if hit else 'done'} "
+                    f"parity {export_report['parity_max_abs']:.1e}  torch top-1 {100 * torch_top1:.2f}%"]
+            engines = {}
+            for b in backends:
+                e = build_engine(b, tmp / onnx_rel, p, profile, cx, vx, vy, ref, torch_top1, cache, tmp, measure)
+                engines[b.name] = e
+                fb = " FALLBACK" if e["fallback"] else ""
+                lat = f" {e['latency_ms']['p50']:.2f} ms" if e["latency_ms"] else ""
+                line.append(f"{b.name} {e['precision']}{fb} top-1 {100 * e['top1']:.2f}% agree "
+                            f"{100 * e['agreement']:.2f}%{lat}")
+            for name, why in unavailable.items():
+                engines[name] = {"status": "unavailable", "reason": why}
+            log(" | ".join(line) + f"  ({time.perf_counter() - t0:.1f} s)")
+            entries.append({"name": p.name, "resolution": p.resolution, "keep_rate": p.keep_rate, "flops": p.flops,
+                            "gflops": round(p.gflops, 6), "params": p.params, "onnx": onnx_rel.as_posix(),
+                            "export": export_report, "torch": {"top1": torch_top1, "samples": int(len(vy))},
+                            "engines": engines})
+
+        primary = backends[0].name
+        points = {}
+        for e in entries:
+            eng = e["engines"][primary]
+            cost = eng["latency_ms"]["p50"] if eng.get("latency_ms") else e["flops"]
+            points[e["name"]] = (cost, eng["top1"])
+        front = pareto_front(points)
+        for e in entries:
+            e["pareto"] = e["name"] in front
+
+        checkpoint_rel = None
+        if opts.include_checkpoint:
+            checkpoint_rel = "model.pt"
+            save_checkpoint(tmp / checkpoint_rel, model, preprocess=pre.to_dict(), classes=list(ds.classes),
+                            data={"name": ds.name, "split_hash": ds.split_hash()})
+        seconds = time.perf_counter() - t_start
+        manifest = {
+            "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "edgevit_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "name": out.name,
+            "model": {"name": model.variant, "family": model_family(model.variant), "config": model.config,
+                      "params": sum(t.numel() for t in model.parameters()), "source": got.source,
+                      "layout": got.layout, "weights_digest": weights},
+            "target": profile.to_dict(), "profile_file": profile.path,
+            "backend": primary, "backends": [b.name for b in backends], "unavailable_backends": unavailable,
+            "precision": profile.precision, "opset": profile.opset,
+            "input": {"name": "input", "shape": [profile.batch, model.in_chans, model.img_size, model.img_size],
+                      "dtype": "float32", "layout": "NCHW"},
+            "output": {"name": "logits", "shape": [profile.batch, model.num_classes], "dtype": "float32"},
+            "preprocess": pre.to_dict(), "labels": list(ds.classes),
+            "data": {"name": ds.name, "split_hash": ds.split_hash(), "calibration_samples": int(len(cx)),
+                     "validation_samples": int(len(vx)),
+                     "sizes": {"train": len(ds.train), "calib": len(ds.calib), "val": len(ds.val)}},
+            "tools": tool_versions(), "host": host_info(),
+            "latency_measured_here": measure, "latency_note": None if measure else host_why,
+            "checkpoint": checkpoint_rel,
+            "build_seconds": round(seconds, 1),
+            "presets": entries,
+        }
+        from edgevit.report import manifest_report
+
+        path = writer.commit(manifest, manifest_report(manifest))
+    log(f"[bundle] {path} written ({len(entries)} presets, {seconds:.0f} s); inspect it with: edgevit inspect {path}")
+    return path

@@ -1,0 +1,112 @@
+"""Bundles: one self-describing directory per model and target.
+
+```
+<bundle>/manifest.json     versioned schema: model, target profile, tools, preprocessing, labels, presets
+<bundle>/report.md         the same for people
+<bundle>/engines/<backend>/<preset>.<precision>.<ext>
+<bundle>/onnx/<preset>.onnx    the FP32 export each engine was built from
+<bundle>/model.pt          the edgevit checkpoint (torch baseline, rebuilds); optional
+```
+
+A bundle is assembled in a hidden sibling directory and renamed into place only when complete, so an
+interrupted build leaves nothing at the output path. Every file is listed with its sha256 and checked on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from edgevit import __version__, cleanup
+from edgevit.errors import EdgevitError
+
+SCHEMA = "edgevit-bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class BundleWriter:
+    """``with BundleWriter(out) as tmp: ...write into tmp...; w.commit(manifest)``: all or nothing."""
+
+    def __init__(self, out):
+        self.out = Path(out)
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> "BundleWriter":
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
+        cleanup.register(self.tmp)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)   # not committed: leave nothing behind
+            cleanup.unregister(self.tmp)
+        return False
+
+    def commit(self, manifest: dict, report: str) -> Path:
+        assert self.tmp is not None
+        files = sorted(p for p in self.tmp.rglob("*") if p.is_file())
+        manifest = {**manifest, "files": {p.relative_to(self.tmp).as_posix(): sha256_file(p) for p in files}}
+        (self.tmp / "report.md").write_text(report)
+        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+        old = None
+        if self.out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
+            os.replace(self.out, old / "bundle")
+        os.replace(self.tmp, self.out)
+        cleanup.unregister(self.tmp)
+        self.tmp = None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.out
+
+
+def read_manifest(bundle) -> dict:
+    bundle = Path(bundle)
+    path = bundle / MANIFEST
+    if not bundle.is_dir():
+        raise EdgevitError(f"bundle {bundle} does not exist or is not a directory")
+    if not path.is_file():
+        raise EdgevitError(f"{bundle} is not an edgevit bundle: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise EdgevitError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if manifest.get("schema") != SCHEMA:
+        raise EdgevitError(f"{path}: schema is {manifest.get('schema')!r}, expected {SCHEMA!r}")
+    version = manifest.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise EdgevitError(f"{path}: schema_version {version!r} is newer than this edgevit ({__version__}) reads "
+                           f"(up to {SCHEMA_VERSION}); upgrade edgevit")
+    for key in ("model", "presets", "preprocess", "labels", "files"):
+        if key not in manifest:
+            raise EdgevitError(f"{path}: required field {key!r} is missing")
+    return manifest
+
+
+def verify_files(bundle, manifest: dict, only: list[str] | None = None) -> None:
+    """Check sha256 of the listed files (all of them by default); name the first that does not match."""
+    bundle = Path(bundle)
+    listed = manifest["files"]
+    for rel in (only if only is not None else listed):
+        if rel not in listed:
+            raise EdgevitError(f"bundle {bundle}: {rel} is not listed in {MANIFEST}")
+        path = bundle / rel
+        if not path.is_file():
+            raise EdgevitError(f"bundle {bundle}: engine file {rel} is missing")
+        if sha256_file(path) != listed[rel]:
+            raise EdgevitError(f"bundle {bundle}: {rel} does not match its sha256 in {MANIFEST} (modified or "
+                               f"corrupted); rebuild the bundle")

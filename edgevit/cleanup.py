@@ -1,0 +1,47 @@
+"""Temporary directories that must not outlive an interrupted build.
+
+Bundles and cache entries are assembled in temporary directories and renamed when complete. Exceptions
+(Ctrl-C included) remove them through ``finally`` blocks. SIGTERM is different: delivered asynchronously it
+interrupts whichever thread the kernel picks, and native thread pools (TBB, OpenMP) did not survive that
+here (SIGSEGV mid-build). So SIGTERM is blocked before any library starts a thread, every later thread
+inherits the block, and one watcher thread receives it synchronously, removes what is registered and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+
+_PENDING: set[str] = set()
+
+
+def register(path) -> None:
+    _PENDING.add(str(path))
+
+
+def unregister(path) -> None:
+    _PENDING.discard(str(path))
+
+
+def _terminate(signum: int) -> None:
+    for p in list(_PENDING):
+        shutil.rmtree(p, ignore_errors=True)
+    try:  # never block on a full pipe: the exit matters more than the message
+        os.set_blocking(2, False)
+        os.write(2, f"\nedgevit: stopped by signal {signum}; partial outputs removed\n".encode())
+    except OSError:
+        pass
+    finally:
+        os._exit(128 + signum)
+
+
+def install_termination_handler() -> None:
+    """Call early, before torch/OpenVINO/ONNX Runtime create their threads."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def watch():
+        _terminate(signal.sigwait({signal.SIGTERM}))
+
+    threading.Thread(target=watch, name="edgevit-sigterm", daemon=True).start()

@@ -1,0 +1,108 @@
+"""Export one preset to ONNX: static shapes, onnx.checker, simplification, FP32 parity against torch.
+
+Each preset is its own graph (the keep counts are Python ints, the resize target is a constant), so every
+engine built from it has fixed shapes, which is what TensorRT, OpenVINO and the INT8 calibrators want.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgevit.errors import EdgevitError
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+@dataclass
+class ExportReport:
+    path: str
+    opset: int
+    input_shape: list
+    output_shape: list
+    nodes_before: int
+    nodes_after: int
+    simplifier: str
+    parity_max_abs: float
+    parity_samples: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def export_preset(model, preset, out_path, sample: np.ndarray, opset: int = 17, batch: int = 1,
+                  parity_tol: float = 1e-3) -> ExportReport:
+    """Export ``model`` at ``preset`` to ``out_path`` and check ONNX Runtime FP32 against torch on ``sample``.
+
+    ``sample`` is a preprocessed (N, C, H, W) float32 array (validation images); parity is the largest
+    |logit difference| over it, and must stay under ``parity_tol`` relative to the logits' range.
+    """
+    import onnx
+    import torch
+
+    from edgevit.models.supervit import PresetModule
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    module = PresetModule(model, preset.resolution, preset.keep_rate).eval()
+    c, h, w = sample.shape[1:]
+    dummy = torch.from_numpy(np.ascontiguousarray(sample[:batch])) if len(sample) >= batch else torch.zeros(batch, c, h, w)
+
+    fd, raw = tempfile.mkstemp(suffix=".onnx", dir=out_path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notices
+            torch.onnx.export(module, (dummy,), raw, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              opset_version=opset, do_constant_folding=True, dynamo=False)
+        proto = onnx.load(raw)
+        onnx.checker.check_model(proto, full_check=True)
+        before = len(proto.graph.node)
+        proto, simplifier = _simplify(proto)
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(out_path))
+    finally:
+        if os.path.exists(raw):
+            os.unlink(raw)
+
+    max_abs = _parity(module, out_path, sample, batch)
+    ref_range = max(1.0, float(np.abs(_torch_logits(module, sample[:batch])).max()))
+    if max_abs > parity_tol * ref_range:
+        raise EdgevitError(f"ONNX export of {preset.name} differs from torch by {max_abs:.2e} (tolerance "
+                           f"{parity_tol * ref_range:.2e}); the exported graph is not faithful")
+    out_shape = [batch, model.num_classes]
+    return ExportReport(str(out_path), opset, [batch, c, h, w], out_shape, before, len(proto.graph.node),
+                        simplifier, max_abs, int(len(sample) // batch * batch))
+
+
+def _simplify(proto):
+    try:
+        import onnxslim
+
+        return onnxslim.slim(proto), f"onnxslim {onnxslim.__version__}"
+    except ImportError:
+        return proto, "none"
+
+
+def _torch_logits(module, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+
+def _parity(module, onnx_path, sample, batch) -> float:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for i in range(0, len(sample) - batch + 1, batch):
+        xb = np.ascontiguousarray(sample[i:i + batch])
+        got = sess.run(None, {INPUT_NAME: xb})[0]
+        worst = max(worst, float(np.abs(got - _torch_logits(module, xb)).max()))
+    return worst

@@ -1,0 +1,214 @@
+"""Hardware profiles: one YAML file per target in ``profiles/``, validated on load.
+
+Every key is checked against the schema below: unknown keys are errors (a typo must not pass silently), and
+every error names the file, the key path and what was expected. Missing keys take the schema's defaults, so
+``Profile.to_dict()`` is the profile as resolved, which is what bundles record.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgevit.errors import EdgevitError
+
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
+BACKENDS = ("openvino", "onnxruntime", "tensorrt", "torch")
+PRECISIONS = ("int8", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class F:
+    """A schema field: python type(s), default (``REQUIRED`` if none), allowed values, numeric bounds."""
+
+    type: Any
+    default: Any = None
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    items: Any = None          # element type/choices for lists
+
+
+REQUIRED = object()
+
+SCHEMA: dict = {
+    "name": F(str, REQUIRED),
+    "description": F(str, ""),
+    "device": {
+        "kind": F(str, REQUIRED, choices=("cpu", "gpu", "jetson")),
+        "arch": F(str, "x86_64", choices=("x86_64", "aarch64")),
+        "gpu_arch": F((str, type(None)), None),
+        "compute_capability": F((str, type(None)), None),
+        "memory_gb": F((int, float, type(None)), None, min=0),
+        "dla_cores": F(int, 0, min=0, max=2),
+        "power_modes": F(list, [], items=str),
+        "jetpack": F((str, type(None)), None),
+    },
+    "backend": F(str, REQUIRED, choices=BACKENDS),
+    "fallbacks": F(list, [], items=BACKENDS),
+    "precision": F(str, "int8", choices=PRECISIONS),
+    "batch": F(int, 1, min=1, max=1024),
+    "opset": F(int, 17, min=13, max=21),
+    "calibration": {
+        "samples": F(int, 512, min=1),
+        "method": F(str, "minmax", choices=("minmax", "entropy", "percentile")),
+    },
+    "accuracy": {
+        "max_top1_drop": F((int, float), 0.01, min=0, max=1),
+        "min_agreement": F((int, float), 0.99, min=0, max=1),
+    },
+    "openvino": {
+        "inference_precision": F(str, "f32", choices=("f32", "bf16", "f16")),
+        "performance_hint": F(str, "LATENCY", choices=("LATENCY", "THROUGHPUT")),
+        "num_streams": F(int, 1, min=1),
+        "threads": F(int, 0, min=0),
+    },
+    "onnxruntime": {
+        "providers": F(list, ["CPUExecutionProvider"], items=str),
+        "threads": F(int, 0, min=0),
+    },
+    "tensorrt": {
+        "version": F(str, "10", choices=("10", "11")),
+        "workspace_mb": F(int, 4096, min=16),
+        "builder_optimization_level": F(int, 3, min=0, max=5),
+        "timing_cache": F(bool, True),
+        "dla_core": F((int, type(None)), None, min=0, max=1),
+        "gpu_fallback": F(bool, True),
+        "hardware_compatibility": F(str, "none", choices=("none", "ampere_plus", "same_compute_capability")),
+        "version_compatible": F(bool, False),
+    },
+    "runtime": {
+        "policy": F(str, "fixed", choices=("fixed", "battery", "latency", "thermal", "composite")),
+        "hysteresis_pct": F((int, float), 5, min=0, max=50),
+        "min_dwell_s": F((int, float), 10, min=0),
+        "battery_thresholds": F(list, [80, 50, 20], items=(int, float)),
+        "latency_deadline_ms": F((int, float, type(None)), None, min=0),
+        "thermal_limit_c": F((int, float), 85, min=0),
+    },
+}
+
+
+def _type_name(t) -> str:
+    ts = t if isinstance(t, tuple) else (t,)
+    names = {int: "integer", float: "number", str: "string", bool: "true/false", list: "list", dict: "mapping",
+             type(None): "null"}
+    return " or ".join(names.get(x, x.__name__) for x in ts)
+
+
+def _check_value(v, f: F, where: str) -> Any:
+    types = f.type if isinstance(f.type, tuple) else (f.type,)
+    if isinstance(v, bool) and bool not in types:
+        raise EdgevitError(f"{where}: expected {_type_name(f.type)}, got {v!r}")
+    if not isinstance(v, types):
+        raise EdgevitError(f"{where}: expected {_type_name(f.type)}, got {v!r}")
+    if f.choices is not None and v not in f.choices:
+        raise EdgevitError(f"{where}: {v!r} is not allowed; expected one of {', '.join(map(str, f.choices))}")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if f.min is not None and v < f.min or f.max is not None and v > f.max:
+            lo = "-inf" if f.min is None else f.min
+            hi = "inf" if f.max is None else f.max
+            raise EdgevitError(f"{where}: {v!r} is out of range; expected {lo} to {hi}")
+    if isinstance(v, list) and f.items is not None:
+        for i, item in enumerate(v):
+            if isinstance(f.items, tuple) and all(isinstance(c, str) for c in f.items):
+                if item not in f.items:
+                    raise EdgevitError(f"{where}[{i}]: {item!r} is not allowed; expected one of {', '.join(f.items)}")
+            elif not isinstance(item, f.items) or isinstance(item, bool):
+                raise EdgevitError(f"{where}[{i}]: expected {_type_name(f.items)}, got {item!r}")
+    return list(v) if isinstance(v, list) else v
+
+
+def _resolve(data: Any, schema: dict, where: str) -> dict:
+    if not isinstance(data, dict):
+        raise EdgevitError(f"{where}: expected a mapping of keys, got {type(data).__name__}")
+    unknown = [k for k in data if k not in schema]
+    if unknown:
+        k = unknown[0]
+        close = difflib.get_close_matches(str(k), list(schema), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise EdgevitError(f"{where}: unknown key '{k}'{hint}; allowed keys: {', '.join(schema)}")
+    out = {}
+    for key, f in schema.items():
+        path = f"{where}.{key}" if not where.endswith(":") else f"{where} {key}"
+        if isinstance(f, dict):
+            out[key] = _resolve(data.get(key, {}) or {}, f, path)
+        elif key in data:
+            out[key] = _check_value(data[key], f, path)
+        elif f.default is REQUIRED:
+            raise EdgevitError(f"{path}: required key is missing")
+        else:
+            out[key] = list(f.default) if isinstance(f.default, list) else f.default
+    return out
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A resolved, validated profile. Sections are plain dicts (JSON-ready for manifests)."""
+
+    data: dict
+    path: str
+
+    def __getattr__(self, key):
+        try:
+            return self.__dict__["data"][key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    @property
+    def backends(self) -> list[str]:
+        """Primary backend first, then fallbacks, without repeats."""
+        seen = []
+        for b in [self.data["backend"], *self.data["fallbacks"]]:
+            if b not in seen:
+                seen.append(b)
+        return seen
+
+    def to_dict(self) -> dict:
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.data.items()}
+
+
+def parse_profile(data: Any, source: str) -> Profile:
+    resolved = _resolve(data, SCHEMA, f"{source}:")
+    if resolved["backend"] in resolved["fallbacks"]:
+        raise EdgevitError(f"{source}: fallbacks: lists the primary backend {resolved['backend']!r} again")
+    if resolved["backend"] == "tensorrt" and resolved["device"]["kind"] == "cpu":
+        raise EdgevitError(f"{source}: backend: tensorrt needs device.kind gpu or jetson, not cpu")
+    return Profile(resolved, source)
+
+
+def load_profile_file(path) -> Profile:
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise EdgevitError(f"profile {path}: cannot read it ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise EdgevitError(f"profile {path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    return parse_profile(data, str(path))
+
+
+def list_profiles(directory: Path = PROFILE_DIR) -> list[str]:
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def load_profile(target: str, directory: Path = PROFILE_DIR) -> Profile:
+    """A target name from ``profiles/`` or a path to a user's YAML file."""
+    candidate = Path(target)
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
+        return load_profile_file(candidate)
+    path = directory / f"{target}.yaml"
+    if not path.is_file():
+        known = list_profiles(directory)
+        close = difflib.get_close_matches(target, known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise EdgevitError(f"unknown target {target!r}{hint}; known targets: {', '.join(known)}, or a path to a "
+                           f"profile .yaml file")
+    return load_profile_file(path)

@@ -1,0 +1,161 @@
+"""INT8 quantization per backend, from the calibration split, with escalating protection.
+
+Levels, tried in order until a preset passes the profile's accuracy gate (the builder runs the gate):
+
+* ``0``: the transformer default. ONNX Runtime quantizes only MatMul/Gemm/Conv (QDQ, per-channel symmetric
+  weights), so LayerNorm, Softmax and GELU stay in FP32; OpenVINO uses NNCF's post-training quantization with
+  the transformer model type, which keeps the same operations in floating point.
+* ``1``: additionally keeps the classifier head and the activation-by-activation MatMuls (attention's q.k and
+  attn.v) in FP32; for OpenVINO, NNCF's accuracy-controlled quantization, measured as agreement with the
+  FP32 model on the calibration split (never the validation split, which reports the result).
+
+OpenVINO is quantized from its own model, never by re-using ONNX Runtime's QDQ file: OpenVINO's low-precision
+transformations could not compile ORT's QDQ ViT (ARCHITECTURE.md §3).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgevit.export import INPUT_NAME
+
+LEVELS = (0, 1)
+MAX_RESTORE_ITERATIONS = 8
+LEVEL_NAMES = {0: "int8 (LayerNorm/Softmax/GELU in fp32)", 1: "int8 (+ head and attention matmuls in fp32)"}
+
+
+def batches(x: np.ndarray, batch: int):
+    for i in range(0, len(x) - batch + 1, batch):
+        yield np.ascontiguousarray(x[i:i + batch])
+
+
+# -- graph inspection (ONNX) ------------------------------------------------------------------------------
+
+def head_and_activation_matmuls(onnx_path) -> tuple[list[str], list[str]]:
+    """Names of the head's MatMul/Gemm (the last one before the output) and of MatMuls between activations."""
+    import onnx
+
+    g = onnx.load(str(onnx_path), load_external_data=False).graph
+    consts = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    producer = {o: n for n in g.node for o in n.output}
+    head = []
+    frontier = [o.name for o in g.output]
+    while frontier and not head:
+        name = frontier.pop()
+        node = producer.get(name)
+        if node is None:
+            continue
+        if node.op_type in ("MatMul", "Gemm"):
+            head.append(node.name)
+        else:
+            frontier.extend(i for i in node.input if i and i not in consts)
+    act = [n.name for n in g.node if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
+    return head, act
+
+
+# -- ONNX Runtime ----------------------------------------------------------------------------------------
+
+def quantize_onnxruntime(fp32_onnx, out_path, calib: np.ndarray, level: int = 0, method: str = "minmax",
+                         batch: int = 1) -> dict:
+    """QDQ INT8: per-channel symmetric int8 weights, int8 activations (symmetric, TensorRT-compatible)."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(batches(calib, batch))
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {INPUT_NAME: x}
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    head, act = head_and_activation_matmuls(fp32_onnx)
+    exclude = head + act if level >= 1 else []
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, pre = tempfile.mkstemp(suffix=".onnx", dir=out_path.parent)
+    os.close(fd)
+    try:
+        # Shape inference and graph clean-up first, as ONNX Runtime's quantization guide asks.
+        quant_pre_process(str(fp32_onnx), pre, skip_symbolic_shape=True)
+        quantize_static(pre, str(out_path), Reader(), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["MatMul", "Gemm", "Conv"], per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=exclude, calibrate_method=methods[method],
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    finally:
+        if os.path.exists(pre):
+            os.unlink(pre)
+    return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": True,
+            "symmetric": True, "calibration": method, "samples": int(len(calib) // batch * batch),
+            "excluded_nodes": exclude, "level": level}
+
+
+# -- OpenVINO / NNCF -------------------------------------------------------------------------------------
+
+def _ov_head_names(model) -> list[str]:
+    node = model.get_results()[0].input_value(0).get_node()
+    seen = 0
+    while node is not None and seen < 16:
+        if node.get_type_name() == "MatMul":
+            return [node.get_friendly_name()]
+        node = node.input_value(0).get_node() if node.get_input_size() else None
+        seen += 1
+    return []
+
+
+def quantize_openvino(fp32_onnx, out_xml, calib: np.ndarray, level: int = 0, batch: int = 1,
+                      max_drop: float = 0.01, inference_precision: str = "f32") -> dict:
+    """NNCF PTQ on the OpenVINO model (transformer model type); level 1: accuracy-controlled."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(fp32_onnx))
+    calib_batches = list(batches(calib, batch))
+    dataset = nncf.Dataset(calib_batches)
+    common = dict(model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.PERFORMANCE,
+                  subset_size=len(calib_batches))
+    info = {"tool": f"nncf {nncf.__version__}", "model_type": "transformer", "samples": len(calib_batches) * batch,
+            "level": level}
+    if level == 0:
+        qmodel = nncf.quantize(model, dataset, **common)
+    else:
+        head = _ov_head_names(model)
+        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": inference_precision})
+        reference = [int(np.argmax(compiled(b)[0], axis=-1)[0]) for b in calib_batches]
+
+        def agreement(compiled_model, items):
+            hits = [float(int(np.argmax(compiled_model(b)[0], axis=-1)[0]) == r) for b, r in zip(items, reference)]
+            return float(np.mean(hits)), hits
+
+        from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+        # Bounded: each iteration re-validates; a preset that needs more goes to the FP32 fallback instead.
+        restorer = AdvancedAccuracyRestorerParameters(max_num_iterations=MAX_RESTORE_ITERATIONS, num_ranking_workers=1)
+        qmodel = nncf.quantize_with_accuracy_control(
+            model, calibration_dataset=dataset, validation_dataset=dataset, validation_fn=agreement,
+            max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
+            ignored_scope=nncf.IgnoredScope(names=head, validate=False),
+            advanced_accuracy_restorer_parameters=restorer, **common)
+        info.update(accuracy_control={"metric": "agreement with FP32 on the calibration split",
+                                      "max_drop": max_drop, "max_iterations": MAX_RESTORE_ITERATIONS}, ignored=head)
+    out_xml = Path(out_xml)
+    out_xml.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(qmodel, str(out_xml), compress_to_fp16=False)
+    return info
+
+
+def convert_openvino_fp32(fp32_onnx, out_xml) -> dict:
+    import openvino as ov
+
+    out_xml = Path(out_xml)
+    out_xml.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov.convert_model(str(fp32_onnx)), str(out_xml), compress_to_fp16=False)
+    return {"tool": f"openvino {ov.__version__} convert_model", "level": None}

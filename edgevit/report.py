@@ -1,0 +1,91 @@
+"""Human-readable views of a bundle manifest: report.md and ``edgevit inspect``."""
+
+from __future__ import annotations
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+def _ms(e) -> str:
+    lat = e.get("latency_ms") if isinstance(e, dict) else None
+    return f"{lat['p50']:.3f}" if lat else "n/a"
+
+
+def preset_rows(manifest: dict) -> list[list[str]]:
+    backends = manifest["backends"]
+    rows = []
+    for p in manifest["presets"]:
+        row = [p["name"] + (" *" if p.get("pareto") else ""), str(p["resolution"]), f"{p['keep_rate']:g}",
+               f"{p['gflops']:.4f}", _pct(p["torch"]["top1"])]
+        for b in backends:
+            e = p["engines"].get(b, {})
+            if e.get("status") != "ok":
+                row += [e.get("status", "missing"), "", "", ""]
+                continue
+            prec = e["precision"] + (" (fallback)" if e.get("fallback") else "")
+            row += [prec, _pct(e["top1"]), _pct(e["agreement"]), _ms(e)]
+        rows.append(row)
+    return rows
+
+
+def preset_header(manifest: dict) -> list[str]:
+    head = ["preset", "res", "keep", "GFLOPs", "torch top-1"]
+    for b in manifest["backends"]:
+        head += [f"{b} precision", f"{b} top-1", f"{b} agree", f"{b} p50 ms"]
+    return head
+
+
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def text_table(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
+
+
+def summary_lines(m: dict) -> list[str]:
+    t, tools = m["target"], m["tools"]
+    lines = [
+        f"model      {m['model']['name']} ({m['model']['params']:,} params; {m['model']['source']})",
+        f"target     {t['name']}: {t['description']}",
+        f"backends   {', '.join(m['backends'])} (primary {m['backend']}); precision {m['precision']}; opset {m['opset']}",
+        f"input      {m['input']['name']} {m['input']['shape']} {m['input']['dtype']}; labels {len(m['labels'])}",
+        f"data       {m['data']['name']} (split {m['data']['split_hash']}); calibration {m['data']['calibration_samples']}, "
+        f"validation {m['data']['validation_samples']}",
+        f"gate       top-1 drop <= {100 * t['accuracy']['max_top1_drop']:.2f} pts, agreement >= "
+        f"{100 * t['accuracy']['min_agreement']:.2f}%",
+        f"tools      " + ", ".join(f"{k} {v}" for k, v in tools.items() if v),
+        f"built      {m['created']} by edgevit {m['edgevit_version']} in {m['build_seconds']} s",
+    ]
+    if m.get("unavailable_backends"):
+        for b, why in m["unavailable_backends"].items():
+            lines.append(f"missing    {b}: {why}")
+    if not m.get("latency_measured_here"):
+        lines.append(f"latency    not measured: {m.get('latency_note')}")
+    return lines
+
+
+def fallbacks(m: dict) -> list[str]:
+    out = []
+    for p in m["presets"]:
+        for b, e in p["engines"].items():
+            if e.get("fallback"):
+                out.append(f"{p['name']} on {b}: {e['fallback']['from']} -> {e['fallback']['to']} because "
+                           f"{e['fallback']['reason']}")
+    return out
+
+
+def manifest_report(m: dict) -> str:
+    parts = [f"# {m['name']}", "", "```", *summary_lines(m), "```", "",
+             "## Presets", "", "`*` marks the accuracy/latency Pareto front of the primary backend. Agreement is the "
+             "fraction of validation images where the engine's top-1 equals the torch FP32 model's.", "",
+             markdown_table(preset_header(m), preset_rows(m)), ""]
+    fb = fallbacks(m)
+    parts += ["## Fallbacks", ""] + ([f"- {x}" for x in fb] if fb else ["None: every engine passed the gate at "
+                                                                         f"{m['precision']}."]) + [""]
+    return "\n".join(parts)

@@ -1,0 +1,128 @@
+"""The embedded runtime: load a bundle, keep every preset's engine resident, predict with any of them.
+
+It imports numpy, Pillow and the bundle's backend library only: devices may not have torch. Engines are
+checked against the manifest's sha256 before they are loaded.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgevit.backends.base import EngineSpec, get_backend
+from edgevit.bundle import read_manifest, verify_files
+from edgevit.data.preprocess import Preprocess
+from edgevit.errors import EdgevitError
+
+
+@dataclass(frozen=True)
+class PresetInfo:
+    name: str
+    resolution: int
+    keep_rate: float
+    gflops: float
+    precision: str
+    top1: float | None          # validation top-1 of this engine, from the manifest
+    latency_ms: float | None    # build-host p50, when the build host matched the target
+    pareto: bool
+
+
+@dataclass
+class Prediction:
+    preset: str
+    indices: np.ndarray          # (N,) class indices
+    labels: list                 # (N,) class names
+    logits: np.ndarray           # (N, classes)
+
+
+class Runtime:
+    """``rt.presets`` (cheapest first), ``rt.use(name)``, ``rt.predict(images)``."""
+
+    def __init__(self, bundle: Path, manifest: dict, backend: str, runners: dict, infos: list[PresetInfo]):
+        self.bundle, self.manifest, self.backend = bundle, manifest, backend
+        self.preprocess = Preprocess.from_dict(manifest["preprocess"])
+        self.labels = list(manifest["labels"])
+        self._runners = runners
+        self.presets = infos
+        self._lock = threading.Lock()
+        best = [p for p in infos if p.pareto] or infos
+        self._current = max(best, key=lambda p: (p.top1 or 0, -p.gflops)).name
+
+    @property
+    def current(self) -> str:
+        return self._current
+
+    def preset(self, name: str) -> PresetInfo:
+        for p in self.presets:
+            if p.name == name:
+                return p
+        raise EdgevitError(f"unknown preset {name!r}; this bundle has: {', '.join(p.name for p in self.presets)}")
+
+    def use(self, name: str) -> None:
+        """Switch presets: a reference swap; a request already running finishes on its own preset."""
+        self.preset(name)
+        with self._lock:
+            self._current = name
+
+    def predict(self, images, preset: str | None = None) -> Prediction:
+        """Class predictions for a PIL image, an image array, a list of them, or a preprocessed NCHW array."""
+        name = preset or self._current          # read once: the whole request runs on this preset
+        if name not in self._runners:
+            self.preset(name)
+        runner = self._runners[name]
+        x = self.preprocess.batch(images)
+        b = runner.input_shape[0]
+        outs = []
+        for i in range(0, len(x), b):
+            chunk = x[i:i + b]
+            n = len(chunk)
+            if n < b:  # static-shape engines: pad the last chunk
+                chunk = np.concatenate([chunk, np.zeros((b - n,) + chunk.shape[1:], chunk.dtype)])
+            outs.append(runner.infer(np.ascontiguousarray(chunk))[:n])
+        logits = np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
+        idx = logits.argmax(-1)
+        return Prediction(name, idx, [self.labels[i] for i in idx], logits)
+
+    def close(self) -> None:
+        for r in self._runners.values():
+            r.close()
+        self._runners.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def load(bundle, backend: str | None = None, presets: list[str] | None = None, verify: bool = True) -> Runtime:
+    """Open a bundle directory and load every preset's engine (or only ``presets``) for ``backend``
+    (default: the target's primary backend)."""
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    backend = backend or manifest["backend"]
+    chosen = manifest["presets"] if presets is None else [p for p in manifest["presets"] if p["name"] in presets]
+    if presets is not None and len(chosen) != len(set(presets)):
+        known = [p["name"] for p in manifest["presets"]]
+        raise EdgevitError(f"unknown preset(s) {sorted(set(presets) - set(known))}; this bundle has: {', '.join(known)}")
+    runners, infos = {}, []
+    impl = get_backend(backend)
+    for p in chosen:
+        entry = p["engines"].get(backend)
+        if entry is None:
+            raise EdgevitError(f"bundle {bundle}: preset {p['name']} has no {backend} engine; it has "
+                               f"{', '.join(p['engines']) or 'none'}")
+        if entry.get("status") != "ok":
+            raise EdgevitError(f"bundle {bundle}: preset {p['name']} {backend} engine is {entry.get('status')}: "
+                               f"{entry.get('reason', '')}")
+        spec = EngineSpec(**entry["engine"])
+        if verify:
+            verify_files(bundle, manifest, spec.files)
+        runners[p["name"]] = impl.load(bundle, spec)
+        infos.append(PresetInfo(p["name"], p["resolution"], p["keep_rate"], p["gflops"], spec.precision,
+                                entry.get("top1"), (entry.get("latency_ms") or {}).get("p50"), p.get("pareto", False)))
+    infos.sort(key=lambda i: (i.gflops, -i.resolution))
+    return Runtime(bundle, manifest, backend, runners, infos)

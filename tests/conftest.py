@@ -1,0 +1,19 @@
+import pytest
+
+from edgevit.train import TrainConfig, train
+
+
+@pytest.fixture(scope="session")
+def quick_checkpoint(tmp_path_factory):
+    """SuperViT-nano after a few dozen steps on digits: far from converged, enough to build and compare."""
+    out = tmp_path_factory.mktemp("ckpt") / "quick.pt"
+    train(TrainConfig(epochs=6, warmup_epochs=1, out=str(out)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def default_training(tmp_path_factory):
+    """The embedded default trained with the CLI's defaults (slow: about 4 minutes on 2 cores)."""
+    out = tmp_path_factory.mktemp("default") / "supervit-nano-digits.pt"
+    result = train(TrainConfig(out=str(out)))
+    return out, result

@@ -1,0 +1,79 @@
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from edgevit.cli import cli
+from edgevit.errors import EdgevitError
+from edgevit.profiles import list_profiles, load_profile, parse_profile
+
+
+def test_shipped_profiles_load_and_resolve_defaults():
+    assert {"x86-cpu", "jetson-orin", "jetson-orin-nano", "desktop-gpu"} <= set(list_profiles())
+    p = load_profile("x86-cpu")
+    assert p.backends == ["openvino", "onnxruntime"] and p.precision == "int8"
+    assert p.openvino["inference_precision"] == "f32"
+    assert p.accuracy == {"max_top1_drop": 0.01, "min_agreement": 0.99}
+    orin = load_profile("jetson-orin")
+    assert orin.backend == "tensorrt" and orin.device["dla_cores"] == 2 and orin.tensorrt["version"] == "10"
+    assert load_profile("desktop-gpu").tensorrt["hardware_compatibility"] == "ampere_plus"
+
+
+def _write(tmp_path, text, name="board.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+BASE = "name: board\ndevice: {kind: cpu}\nbackend: onnxruntime\n"
+
+
+def test_user_file_by_path(tmp_path):
+    p = load_profile(str(_write(tmp_path, BASE + "precision: fp32\n")))
+    assert p.name == "board" and p.precision == "fp32" and p.calibration["samples"] == 512
+
+
+def test_misspelled_key_names_key_and_file(tmp_path):
+    path = _write(tmp_path, BASE + "accuracy: {max_top1_dorp: 0.02}\n")
+    with pytest.raises(EdgevitError) as e:
+        load_profile(str(path))
+    msg = str(e.value)
+    assert str(path) in msg and "accuracy" in msg and "max_top1_dorp" in msg and "did you mean 'max_top1_drop'" in msg
+
+
+@pytest.mark.parametrize("extra,needle", [
+    ("precision: int4\n", "precision: 'int4' is not allowed; expected one of int8, fp16, fp32"),
+    ("batch: 0\n", "batch: 0 is out of range"),
+    ("batch: two\n", "batch: expected integer, got 'two'"),
+    ("fallbacks: [onnxruntime]\n", "lists the primary backend"),
+    ("fallbacks: [tflite]\n", "fallbacks[0]: 'tflite' is not allowed"),
+    ("accuracy: {max_top1_drop: 1.5}\n", "accuracy.max_top1_drop: 1.5 is out of range"),
+    ("tensorrt: {timing_cache: 3}\n", "tensorrt.timing_cache: expected true/false, got 3"),
+])
+def test_bad_values_name_field_and_allowed(tmp_path, extra, needle):
+    with pytest.raises(EdgevitError, match=None) as e:
+        load_profile(str(_write(tmp_path, BASE + extra)))
+    assert needle in str(e.value) and "board.yaml" in str(e.value)
+
+
+def test_missing_required_and_bad_yaml(tmp_path):
+    with pytest.raises(EdgevitError, match="backend: required key is missing"):
+        load_profile(str(_write(tmp_path, "name: x\ndevice: {kind: cpu}\n")))
+    with pytest.raises(EdgevitError, match=r"not valid YAML at line 2"):
+        load_profile(str(_write(tmp_path, "name: x\n  bad: [\n", "y.yaml")))
+    with pytest.raises(EdgevitError, match="tensorrt needs device.kind gpu or jetson"):
+        parse_profile(yaml.safe_load("name: x\ndevice: {kind: cpu}\nbackend: tensorrt\n"), "inline")
+
+
+def test_unknown_target_suggests():
+    with pytest.raises(EdgevitError, match="unknown target 'x86_cpu' \\(did you mean 'x86-cpu'\\?\\)"):
+        load_profile("x86_cpu")
+
+
+def test_cli_profiles_list_and_show(tmp_path):
+    r = CliRunner().invoke(cli, ["profiles"])
+    assert r.exit_code == 0 and "jetson-orin-nano" in r.output and "openvino" in r.output
+    r = CliRunner().invoke(cli, ["profiles", "show", "x86-cpu"])
+    shown = yaml.safe_load(r.output)
+    assert shown["openvino"]["inference_precision"] == "f32" and shown["calibration"]["method"] == "minmax"
+    r = CliRunner().invoke(cli, ["build", "--target", str(_write(tmp_path, BASE + "oops: 1\n"))])
+    assert r.exit_code == 2 and "unknown key 'oops'" in r.output and "board.yaml" in r.output
