@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/edgevit train
-	$(VENV)/bin/edgevit eval runs/supervit-nano-digits.pt
+	$(VENV)/bin/edgevit build --target x86-cpu
+	$(VENV)/bin/edgevit inspect bundles/supervit-nano-x86-cpu
 
 test: setup
 	$(PY) -m pytest -q
@@ -28,4 +28,4 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 clean:
-	rm -rf runs .edgevit-cache .pytest_cache
+	rm -rf runs bundles .edgevit-cache .pytest_cache

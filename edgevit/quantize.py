@@ -5,9 +5,10 @@ Levels, tried in order until a preset passes the profile's accuracy gate (the bu
 * ``0``: the transformer default. ONNX Runtime quantizes only MatMul/Gemm/Conv (QDQ, per-channel symmetric
   weights), so LayerNorm, Softmax and GELU stay in FP32; OpenVINO uses NNCF's post-training quantization with
   the transformer model type, which keeps the same operations in floating point.
-* ``1``: additionally keeps the classifier head and the activation-by-activation MatMuls (attention's q.k and
-  attn.v) in FP32; for OpenVINO, NNCF's accuracy-controlled quantization, measured as agreement with the
-  FP32 model on the calibration split (never the validation split, which reports the result).
+* ``1``: additionally keeps in FP32 the classifier head, the activation-by-activation MatMuls (attention's q.k
+  and attn.v) and the projections that feed token selection (SuperViT's TopK); for OpenVINO, NNCF's
+  accuracy-controlled quantization with the head ignored, measured as agreement with the FP32 model on the
+  calibration split (never the validation split, which reports the result).
 
 OpenVINO is quantized from its own model, never by re-using ONNX Runtime's QDQ file: OpenVINO's low-precision
 transformations could not compile ORT's QDQ ViT (ARCHITECTURE.md §3).
@@ -25,7 +26,8 @@ from edgevit.export import INPUT_NAME
 
 LEVELS = (0, 1)
 MAX_RESTORE_ITERATIONS = 8
-LEVEL_NAMES = {0: "int8 (LayerNorm/Softmax/GELU in fp32)", 1: "int8 (+ head and attention matmuls in fp32)"}
+LEVEL_NAMES = {0: "int8 (LayerNorm/Softmax/GELU in fp32)",
+               1: "int8 (+ head, attention and token-selection matmuls in fp32)"}
 
 
 def batches(x: np.ndarray, batch: int):
@@ -35,26 +37,42 @@ def batches(x: np.ndarray, batch: int):
 
 # -- graph inspection (ONNX) ------------------------------------------------------------------------------
 
-def head_and_activation_matmuls(onnx_path) -> tuple[list[str], list[str]]:
-    """Names of the head's MatMul/Gemm (the last one before the output) and of MatMuls between activations."""
+def sensitive_nodes(onnx_path) -> dict[str, list[str]]:
+    """Nodes whose INT8 error changes discrete outcomes or the logits directly:
+
+    * ``head``: the last MatMul/Gemm before the output;
+    * ``attention``: MatMuls between two activations (q.k and attn.v);
+    * ``selection``: the weight MatMuls that feed a TopK (SuperViT's token keeping: noise there changes which
+      tokens survive, the failure the spec warns about at low keep rates).
+    """
     import onnx
 
     g = onnx.load(str(onnx_path), load_external_data=False).graph
     consts = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
     producer = {o: n for n in g.node for o in n.output}
-    head = []
-    frontier = [o.name for o in g.output]
-    while frontier and not head:
-        name = frontier.pop()
-        node = producer.get(name)
-        if node is None:
-            continue
-        if node.op_type in ("MatMul", "Gemm"):
-            head.append(node.name)
-        else:
+
+    def weight_matmuls_upstream(tensors: list[str], first_only: bool) -> list[str]:
+        found, seen, frontier = [], set(), list(tensors)
+        while frontier:
+            node = producer.get(frontier.pop())
+            if node is None or node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type in ("MatMul", "Gemm") and any(i in consts for i in node.input):
+                found.append(node.name)
+                if first_only:
+                    break
+                continue  # the projection is the boundary: what feeds it is not part of this path
             frontier.extend(i for i in node.input if i and i not in consts)
-    act = [n.name for n in g.node if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
-    return head, act
+        return found
+
+    head = weight_matmuls_upstream([o.name for o in g.output], first_only=True)
+    attention = [n.name for n in g.node if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
+    selection = []
+    for n in g.node:
+        if n.op_type == "TopK":
+            selection += [m for m in weight_matmuls_upstream([n.input[0]], first_only=False) if m not in selection]
+    return {"head": head, "attention": attention, "selection": selection}
 
 
 # -- ONNX Runtime ----------------------------------------------------------------------------------------
@@ -76,15 +94,16 @@ def quantize_onnxruntime(fp32_onnx, out_path, calib: np.ndarray, level: int = 0,
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    head, act = head_and_activation_matmuls(fp32_onnx)
-    exclude = head + act if level >= 1 else []
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    exclude: list[str] = []
     fd, pre = tempfile.mkstemp(suffix=".onnx", dir=out_path.parent)
     os.close(fd)
     try:
         # Shape inference and graph clean-up first, as ONNX Runtime's quantization guide asks.
         quant_pre_process(str(fp32_onnx), pre, skip_symbolic_shape=True)
+        # Names from the pre-processed graph: pre-processing may fuse and rename nodes.
+        exclude = [n for group in sensitive_nodes(pre).values() for n in group] if level >= 1 else []
         quantize_static(pre, str(out_path), Reader(), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["MatMul", "Gemm", "Conv"], per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
@@ -114,9 +133,12 @@ def _ov_head_names(model) -> list[str]:
 def quantize_openvino(fp32_onnx, out_xml, calib: np.ndarray, level: int = 0, batch: int = 1,
                       max_drop: float = 0.01, inference_precision: str = "f32") -> dict:
     """NNCF PTQ on the OpenVINO model (transformer model type); level 1: accuracy-controlled."""
+    import logging
+
     import nncf
     import openvino as ov
 
+    nncf.set_log_level(logging.WARNING)  # the build prints its own per-attempt summary
     model = ov.Core().read_model(str(fp32_onnx))
     calib_batches = list(batches(calib, batch))
     dataset = nncf.Dataset(calib_batches)

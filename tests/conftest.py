@@ -17,3 +17,18 @@ def default_training(tmp_path_factory):
     out = tmp_path_factory.mktemp("default") / "supervit-nano-digits.pt"
     result = train(TrainConfig(out=str(out)))
     return out, result
+
+
+TWO_PRESETS = ["r32-k1", "r16-k0.5"]
+
+
+@pytest.fixture(scope="session")
+def built(quick_checkpoint, tmp_path_factory):
+    """An x86-cpu bundle of two presets built from the quick checkpoint: (path, build log, base dir)."""
+    from edgevit.builder import BuildOptions, build
+
+    base = tmp_path_factory.mktemp("build")
+    logs = []
+    out = build(BuildOptions(target="x86-cpu", checkpoint=str(quick_checkpoint), presets=TWO_PRESETS,
+                             out=str(base / "bundle"), cache_dir=str(base / "cache"), log=logs.append))
+    return out, logs, base

@@ -21,15 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TWO = ["r32-k1", "r16-k0.5"]
 
 
-@pytest.fixture(scope="module")
-def built(quick_checkpoint, tmp_path_factory):
-    base = tmp_path_factory.mktemp("build")
-    logs = []
-    out = build(BuildOptions(target="x86-cpu", checkpoint=str(quick_checkpoint), presets=TWO,
-                             out=str(base / "bundle"), cache_dir=str(base / "cache"), log=logs.append))
-    return out, logs, base
-
-
 def test_bundle_manifest_describes_every_engine(built):
     out, logs, _ = built
     m = read_manifest(out)

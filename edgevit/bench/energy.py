@@ -1,0 +1,93 @@
+"""Energy sensors: x86 RAPL counters and Jetson INA3221 power rails, both read from sysfs.
+
+``find_sensor()`` returns a sensor or the reason there is none; the bench prints ``n/a`` with that reason.
+``root`` is a parameter so tests can point it at a fake sysfs tree.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import threading
+import time
+from pathlib import Path
+
+
+class RaplSensor:
+    """Sum of the package domains' ``energy_uj`` counters (wrap-around handled)."""
+
+    name = "rapl"
+
+    def __init__(self, domains: list[Path]):
+        self.domains = domains
+        self.ranges = [int((d / "max_energy_range_uj").read_text()) if (d / "max_energy_range_uj").exists()
+                       else 2 ** 63 for d in domains]
+
+    def _read(self) -> list[int]:
+        return [int((d / "energy_uj").read_text()) for d in self.domains]
+
+    def start(self):
+        self._start = self._read()
+
+    def stop(self) -> float:
+        """Joules since ``start``."""
+        end = self._read()
+        total = 0
+        for a, b, r in zip(self._start, end, self.ranges):
+            total += b - a if b >= a else b + r - a
+        return total / 1e6
+
+
+class RailSensor:
+    """Jetson INA3221 rails: power = voltage x current, integrated by a sampling thread (10 ms)."""
+
+    name = "ina3221"
+
+    def __init__(self, rails: list[tuple[str, Path, Path]], period: float = 0.01):
+        self.rails, self.period = rails, period
+
+    def _watts(self) -> float:
+        w = 0.0
+        for _, volt, curr in self.rails:
+            w += int(volt.read_text()) * int(curr.read_text()) / 1e6   # mV * mA -> W
+        return w
+
+    def start(self):
+        self._joules, self._stop = 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        last_t, last_w = time.perf_counter(), self._watts()
+        while not self._stop.is_set():
+            time.sleep(self.period)
+            t, w = time.perf_counter(), self._watts()
+            self._joules += 0.5 * (w + last_w) * (t - last_t)
+            last_t, last_w = t, w
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self._joules
+
+
+def find_sensor(root: str = "/sys"):
+    """(sensor, "") or (None, reason)."""
+    rapl = sorted(Path(p) for p in glob.glob(os.path.join(root, "class/powercap/intel-rapl:[0-9]*"))
+                  if ":" not in Path(p).name.split("intel-rapl:", 1)[1])
+    if rapl:
+        readable = [d for d in rapl if os.access(d / "energy_uj", os.R_OK)]
+        if readable:
+            return RaplSensor(readable), ""
+        return None, f"RAPL counters under {root}/class/powercap are not readable (run as root)"
+    rails = []
+    for label in sorted(glob.glob(os.path.join(root, "bus/i2c/drivers/ina3221*/*/hwmon/hwmon*/in*_label"))):
+        label = Path(label)
+        idx = label.name[2:].split("_")[0]
+        volt, curr = label.parent / f"in{idx}_input", label.parent / f"curr{idx}_input"
+        if volt.exists() and curr.exists():
+            rails.append((label.read_text().strip(), volt, curr))
+    main = [r for r in rails if r[0].upper() in ("VDD_IN", "VIN_SYS_5V0", "POM_5V_IN")]
+    if main or rails:
+        return RailSensor(main or rails), ""
+    return None, f"no energy sensor: no RAPL under {root}/class/powercap and no INA3221 rails in sysfs"

@@ -1,0 +1,54 @@
+"""This host's measured peak: one large matrix multiply, FP32 (numpy/BLAS) and INT8 (ONNX Runtime).
+
+The bench reports achieved GFLOP/s of each engine as a fraction of these, which tells whether a preset is
+compute-bound or starved by memory, threads or overheads.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def _best_rate(fn, flops: float, reps: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return flops / best / 1e9
+
+
+def fp32_peak(n: int = 1024, reps: int = 5) -> float:
+    """GFLOP/s (1 multiply-add = 1 FLOP, the convention of the model FLOP counts) of an n x n x n matmul."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    return _best_rate(lambda: a @ b, float(n) ** 3, reps)
+
+
+def int8_peak(n: int = 1024, reps: int = 5, threads: int = 0) -> float | None:
+    """Same for uint8 x int8 -> int32 (MatMulInteger, VNNI where the CPU has it); None without onnxruntime."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "peak",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+         helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # what every supported onnxruntime reads
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
+    del onnx
+    return _best_rate(lambda: sess.run(None, feeds), float(n) ** 3, reps)

@@ -1,0 +1,382 @@
+"""``edgevit bench``: measure every preset on every backend of a bundle, beside torch eager, in one run.
+
+Hygiene: a fixed thread count for every engine; a warm-up per engine; engines measured round-robin within
+each repeat (torch, backend A, backend B, next preset, ...) so drift hits all of them alike, with a short
+idle pause between engines so one runtime's spinning threads do not slow the next; medians; and a warning
+when the repeats' medians differ by more than 10 %.
+
+Throughput at batch B: the torch baseline runs a true batch of B; bundle engines have static shapes, so B
+requests are kept in flight on B threads (what a serving loop does with a batch-1 engine).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgevit import __version__
+from edgevit.backends.base import EngineSpec, get_backend
+from edgevit.bench.energy import find_sensor
+from edgevit.bench.peak import fp32_peak, int8_peak
+from edgevit.bench.stats import summarize
+from edgevit.bundle import read_manifest, verify_files
+from edgevit.errors import EdgevitError
+from edgevit.host import cpu_info, tool_versions
+
+SCHEMA = "edgevit-bench"
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class BenchOptions:
+    bundle: str
+    presets: list[str] | None = None
+    backends: list[str] | None = None
+    batches: list[int] = field(default_factory=lambda: [1])
+    threads: int | None = None
+    warmup_s: float = 0.3
+    # Idle pause before each timed block: the previous engine's thread pool keeps spinning for a while after
+    # its last inference, and on a 2-core host that doubled the next engine's latency for a whole block.
+    settle_s: float = 0.2
+    duration_s: float | None = 1.5       # per engine and batch size, over all repeats
+    iterations: int | None = None        # instead of duration: inferences per engine, over all repeats
+    repeats: int = 3
+    accuracy: bool = False
+    baseline: bool = True
+    power_modes: list[str] | None = None
+    sysfs: str = "/sys"
+    log: Callable[[str], None] = field(default=lambda m: None)
+
+
+@dataclass
+class Engine:
+    preset: dict
+    backend: str                 # "torch" for the baseline
+    precision: str
+    infer: Callable
+    batch: int                   # the engine's static batch (torch: any)
+    size_mb: float | None
+    rss_mb: float | None
+    inference_precision: str | None = None
+    runner: object = None
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2 ** 20
+
+
+def _files_mb(bundle: Path, files: list[str]) -> float:
+    return sum((bundle / f).stat().st_size for f in files) / 2 ** 20
+
+
+def load_engines(bundle: Path, manifest: dict, opts: BenchOptions, threads: int) -> tuple[list[Engine], dict]:
+    """Bundle engines (and torch presets) for the chosen presets and backends; skipped ones with reasons."""
+    chosen = manifest["presets"]
+    if opts.presets:
+        known = {p["name"] for p in chosen}
+        bad = [n for n in opts.presets if n not in known]
+        if bad:
+            raise EdgevitError(f"unknown preset(s) {', '.join(bad)}; this bundle has: {', '.join(sorted(known))}")
+        chosen = [p for p in chosen if p["name"] in opts.presets]
+    backends = opts.backends or list(manifest["backends"])
+    for b in backends:
+        if b not in manifest["backends"] and b not in manifest.get("unavailable_backends", {}):
+            raise EdgevitError(f"backend {b!r} is not in this bundle; it has: {', '.join(manifest['backends'])}")
+    engines, skipped = [], {}
+    for p in chosen:
+        for b in backends:
+            entry = p["engines"].get(b, {})
+            if entry.get("status") != "ok":
+                skipped[f"{p['name']}/{b}"] = entry.get("reason", entry.get("status", "missing"))
+                continue
+            spec = EngineSpec(**entry["engine"])
+            spec.settings = {**spec.settings, "threads": threads}
+            verify_files(bundle, manifest, spec.files)
+            before = _rss_mb()
+            runner = get_backend(b).load(bundle, spec)
+            engines.append(Engine(p, b, spec.precision, runner.infer, runner.input_shape[0],
+                                  _files_mb(bundle, spec.files), _rss_mb() - before,
+                                  getattr(runner, "inference_precision", None), runner))
+    baseline_note = None
+    if opts.baseline:
+        engines_torch, baseline_note = _torch_engines(bundle, manifest, chosen, threads)
+        engines = engines_torch + engines
+    else:
+        baseline_note = "skipped (--no-baseline)"
+    return engines, {"skipped": skipped, "baseline": baseline_note}
+
+
+def _torch_engines(bundle: Path, manifest: dict, presets: list[dict], threads: int):
+    if not manifest.get("checkpoint"):
+        return [], "skipped: the bundle has no checkpoint (built with --no-checkpoint)"
+    try:
+        import torch
+    except ImportError:
+        return [], "skipped: torch is not installed on this host"
+    from edgevit.checkpoints import load_checkpoint
+
+    torch.set_num_threads(threads)
+    before = _rss_mb()
+    model = load_checkpoint(bundle / manifest["checkpoint"]).model.eval()
+    rss = _rss_mb() - before
+    size = _files_mb(bundle, [manifest["checkpoint"]])
+    out = []
+    for p in presets:
+        def infer(x, p=p):
+            with torch.inference_mode():
+                return model(torch.from_numpy(x), p["resolution"], p["keep_rate"]).numpy()
+
+        out.append(Engine(p, "torch", "fp32", infer, 0, size, rss))
+    return out, "torch eager FP32 from the bundle's checkpoint, measured interleaved with the engines"
+
+
+def _timed(fn, x, seconds: float | None, iterations: int | None) -> list[float]:
+    times = []
+    deadline = time.perf_counter() + (seconds or 0)
+    while (iterations is not None and len(times) < iterations) or (iterations is None and time.perf_counter() < deadline):
+        t0 = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _concurrent(fn, x, workers: int, seconds: float) -> tuple[int, float]:
+    """Images completed by ``workers`` threads, each with one request in flight, in ``seconds``."""
+    stop = threading.Event()
+    counts = [0] * workers
+
+    def loop(i):
+        while not stop.is_set():
+            fn(x)
+            counts[i] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(workers)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return sum(counts), time.perf_counter() - t0
+
+
+def measure(engines: list[Engine], opts: BenchOptions, sensor, input_shape) -> list[dict]:
+    rng = np.random.default_rng(0)
+    share = None if opts.duration_s is None else opts.duration_s / opts.repeats
+    iters = None if opts.iterations is None else max(1, opts.iterations // opts.repeats)
+    timings = {id(e): [] for e in engines}
+    energy = {id(e): [0.0, 0] for e in engines}
+    throughput = {id(e): {} for e in engines}
+    inputs = {}
+
+    def x_for(e: Engine, batch: int):
+        b = batch if e.backend == "torch" else e.batch
+        if b not in inputs:
+            inputs[b] = rng.standard_normal((b, *input_shape[1:])).astype(np.float32)
+        return inputs[b]
+
+    for e in engines:  # warm-up, once per engine
+        _timed(e.infer, x_for(e, 1), opts.warmup_s, None if opts.warmup_s else 3)
+    for r in range(opts.repeats):
+        for e in engines:
+            x = x_for(e, 1)
+            time.sleep(opts.settle_s)
+            _timed(e.infer, x, None, 2)  # wake this engine's pool before the clock starts
+            if sensor is not None:
+                sensor.start()
+            t = _timed(e.infer, x, share, iters)
+            if sensor is not None:
+                energy[id(e)][0] += sensor.stop()
+                energy[id(e)][1] += len(t)
+            timings[id(e)].append(t)
+            for b in opts.batches:
+                if b == 1:
+                    continue
+                if e.backend == "torch":
+                    xb = x_for(e, b)
+                    tb = _timed(e.infer, xb, share, iters)
+                    done, secs = b * len(tb), sum(tb) / 1e3
+                else:
+                    done, secs = _concurrent(e.infer, x, b, share or 0.5)
+                acc = throughput[id(e)].setdefault(b, [0, 0.0])
+                acc[0] += done
+                acc[1] += secs
+        opts.log(f"[bench] repeat {r + 1}/{opts.repeats} done")
+
+    results = []
+    for e in engines:
+        stats = summarize(timings[id(e)])
+        pooled = sum(len(t) for t in timings[id(e)])
+        tput = {"1": round(pooled / (sum(sum(t) for t in timings[id(e)]) / 1e3), 3)}
+        for b, (done, secs) in throughput[id(e)].items():
+            tput[str(b)] = round(done / secs, 3) if secs else None
+        joules, n = energy[id(e)]
+        results.append({
+            "preset": e.preset["name"], "resolution": e.preset["resolution"], "keep_rate": e.preset["keep_rate"],
+            "gflops": e.preset["gflops"], "backend": e.backend, "precision": e.precision,
+            "inference_precision": e.inference_precision,
+            "latency_ms": stats.to_dict(), "throughput_ips": tput,
+            "engine_mb": None if e.size_mb is None else round(e.size_mb, 3),
+            "rss_delta_mb": None if e.rss_mb is None else round(e.rss_mb, 2),
+            "energy_mj": round(1e3 * joules / n, 4) if sensor is not None and n else None,
+            "warning": stats.warning,
+        })
+    return results
+
+
+def attach_accuracy(results: list[dict], manifest: dict, engines: list[Engine], remeasure: bool, log) -> None:
+    by_key = {(e.preset["name"], e.backend): e for e in engines}
+    data = None
+    if remeasure:
+        from edgevit.data.datasets import load_dataset
+        from edgevit.data.preprocess import Preprocess
+        from edgevit.validate import run_engine
+
+        name = manifest["data"]["name"]
+        if name != "digits" and not Path(name).is_dir():
+            raise EdgevitError(f"--accuracy needs the bundle's validation data {name}, which is not on this host")
+        pre = Preprocess.from_dict(manifest["preprocess"])
+        ds = load_dataset(name, crop=pre.crop, channels=pre.channels)
+        data = ds.val.arrays(pre)
+        log(f"[bench] re-measuring top-1 on {len(data[1])} validation images")
+    for r in results:
+        preset = next(p for p in manifest["presets"] if p["name"] == r["preset"])
+        if data is not None:
+            logits = run_engine(_AsRunner(by_key[(r["preset"], r["backend"])]), data[0])
+            r["top1"], r["top1_source"] = float((logits.argmax(-1) == data[1]).mean()), "measured"
+        elif r["backend"] == "torch":
+            r["top1"], r["top1_source"] = preset["torch"]["top1"], "manifest"
+        else:
+            r["top1"], r["top1_source"] = preset["engines"][r["backend"]]["top1"], "manifest"
+
+
+class _AsRunner:
+    def __init__(self, e: Engine):
+        self.infer = e.infer
+        self.input_shape = (e.batch or 64,)
+
+
+def attach_ratios(results: list[dict], peaks: dict) -> None:
+    base = {r["preset"]: r["latency_ms"]["p50"] for r in results if r["backend"] == "torch"}
+    for r in results:
+        p50 = r["latency_ms"]["p50"]
+        r["speedup_vs_torch"] = round(base[r["preset"]] / p50, 3) if r["preset"] in base and p50 else None
+        achieved = r["gflops"] / (p50 / 1e3) if p50 else None
+        peak = peaks.get("int8_gflops") if r["precision"] == "int8" else peaks.get("fp32_gflops")
+        r["achieved_gflops"] = None if achieved is None else round(achieved, 3)
+        r["fraction_of_peak"] = round(achieved / peak, 5) if achieved and peak else None
+
+
+# -- Jetson power modes -------------------------------------------------------------------------------------
+
+def jetson_power_mode() -> str | None:
+    exe = shutil.which("nvpmodel")
+    if not exe:
+        return None
+    out = subprocess.run([exe, "-q"], capture_output=True, text=True, timeout=10).stdout
+    for line in out.splitlines():
+        if "Power Mode" in line:
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def _mode_ids() -> dict[str, str]:
+    """Mode name -> id from nvpmodel's configuration (``< POWER_MODEL ID=0 NAME=MAXN >``)."""
+    import re
+
+    ids = {}
+    for conf in ("/etc/nvpmodel.conf",):
+        if os.path.exists(conf):
+            for m in re.finditer(r"POWER_MODEL\s+ID=(\d+)\s+NAME=(\S+)\s*>", Path(conf).read_text()):
+                ids[m.group(2)] = m.group(1)
+    return ids
+
+
+def set_power_mode(name: str, ids: dict[str, str]) -> None:
+    if name not in ids:
+        raise EdgevitError(f"power mode {name!r} is not in /etc/nvpmodel.conf; this device has: {', '.join(ids)}")
+    subprocess.run(["nvpmodel", "-m", ids[name]], check=True, capture_output=True, timeout=60)
+    time.sleep(2.0)  # clocks settle
+
+
+# -- the whole run ------------------------------------------------------------------------------------------
+
+def run_bench(opts: BenchOptions) -> dict:
+    bundle = Path(opts.bundle)
+    manifest = read_manifest(bundle)
+    threads = opts.threads or os.cpu_count() or 1
+    if opts.repeats < 1:
+        raise EdgevitError("--repeats must be at least 1")
+    engines, notes = load_engines(bundle, manifest, opts, threads)
+    if not engines:
+        raise EdgevitError(f"nothing to measure in {bundle}: {notes['skipped']}")
+    sensor, energy_note = find_sensor(opts.sysfs)
+    opts.log(f"[bench] host peak: one 1024^3 matmul, FP32 and INT8")
+    peaks = {"fp32_gflops": round(fp32_peak(), 2), "int8_gflops": None}
+    i8 = int8_peak(threads=threads)
+    peaks["int8_gflops"] = None if i8 is None else round(i8, 2)
+    opts.log(f"[bench] {len(engines)} engines x {opts.repeats} repeats, interleaved, {threads} threads")
+
+    modes = opts.power_modes or [None]
+    runs = []
+    original = jetson_power_mode() if opts.power_modes else None
+    if opts.power_modes:
+        if original is None:
+            raise EdgevitError("--power-modes needs a Jetson with nvpmodel on PATH")
+        if os.geteuid() != 0:
+            raise EdgevitError("--power-modes needs root (nvpmodel changes the device's power mode)")
+    ids = _mode_ids() if opts.power_modes else {}
+    try:
+        for mode in modes:
+            if mode is not None:
+                opts.log(f"[bench] power mode {mode}")
+                set_power_mode(mode, ids)
+            results = measure(engines, opts, sensor, manifest["input"]["shape"])
+            attach_accuracy(results, manifest, engines, opts.accuracy, opts.log)
+            attach_ratios(results, peaks)
+            for r in results:
+                r["power_mode"] = mode
+            runs.extend(results)
+    finally:
+        if opts.power_modes and original:
+            set_power_mode(original, ids)
+    for e in engines:
+        if e.runner is not None:
+            e.runner.close()
+
+    import resource
+
+    cpu = cpu_info()
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "edgevit_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bundle": {"path": str(bundle), "name": manifest["name"], "model": manifest["model"]["name"],
+                   "target": manifest["target"]["name"]},
+        "host": {"cpu": cpu["model"], "arch": platform.machine(), "features": cpu["features"],
+                 "cores": cpu["cores"], "threads": threads, "tools": tool_versions(),
+                 "openvino_inference_precision": sorted({e.inference_precision for e in engines
+                                                         if e.inference_precision}),
+                 "jetson_power_mode": jetson_power_mode(),
+                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
+        "settings": {"batches": list(opts.batches), "warmup_s": opts.warmup_s, "settle_s": opts.settle_s,
+                     "duration_s": opts.duration_s,
+                     "iterations": opts.iterations, "repeats": opts.repeats, "accuracy": opts.accuracy},
+        "peak": peaks,
+        "energy": {"sensor": None if sensor is None else sensor.name, "note": energy_note or None},
+        "baseline": notes["baseline"],
+        "skipped": notes["skipped"],
+        "results": runs,
+    }
