@@ -160,6 +160,10 @@ def build_engine(backend, onnx_path, preset, profile: Profile, calib, vx, vy, re
 
     attempts = []
     plan = [(profile.precision, lvl) for lvl in LEVELS] if profile.precision == "int8" else [(profile.precision, None)]
+    if profile.precision not in backend.precisions:
+        attempts.append({"precision": profile.precision, "level": None, "scheme": profile.precision, "passed": False,
+                         "reason": f"{backend.name} does not build {profile.precision} on this host"})
+        plan = []
     if profile.precision != "fp32":
         plan.append(("fp32", None))
     for precision, level in plan:
@@ -197,7 +201,7 @@ def build(opts: BuildOptions) -> Path:
 
     from edgevit.checkpoints import save_checkpoint
     from edgevit.models import model_family
-    from edgevit.train import evaluate_presets, weight_digest
+    from edgevit.train import weight_digest
 
     t_start = time.perf_counter()
     log = opts.log

@@ -45,6 +45,7 @@ class BundleWriter:
         self.tmp: Path | None = None
 
     def __enter__(self) -> "BundleWriter":
+        check_replaceable(self.out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
         cleanup.register(self.tmp)
@@ -62,16 +63,53 @@ class BundleWriter:
         manifest = {**manifest, "files": {p.relative_to(self.tmp).as_posix(): sha256_file(p) for p in files}}
         (self.tmp / "report.md").write_text(report)
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+        make_readable(self.tmp)
+        check_replaceable(self.out)
         old = None
         if self.out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
             os.replace(self.out, old / "bundle")
-        os.replace(self.tmp, self.out)
+        try:
+            os.replace(self.tmp, self.out)
+        except OSError:
+            if old is not None:  # put the previous bundle back
+                os.replace(old / "bundle", self.out)
+            raise
         cleanup.unregister(self.tmp)
         self.tmp = None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return self.out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_readable(root: Path) -> None:
+    """mkdtemp/mkstemp create private (0700/0600) entries; give the bundle the user's usual permissions."""
+    mask = _umask()
+    for p in [root, *root.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+def check_replaceable(out: Path) -> None:
+    """The output path may hold nothing, an empty directory, or an edgevit bundle: never anything else."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise EdgevitError(f"output {out} exists and is not a directory; choose another --out")
+    if not any(out.iterdir()):
+        return
+    try:
+        is_bundle = json.loads((out / MANIFEST).read_text()).get("schema") == SCHEMA
+    except (OSError, ValueError, AttributeError):
+        is_bundle = False
+    if not is_bundle:
+        raise EdgevitError(f"output {out} exists and is not an edgevit bundle; refusing to replace it "
+                           f"(choose another --out, or remove it yourself)")
 
 
 def read_manifest(bundle) -> dict:

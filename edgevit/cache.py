@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edgevit import cleanup
+from edgevit.bundle import make_readable
 
 
 def content_key(*parts) -> str:
@@ -43,6 +44,7 @@ class Cache:
         try:
             yield tmp
             (tmp / ".complete").touch()
+            make_readable(tmp)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)

@@ -48,6 +48,9 @@ def save_checkpoint(path, model, **meta) -> Path:
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

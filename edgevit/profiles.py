@@ -84,7 +84,7 @@ SCHEMA: dict = {
         "hysteresis_pct": F((int, float), 5, min=0, max=50),
         "min_dwell_s": F((int, float), 10, min=0),
         "battery_thresholds": F(list, [80, 50, 20], items=(int, float)),
-        "latency_deadline_ms": F((int, float, type(None)), None, min=0),
+        "latency_deadline_ms": F((int, float, type(None)), None, min=0.001),
         "thermal_limit_c": F((int, float), 85, min=0),
     },
 }
@@ -173,6 +173,9 @@ def parse_profile(data: Any, source: str) -> Profile:
     resolved = _resolve(data, SCHEMA, f"{source}:")
     if resolved["backend"] in resolved["fallbacks"]:
         raise EdgevitError(f"{source}: fallbacks: lists the primary backend {resolved['backend']!r} again")
+    for i, t in enumerate(resolved["runtime"]["battery_thresholds"]):
+        if not 0 <= t <= 100:
+            raise EdgevitError(f"{source}: runtime.battery_thresholds[{i}]: {t} is outside 0..100 (percent)")
     if resolved["backend"] == "tensorrt" and resolved["device"]["kind"] == "cpu":
         raise EdgevitError(f"{source}: backend: tensorrt needs device.kind gpu or jetson, not cpu")
     return Profile(resolved, source)

@@ -80,8 +80,13 @@ def sensitive_nodes(onnx_path) -> dict[str, list[str]]:
 def quantize_onnxruntime(fp32_onnx, out_path, calib: np.ndarray, level: int = 0, method: str = "minmax",
                          batch: int = 1) -> dict:
     """QDQ INT8: per-channel symmetric int8 weights, int8 activations (symmetric, TensorRT-compatible)."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):

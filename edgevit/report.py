@@ -59,7 +59,7 @@ def summary_lines(m: dict) -> list[str]:
         f"validation {m['data']['validation_samples']}",
         f"gate       top-1 drop <= {100 * t['accuracy']['max_top1_drop']:.2f} pts, agreement >= "
         f"{100 * t['accuracy']['min_agreement']:.2f}%",
-        f"tools      " + ", ".join(f"{k} {v}" for k, v in tools.items() if v),
+        "tools      " + ", ".join(f"{k} {v}" for k, v in tools.items() if v),
         f"built      {m['created']} by edgevit {m['edgevit_version']} in {m['build_seconds']} s",
     ]
     if m.get("unavailable_backends"):

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgevit.backends.base import Backend, EngineSpec, Runner
 from edgevit.builder import BuildOptions, build, build_engine
 from edgevit.bundle import read_manifest
 from edgevit.cache import Cache
 from edgevit.data.datasets import load_digits
 from edgevit.errors import EdgevitError
-from edgevit.backends.base import Backend, EngineSpec, Runner
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO = ["r32-k1", "r16-k0.5"]
@@ -205,3 +205,37 @@ def test_default_build_x86_cpu_all_presets_int8(default_training, tmp_path):
             assert e["agreement"] >= 0.99, (p["name"], b, e["agreement"])
     assert any(p["pareto"] for p in m["presets"])
     print(f"\nbuild of 12 presets: {seconds:.0f} s\n" + (out / "report.md").read_text())
+
+
+def test_out_never_replaces_something_that_is_not_a_bundle(tmp_path):
+    from edgevit.bundle import BundleWriter
+
+    precious = tmp_path / "Documents"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(EdgevitError, match="exists and is not an edgevit bundle; refusing to replace it"):
+        with BundleWriter(precious):
+            pass
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(EdgevitError, match="is not a directory"):
+        with BundleWriter(tmp_path / "file"):
+            pass
+
+
+def test_bundle_files_follow_the_umask(built):
+    out, _, _ = built
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (out.stat().st_mode & 0o777) == (0o777 & ~mask)
+    assert ((out / "manifest.json").stat().st_mode & 0o777) == (0o666 & ~mask)
+
+
+def test_precision_a_backend_cannot_build_falls_back_with_reason(quick_checkpoint, tmp_path):
+    profile = tmp_path / "gpu-ish.yaml"
+    profile.write_text("name: gpu-ish\ndevice: {kind: cpu}\nbackend: onnxruntime\nprecision: fp16\n")
+    out = build(BuildOptions(target=str(profile), checkpoint=str(quick_checkpoint), presets=["r16-k0.5"],
+                             out=str(tmp_path / "b"), cache_dir=str(tmp_path / "c"), measure=False,
+                             log=lambda m: None))
+    e = read_manifest(out)["presets"][0]["engines"]["onnxruntime"]
+    assert e["precision"] == "fp32" and "does not build fp16 on this host" in e["fallback"]["reason"]

@@ -105,3 +105,17 @@ def test_image_folder_errors_name_the_problem(tmp_path):
     (tmp_path / "noval" / "train" / "a").mkdir(parents=True)
     with pytest.raises(EdgevitError, match="has no val/ folder"):
         load_image_folder(tmp_path / "noval", crop=16)
+
+
+def test_single_preprocessed_chw_array_is_one_image():
+    pre = Preprocess(resize=32, crop=32)
+    chw = np.zeros((3, 32, 32), np.float32)
+    assert pre.batch(chw).shape == (1, 3, 32, 32)
+
+
+def test_calib_folder_checked_like_val(tmp_path):
+    _folder(tmp_path, ["cat", "dog"])
+    (tmp_path / "calib" / "bird").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "calib" / "bird" / "b.png")
+    with pytest.raises(EdgevitError, match="calib has classes not in train/: bird"):
+        load_image_folder(tmp_path, crop=16)

@@ -167,3 +167,9 @@ def test_registry_lists_known_models_on_unknown_name():
 
 def test_kept_tokens_uses_count_with_cls():
     assert kept_tokens(197, 0.5) == 100 and kept_tokens(197, 0.7) == 139 and kept_tokens(65, 1.0) == 65
+
+
+def test_keep_rate_close_to_one_keeps_every_patch():
+    m = create_model("supervit-nano", keep_rates=(0.5, 0.99, 1.0)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m(torch.randn(1, 3, 32, 32), 32, 0.99).shape, torch.Size([1, 10]))

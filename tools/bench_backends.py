@@ -81,7 +81,7 @@ def main() -> int:
             }
             xt = torch.from_numpy(x)
 
-            def torch_eager(_x, p=p):
+            def torch_eager(_x, p=p, xt=xt):
                 with torch.inference_mode():
                     return model(xt, p.resolution, p.keep_rate)
 

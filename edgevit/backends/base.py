@@ -58,6 +58,7 @@ class Runner:
 class Backend:
     name: str = ""
     library: str = ""          # the Python package the backend needs
+    precisions: tuple = ("int8", "fp32")   # what compile() builds on this host
 
     def available(self) -> tuple[bool, str]:
         """Whether this host can compile and run the backend, and if not, why."""

@@ -219,14 +219,18 @@ def measure(engines: list[Engine], opts: BenchOptions, sensor, input_shape) -> l
     results = []
     for e in engines:
         stats = summarize(timings[id(e)])
+        per_call = e.batch or 1          # images per call: the engine's static batch (torch at batch 1: 1)
         pooled = sum(len(t) for t in timings[id(e)])
-        tput = {"1": round(pooled / (sum(sum(t) for t in timings[id(e)]) / 1e3), 3)}
+        tput = {"1": round(per_call * pooled / (sum(sum(t) for t in timings[id(e)]) / 1e3), 3)}
         for b, (done, secs) in throughput[id(e)].items():
-            tput[str(b)] = round(done / secs, 3) if secs else None
+            images = done if e.backend == "torch" else done * per_call
+            tput[str(b)] = round(images / secs, 3) if secs else None
         joules, n = energy[id(e)]
+        n *= per_call
         results.append({
             "preset": e.preset["name"], "resolution": e.preset["resolution"], "keep_rate": e.preset["keep_rate"],
             "gflops": e.preset["gflops"], "backend": e.backend, "precision": e.precision,
+            "engine_batch": per_call,
             "inference_precision": e.inference_precision,
             "latency_ms": stats.to_dict(), "throughput_ips": tput,
             "engine_mb": None if e.size_mb is None else round(e.size_mb, 3),
@@ -270,11 +274,13 @@ class _AsRunner:
 
 
 def attach_ratios(results: list[dict], peaks: dict) -> None:
+    """Speed-up over torch (per image) and achieved GFLOP/s; latency is per call of ``engine_batch`` images."""
     base = {r["preset"]: r["latency_ms"]["p50"] for r in results if r["backend"] == "torch"}
     for r in results:
         p50 = r["latency_ms"]["p50"]
-        r["speedup_vs_torch"] = round(base[r["preset"]] / p50, 3) if r["preset"] in base and p50 else None
-        achieved = r["gflops"] / (p50 / 1e3) if p50 else None
+        per_image = p50 / r.get("engine_batch", 1) if p50 else None
+        r["speedup_vs_torch"] = round(base[r["preset"]] / per_image, 3) if r["preset"] in base and per_image else None
+        achieved = r["gflops"] / (per_image / 1e3) if per_image else None
         peak = peaks.get("int8_gflops") if r["precision"] == "int8" else peaks.get("fp32_gflops")
         r["achieved_gflops"] = None if achieved is None else round(achieved, 3)
         r["fraction_of_peak"] = round(achieved / peak, 5) if achieved and peak else None
@@ -324,7 +330,7 @@ def run_bench(opts: BenchOptions) -> dict:
     if not engines:
         raise EdgevitError(f"nothing to measure in {bundle}: {notes['skipped']}")
     sensor, energy_note = find_sensor(opts.sysfs)
-    opts.log(f"[bench] host peak: one 1024^3 matmul, FP32 and INT8")
+    opts.log("[bench] host peak: one 1024^3 matmul, FP32 and INT8")
     peaks = {"fp32_gflops": round(fp32_peak(), 2), "int8_gflops": None}
     i8 = int8_peak(threads=threads)
     peaks["int8_gflops"] = None if i8 is None else round(i8, 2)

@@ -8,7 +8,7 @@ RESULT = {
     "type": "object",
     "required": ["preset", "backend", "precision", "latency_ms", "throughput_ips", "speedup_vs_torch", "top1",
                  "top1_source", "achieved_gflops", "fraction_of_peak", "engine_mb", "rss_delta_mb", "energy_mj",
-                 "gflops", "power_mode", "warning"],
+                 "gflops", "engine_batch", "power_mode", "warning"],
     "properties": {
         "preset": {"type": "string"}, "backend": {"type": "string"},
         "precision": {"enum": ["int8", "fp16", "fp32"]},
@@ -16,7 +16,7 @@ RESULT = {
         "throughput_ips": {"type": "object", "additionalProperties": _NUM},
         "speedup_vs_torch": _NUM, "top1": _NUM, "top1_source": {"enum": ["manifest", "measured"]},
         "achieved_gflops": _NUM, "fraction_of_peak": _NUM, "engine_mb": _NUM, "rss_delta_mb": _NUM,
-        "energy_mj": _NUM, "gflops": {"type": "number"},
+        "energy_mj": _NUM, "gflops": {"type": "number"}, "engine_batch": {"type": "integer", "minimum": 1},
         "power_mode": {"type": ["string", "null"]}, "warning": {"type": ["string", "null"]},
     },
 }

@@ -149,7 +149,7 @@ def load_image_folder(root, crop: int, channels: int = 3, calib_fraction: float 
         raise EdgevitError(f"{split_dirs['train']} has {len(classes)} class folder(s) with images "
                            f"({', '.join(classes) or 'none'}); a classifier needs at least 2")
     index = {c: i for i, c in enumerate(classes)}
-    val_classes, val_items = _scan(split_dirs["val"])
+    _, val_items = _scan(split_dirs["val"])
     extra = sorted({c for _, c in val_items} - set(classes))
     if extra:
         raise EdgevitError(f"{split_dirs['val']} has classes not in train/: {', '.join(extra)}")
@@ -157,6 +157,11 @@ def load_image_folder(root, crop: int, channels: int = 3, calib_fraction: float 
         raise EdgevitError(f"{split_dirs['val']} has no images")
     if split_dirs["calib"].is_dir():
         _, calib_items = _scan(split_dirs["calib"])
+        extra = sorted({c for _, c in calib_items} - set(classes))
+        if extra:
+            raise EdgevitError(f"{split_dirs['calib']} has classes not in train/: {', '.join(extra)}")
+        if not calib_items:
+            raise EdgevitError(f"{split_dirs['calib']} has no images (remove it to carve calibration from train/)")
     else:
         labels = np.array([index[c] for _, c in train_items])
         frac = min(calib_fraction, calib_max / max(1, len(labels)))
@@ -167,8 +172,13 @@ def load_image_folder(root, crop: int, channels: int = 3, calib_fraction: float 
         _check_headers(items)
 
     def split(name, items):
-        return Split(name, [p for p, _ in items], np.array([index[c] for _, c in items], np.int64),
-                     [str(p.relative_to(root)) for p, _ in items])
+        # Size and mtime in the ids: replacing images under the same names changes the split hash, and with
+        # it every cache key built on it (a cached model trained on the old pixels is not reused).
+        ids = []
+        for p, _ in items:
+            st = p.stat()
+            ids.append(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}")
+        return Split(name, [p for p, _ in items], np.array([index[c] for _, c in items], np.int64), ids)
 
     pre = preprocess or imagenet_preprocess(crop, channels)
     return Dataset(str(root), classes, pre, split("train", train_items), split("calib", calib_items),

@@ -93,10 +93,13 @@ class Preprocess:
         return self._normalise(img.crop((left, top, left + self.crop, top + self.crop)))
 
     def batch(self, images) -> np.ndarray:
-        """NCHW float32 from a list of images, or an already-preprocessed NCHW float32 array."""
-        if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype == np.float32 \
-                and images.shape[1:] == (self.channels, self.crop, self.crop):
-            return images
+        """NCHW float32 from a list of images, or an already-preprocessed CHW / NCHW float32 array."""
+        ready = (self.channels, self.crop, self.crop)
+        if isinstance(images, np.ndarray) and images.dtype == np.float32:
+            if images.ndim == 4 and images.shape[1:] == ready:
+                return images
+            if images.ndim == 3 and images.shape == ready:   # one preprocessed image, not C grayscale images
+                return images[None]
         if isinstance(images, (Image.Image, np.ndarray)) and not _is_image_batch(images):
             images = [images]
         return np.stack([self(im) for im in images])

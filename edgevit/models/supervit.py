@@ -103,7 +103,7 @@ class Block(nn.Module):
         a, scores = self.attn(self.norm1(x), cls_scores=prune)
         x = x + self.drop_path(a)
         if prune:
-            k = kept_tokens(x.shape[1], keep_rate) - 1
+            k = min(kept_tokens(x.shape[1], keep_rate) - 1, x.shape[1] - 1)   # r near 1 keeps every patch
             idx = scores.topk(k, dim=1, sorted=True).indices + 1                     # skip CLS
             kept = x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
             x = torch.cat([x[:, :1], kept], dim=1)
