@@ -253,6 +253,57 @@ def bench_cmd(bundle, presets, backends, batches, threads, warmup, duration, ite
     click.echo(f"\nwrote {json_out}, {md_out}, {plot_out}", err=True)
 
 
+
+@cli.command("simulate")
+@click.argument("bundle", type=click.Path())
+@click.option("--trace", required=True, type=click.Path(dir_okay=False),
+              help="CSV with time_s,battery_pct,charging,cpu_load,temperature_c (empty cell: not measured).")
+@click.option("--policy", default="battery", show_default=True,
+              help="battery | latency | thermal | composite | fixed (parameters from the bundle's profile), "
+                   "or a policy .yaml file.")
+@click.option("--dry", is_flag=True, help="Use the manifest's latencies instead of running the engines.")
+@click.option("--step", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Simulated seconds per decision.")
+@click.option("--fps", default=10.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Frames per second the device program serves.")
+@click.option("--power-w", default=10.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Active power assumed for the energy estimate.")
+@click.option("--min-dwell", default=None, type=click.FloatRange(0), help="Override the profile's min_dwell_s.")
+@click.option("--backend", default=None, help="Engines to use (default: the bundle's primary backend).")
+@click.option("--plot", "plot_out", default=None, metavar="FILE.png", help="[default: bench/<bundle>-simulate.png]")
+@click.option("--json", "json_out", default=None, metavar="FILE", help="Write the whole result as JSON.")
+def simulate_cmd(bundle, trace, policy, dry, step, fps, power_w, min_dwell, backend, plot_out, json_out):
+    """Replay a battery/load/temperature trace against a bundle and a switching policy.
+
+    Prints the timeline of switches with their reasons, the time spent on each preset, the mean accuracy
+    and an energy estimate, and plots the signals against the chosen preset.
+
+    \b
+    A policy file:
+      policy: battery            # battery | latency | thermal | composite | fixed
+      thresholds: [80, 50, 20]   # percent; each crossing allows one cheaper preset
+      hysteresis_pct: 5
+      min_dwell_s: 30
+    \b
+    Example:
+      edgevit simulate bundles/supervit-nano-x86-cpu --trace day.csv --policy battery --dry
+    """
+    import json
+    from pathlib import Path
+
+    from edgevit.runtime.simulate import SimOptions, plot, simulate, summary_text
+
+    r = simulate(SimOptions(bundle=bundle, trace=trace, policy=policy, dry=dry, step_s=step, fps=fps,
+                            power_w=power_w, min_dwell_s=min_dwell, backend=backend))
+    click.echo(summary_text(r))
+    plot_out = Path(plot_out) if plot_out else Path("bench") / f"{r['bundle']}-simulate.png"
+    plot_out.parent.mkdir(parents=True, exist_ok=True)
+    plot(r, plot_out)
+    if json_out:
+        Path(json_out).write_text(json.dumps(r, indent=2, default=str) + "\n")
+    click.echo(f"\nplot: {plot_out}", err=True)
+
+
 @cli.group("profiles", invoke_without_command=True)
 @click.pass_context
 def profiles_cmd(ctx):
