@@ -94,7 +94,7 @@ def train_cmd(model, data, out, **kw):
 
     \b
     Examples:
-      edgevit train                                    # SuperViT-nano on digits, ~4 min on 2 cores
+      edgevit train                                    # SuperViT-nano on digits, ~4.5 min on 2 cores
       edgevit train --data ~/flowers --model supervit-deit-s --epochs 100
       torchrun --nproc-per-node 2 -m edgevit train     # DistributedDataParallel (gloo on CPU)
     """
