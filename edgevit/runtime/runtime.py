@@ -18,6 +18,7 @@ from edgevit.backends.base import EngineSpec, get_backend
 from edgevit.bundle import read_manifest, verify_files
 from edgevit.data.preprocess import Preprocess
 from edgevit.errors import EdgevitError
+from edgevit.validate import run_engine
 
 
 @dataclass(frozen=True)
@@ -120,15 +121,7 @@ class Runtime:
 
     def _predict(self, runner, name: str, images) -> Prediction:
         x = self.preprocess.batch(images)
-        b = runner.input_shape[0]
-        outs = []
-        for i in range(0, len(x), b):
-            chunk = x[i:i + b]
-            n = len(chunk)
-            if n < b:  # static-shape engines: pad the last chunk
-                chunk = np.concatenate([chunk, np.zeros((b - n,) + chunk.shape[1:], chunk.dtype)])
-            outs.append(runner.infer(np.ascontiguousarray(chunk))[:n])
-        logits = np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
+        logits = run_engine(runner, x) if len(x) else np.zeros((0, len(self.labels)), np.float32)
         idx = logits.argmax(-1)
         return Prediction(name, idx, [self.labels[i] for i in idx], logits)
 
