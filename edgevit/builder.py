@@ -7,6 +7,8 @@ directory and renamed into place only when every preset is done (``edgevit.bundl
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import sys
 import time
@@ -101,7 +103,7 @@ def obtain(opts: BuildOptions, cache: Cache) -> Obtained:
 
 # -- export ------------------------------------------------------------------------------------------------
 
-def export_cached(model, preset, weights: str, sample, profile: Profile, cache: Cache, log) -> tuple[Path, dict, bool]:
+def export_cached(model, preset, weights: str, sample, profile: Profile, cache: Cache) -> tuple[Path, dict, bool]:
     from edgevit.export import export_preset
 
     versions = tool_versions()
@@ -109,12 +111,8 @@ def export_cached(model, preset, weights: str, sample, profile: Profile, cache: 
                       versions["torch"], versions["onnx"], versions["onnxslim"], __version__)
     hit = cache.get("export", key)
     if hit:
-        import json
-
         return hit / "model.onnx", json.loads((hit / "report.json").read_text()), True
     with cache.put("export", key) as tmp:
-        import json
-
         report = export_preset(model, preset, tmp / "model.onnx", sample, opset=profile.opset, batch=profile.batch)
         report = {**report.to_dict(), "path": None}
         (tmp / "report.json").write_text(json.dumps(report))
@@ -123,13 +121,11 @@ def export_cached(model, preset, weights: str, sample, profile: Profile, cache: 
 
 # -- engines -----------------------------------------------------------------------------------------------
 
-def compile_cached(backend, onnx_path: Path, name: str, precision: str, level, calib, profile: Profile,
-                   cache: Cache, bundle_dir: Path) -> tuple[EngineSpec, bool]:
+def compile_cached(backend, onnx_path: Path, name: str, precision: str, level, calib, calib_digest: str,
+                   profile: Profile, cache: Cache, bundle_dir: Path) -> tuple[EngineSpec, bool]:
     """Compile (quantize) an engine into ``bundle_dir``, reusing a cached one with the same inputs."""
-    import json
-
     section = getattr(profile, backend.name, {}) if backend.name in ("openvino", "onnxruntime", "tensorrt") else {}
-    calib_digest = content_key(calib.shape, sha256_bytes(calib)) if calib is not None and precision == "int8" else None
+    calib_digest = calib_digest if precision == "int8" else None   # only INT8 depends on the calibration data
     key = content_key("engine", sha256_file(onnx_path), backend.name, name, precision, level, calib_digest, section,
                       profile.calibration, profile.accuracy, profile.batch, tool_versions(), __version__)
     hit = cache.get("engine", key)
@@ -147,16 +143,19 @@ def compile_cached(backend, onnx_path: Path, name: str, precision: str, level, c
     return spec, cached
 
 
-def sha256_bytes(a: np.ndarray) -> str:
-    import hashlib
-
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+def array_digest(a: np.ndarray | None) -> str | None:
+    """Content key of an array (the calibration set): computed once per build, not per engine."""
+    if a is None:
+        return None
+    return content_key(a.shape, str(a.dtype), hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
 
 
 def build_engine(backend, onnx_path, preset, profile: Profile, calib, vx, vy, ref_logits, torch_top1,
-                 cache: Cache, bundle_dir: Path, measure: bool) -> dict:
+                 cache: Cache, bundle_dir: Path, measure: bool, calib_digest: str | None = None) -> dict:
     """Quantize/compile, validate and gate one preset on one backend; fall back to FP32 if INT8 misses."""
     from edgevit.quantize import LEVEL_NAMES, LEVELS
+
+    calib_digest = calib_digest or array_digest(calib)
 
     attempts = []
     plan = [(profile.precision, lvl) for lvl in LEVELS] if profile.precision == "int8" else [(profile.precision, None)]
@@ -168,8 +167,8 @@ def build_engine(backend, onnx_path, preset, profile: Profile, calib, vx, vy, re
         plan.append(("fp32", None))
     for precision, level in plan:
         t0 = time.perf_counter()
-        spec, cached = compile_cached(backend, onnx_path, preset.name, precision, level, calib, profile, cache,
-                                      bundle_dir)
+        spec, cached = compile_cached(backend, onnx_path, preset.name, precision, level, calib, calib_digest, profile,
+                                      cache, bundle_dir)
         runner = backend.load(bundle_dir, spec)
         v = validate(runner, vx, vy, ref_logits)
         ok, why = gate(v, torch_top1, profile.accuracy)
@@ -244,6 +243,7 @@ def build(opts: BuildOptions) -> Path:
         log(f"[build] latencies are not measured: {host_why}")
 
     weights = weight_digest(model)
+    calib_digest = array_digest(cx)
     with BundleWriter(out) as writer:
         tmp = writer.tmp
         entries = []
@@ -253,7 +253,7 @@ def build(opts: BuildOptions) -> Path:
                 ref = np.concatenate([model(torch.from_numpy(vx[j:j + 256]), p.resolution, p.keep_rate).numpy()
                                       for j in range(0, len(vx), 256)])
             torch_top1 = float((ref.argmax(-1) == vy).mean())
-            onnx_src, export_report, hit = export_cached(model, p, weights, vx[:64], profile, cache, log)
+            onnx_src, export_report, hit = export_cached(model, p, weights, vx[:64], profile, cache)
             onnx_rel = Path("onnx") / f"{p.name}.onnx"
             (tmp / onnx_rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(onnx_src, tmp / onnx_rel)
@@ -261,7 +261,8 @@ def build(opts: BuildOptions) -> Path:
                     f"parity {export_report['parity_max_abs']:.1e}  torch top-1 {100 * torch_top1:.2f}%"]
             engines = {}
             for b in backends:
-                e = build_engine(b, tmp / onnx_rel, p, profile, cx, vx, vy, ref, torch_top1, cache, tmp, measure)
+                e = build_engine(b, tmp / onnx_rel, p, profile, cx, vx, vy, ref, torch_top1, cache, tmp, measure,
+                                 calib_digest)
                 engines[b.name] = e
                 fb = " FALLBACK" if e["fallback"] else ""
                 lat = f" {e['latency_ms']['p50']:.2f} ms" if e["latency_ms"] else ""

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from edgevit import __version__
+from edgevit.bundle import make_readable
 from edgevit.errors import EdgevitError
 from edgevit.models import create_model
 
@@ -48,9 +49,7 @@ def save_checkpoint(path, model, **meta) -> Path:
     os.close(fd)
     try:
         torch.save(payload, tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private
+        make_readable(Path(tmp))  # mkstemp makes it private
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

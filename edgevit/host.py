@@ -5,17 +5,22 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from functools import lru_cache
 from importlib import metadata
 
 TOOLS = ("torch", "onnx", "onnxruntime", "openvino", "nncf", "onnxslim", "tensorrt", "numpy")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd")
 
 
+@lru_cache(maxsize=1)
+def _tool_versions() -> tuple:
+    return (("edgevit", _version("edgevit")), ("python", platform.python_version()),
+            *((name, _version(name)) for name in TOOLS))
+
+
 def tool_versions() -> dict:
-    out = {"edgevit": _version("edgevit"), "python": platform.python_version()}
-    for name in TOOLS:
-        out[name] = _version(name)
-    return out
+    """Installed versions (read once per process: they key every cache entry and manifest)."""
+    return dict(_tool_versions())
 
 
 def _version(dist: str):

@@ -46,7 +46,7 @@ class RailSensor:
     def __init__(self, rails: list[tuple[str, Path, Path]], period: float = 0.01):
         self.rails, self.period = rails, period
 
-    def _watts(self) -> float:
+    def watts(self) -> float:
         w = 0.0
         for _, volt, curr in self.rails:
             w += int(volt.read_text()) * int(curr.read_text()) / 1e6   # mV * mA -> W
@@ -58,10 +58,10 @@ class RailSensor:
         self._thread.start()
 
     def _run(self):
-        last_t, last_w = time.perf_counter(), self._watts()
+        last_t, last_w = time.perf_counter(), self.watts()
         while not self._stop.is_set():
             time.sleep(self.period)
-            t, w = time.perf_counter(), self._watts()
+            t, w = time.perf_counter(), self.watts()
             self._joules += 0.5 * (w + last_w) * (t - last_t)
             last_t, last_w = t, w
 

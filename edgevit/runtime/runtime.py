@@ -137,6 +137,12 @@ class Runtime:
         self.close()
 
 
+def _preset_info(p: dict, entry: dict) -> PresetInfo:
+    """A manifest preset and its engine entry for one backend, as the runtime describes them."""
+    return PresetInfo(p["name"], p["resolution"], p["keep_rate"], p["gflops"], entry["precision"], entry.get("top1"),
+                      (entry.get("latency_ms") or {}).get("p50"), p.get("pareto", False))
+
+
 def load_info(bundle, backend: str | None = None) -> Runtime:
     """A runtime with the presets' metadata and no engines loaded: for dry simulations and planning."""
     bundle = Path(bundle)
@@ -147,8 +153,7 @@ def load_info(bundle, backend: str | None = None) -> Runtime:
         entry = p["engines"].get(backend, {})
         if entry.get("status") != "ok":
             continue
-        infos.append(PresetInfo(p["name"], p["resolution"], p["keep_rate"], p["gflops"], entry["precision"],
-                                entry.get("top1"), (entry.get("latency_ms") or {}).get("p50"), p.get("pareto", False)))
+        infos.append(_preset_info(p, entry))
     if not infos:
         raise EdgevitError(f"bundle {bundle}: no preset has a usable {backend} engine")
     infos.sort(key=lambda i: (i.gflops, -i.resolution))
@@ -179,7 +184,6 @@ def load(bundle, backend: str | None = None, presets: list[str] | None = None, v
         if verify:
             verify_files(bundle, manifest, spec.files)
         runners[p["name"]] = impl.load(bundle, spec)
-        infos.append(PresetInfo(p["name"], p["resolution"], p["keep_rate"], p["gflops"], spec.precision,
-                                entry.get("top1"), (entry.get("latency_ms") or {}).get("p50"), p.get("pareto", False)))
+        infos.append(_preset_info(p, entry))
     infos.sort(key=lambda i: (i.gflops, -i.resolution))
     return Runtime(bundle, manifest, backend, runners, infos)

@@ -130,7 +130,7 @@ class JetsonSource(Source):
             if v and v.isdigit():
                 out["gpu_load"] = int(v) / 1000.0
         if self.rails is not None:
-            out["power_w"] = self.rails._watts()
+            out["power_w"] = self.rails.watts()
         if self.nvpmodel:
             try:
                 q = subprocess.run([self.nvpmodel, "-q"], capture_output=True, text=True, timeout=5).stdout
