@@ -127,7 +127,8 @@ def compile_cached(backend, onnx_path: Path, name: str, precision: str, level, c
     section = getattr(profile, backend.name, {}) if backend.name in ("openvino", "onnxruntime", "tensorrt") else {}
     calib_digest = calib_digest if precision == "int8" else None   # only INT8 depends on the calibration data
     key = content_key("engine", sha256_file(onnx_path), backend.name, name, precision, level, calib_digest, section,
-                      profile.calibration, profile.accuracy, profile.batch, tool_versions(), __version__)
+                      profile.calibration, profile.accuracy, profile.batch, profile.device, backend.cache_tag(),
+                      tool_versions(), __version__)
     hit = cache.get("engine", key)
     cached = hit is not None
     if not cached:
@@ -159,7 +160,7 @@ def build_engine(backend, onnx_path, preset, profile: Profile, calib, vx, vy, re
 
     attempts = []
     plan = [(profile.precision, lvl) for lvl in LEVELS] if profile.precision == "int8" else [(profile.precision, None)]
-    if profile.precision not in backend.precisions:
+    if not backend.builds(profile.precision, profile):
         attempts.append({"precision": profile.precision, "level": None, "scheme": profile.precision, "passed": False,
                          "reason": f"{backend.name} does not build {profile.precision} on this host"})
         plan = []
@@ -169,21 +170,28 @@ def build_engine(backend, onnx_path, preset, profile: Profile, calib, vx, vy, re
         t0 = time.perf_counter()
         spec, cached = compile_cached(backend, onnx_path, preset.name, precision, level, calib, calib_digest, profile,
                                       cache, bundle_dir)
-        runner = backend.load(bundle_dir, spec)
+        runner = backend.validation_runner(bundle_dir, spec)
         v = validate(runner, vx, vy, ref_logits)
         ok, why = gate(v, torch_top1, profile.accuracy)
         attempts.append({"precision": precision, "level": level, "scheme": LEVEL_NAMES.get(level, precision),
                          "passed": ok or precision == "fp32", "reason": why, "cached": cached,
                          "seconds": round(time.perf_counter() - t0, 2), **v.to_dict()})
         if ok or precision == "fp32":
-            entry = {"status": "ok", "engine": spec.to_dict(), "precision": precision, **v.to_dict(),
+            entry = {"status": spec.status, "engine": spec.to_dict(), "precision": precision, **v.to_dict(),
                      "attempts": attempts, "fallback": None, "latency_ms": None}
+            pending = spec.status != "ok"
+            if pending:
+                # Validated as the device will build it; the engine's own figures replace these there.
+                entry["validated_with"] = f"onnxruntime CPU ({spec.file}, the ONNX the engine is built from)"
+                entry["reason"] = "the engine is built on the target device: `edgevit engine build BUNDLE`"
+                entry["candidates"] = [_validate_candidate(bundle_dir, c, vx, vy, ref_logits, torch_top1, profile)
+                                       for c in spec.settings.get("candidates", [])]
             if precision != profile.precision:
                 entry["fallback"] = {"from": profile.precision, "to": precision,
                                      "reason": " | ".join(f"{a['scheme']}: {a['reason']}" for a in attempts[:-1])}
             if hasattr(runner, "inference_precision"):
                 entry["inference_precision"] = runner.inference_precision
-            if measure:
+            if measure and not pending:
                 entry["latency_ms"] = measure_latency(runner, vx)
             runner.close()
             return entry
@@ -191,6 +199,16 @@ def build_engine(backend, onnx_path, preset, profile: Profile, calib, vx, vy, re
         for rel in spec.files:  # the failed attempt does not ship
             (bundle_dir / rel).unlink(missing_ok=True)
     raise AssertionError("unreachable: fp32 always passes")
+
+
+def _validate_candidate(bundle_dir, settings, vx, vy, ref_logits, torch_top1, profile: Profile) -> dict:
+    """A precision the device will also build and measure (FP16 profiles' INT8), checked here on the CPU."""
+    from edgevit.backends.onnxruntime import OrtRunner
+
+    with OrtRunner(Path(bundle_dir) / settings["onnx"], ["CPUExecutionProvider"]) as runner:
+        v = validate(runner, vx, vy, ref_logits)
+    ok, why = gate(v, torch_top1, profile.accuracy)
+    return {"precision": settings["precision"], "onnx": settings["onnx"], "passed": ok, "reason": why, **v.to_dict()}
 
 
 # -- the pipeline ------------------------------------------------------------------------------------------
@@ -246,13 +264,14 @@ def build(opts: BuildOptions) -> Path:
     calib_digest = array_digest(cx)
     with BundleWriter(out) as writer:
         tmp = writer.tmp
-        entries = []
+        entries, refs = [], {}
         for i, p in enumerate(presets, 1):
             t0 = time.perf_counter()
             with torch.inference_mode():
                 ref = np.concatenate([model(torch.from_numpy(vx[j:j + 256]), p.resolution, p.keep_rate).numpy()
                                       for j in range(0, len(vx), 256)])
             torch_top1 = float((ref.argmax(-1) == vy).mean())
+            refs[p.name] = ref
             onnx_src, export_report, hit = export_cached(model, p, weights, vx[:64], profile, cache)
             onnx_rel = Path("onnx") / f"{p.name}.onnx"
             (tmp / onnx_rel).parent.mkdir(parents=True, exist_ok=True)
@@ -266,8 +285,11 @@ def build(opts: BuildOptions) -> Path:
                 engines[b.name] = e
                 fb = " FALLBACK" if e["fallback"] else ""
                 lat = f" {e['latency_ms']['p50']:.2f} ms" if e["latency_ms"] else ""
-                line.append(f"{b.name} {e['precision']}{fb} top-1 {100 * e['top1']:.2f}% agree "
-                            f"{100 * e['agreement']:.2f}%{lat}")
+                pend = " (pending device build; ORT CPU)" if e["status"] != "ok" else ""
+                cands = "".join(f" [+{c['precision']} candidate agree {100 * c['agreement']:.2f}%]"
+                                for c in e.get("candidates", []))
+                line.append(f"{b.name} {e['precision']}{fb}{pend} top-1 {100 * e['top1']:.2f}% agree "
+                            f"{100 * e['agreement']:.2f}%{lat}{cands}")
             for name, why in unavailable.items():
                 engines[name] = {"status": "unavailable", "reason": why}
             log(" | ".join(line) + f"  ({time.perf_counter() - t0:.1f} s)")
@@ -275,6 +297,8 @@ def build(opts: BuildOptions) -> Path:
                             "gflops": round(p.gflops, 6), "params": p.params, "onnx": onnx_rel.as_posix(),
                             "export": export_report, "torch": {"top1": torch_top1, "samples": int(len(vy))},
                             "engines": engines})
+
+        device = _tensorrt_engines(backends, tmp, entries, profile, vx, vy, refs, opts.measure, log)
 
         primary = backends[0].name
         points = {}
@@ -315,8 +339,48 @@ def build(opts: BuildOptions) -> Path:
             "build_seconds": round(seconds, 1),
             "presets": entries,
         }
+        if device is not None:
+            from edgevit.device_build import record_device_build
+
+            record_device_build(manifest, device["summary"], device["reason"])
         from edgevit.report import manifest_report
 
         path = writer.commit(manifest, manifest_report(manifest))
     log(f"[bundle] {path} written ({len(entries)} presets, {seconds:.0f} s); inspect it with: edgevit inspect {path}")
+    if device is not None and manifest["device_build"]["pending_presets"]:
+        n = len(manifest["device_build"]["pending_presets"])
+        log(f"[bundle] NOT DONE: {n} TensorRT engine(s) are {PENDING_STATUS} because {device['reason']}. "
+            f"Copy {path} to the {profile.name} device and run there:  edgevit engine build {path}  "
+            f"(or the trtexec lines in {path / 'kit' / 'build_engines.sh'}; see {path / 'kit' / 'README.md'}). "
+            f"Until then the bundle runs on: {', '.join(b.name for b in backends if b.name != 'tensorrt') or 'nothing'}")
     return path
+
+
+PENDING_STATUS = "pending-device-build"
+
+
+def _tensorrt_engines(backends, bundle_dir: Path, entries, profile: Profile, vx, vy, refs, measure: bool, log):
+    """Write the TensorRT kit; build the engines now when this host is a GPU machine matching the target."""
+    trt = next((b for b in backends if b.name == "tensorrt"), None)
+    if trt is None:
+        return None
+    from edgevit.device_build import finish, read_validation, write_kit, write_validation
+    from edgevit.gpu import device_info, target_mismatches
+
+    info = write_validation(bundle_dir, vx, vy, refs)
+    reason = trt.deferred()
+    if reason is None:
+        problems = target_mismatches(profile.device, device_info())
+        reason = ("this GPU is not the target: " + "; ".join(problems)) if problems else None
+    summary = None
+    if reason is None:
+        log(f"[tensorrt] TensorRT and a matching GPU are here: building the engines now "
+            f"(validation on {info['samples']} images)")
+        summary = finish(bundle_dir, entries, profile.accuracy, read_validation(bundle_dir), measure=measure, log=log)
+    else:
+        for e in entries:
+            t = e["engines"].get("tensorrt", {})
+            if t.get("status") == PENDING_STATUS:
+                t["reason"] = f"not built here ({reason}); run `edgevit engine build BUNDLE` on the target device"
+    write_kit(bundle_dir, entries, profile.to_dict(), reason)
+    return {"summary": summary, "reason": reason}

@@ -59,7 +59,9 @@ class BundleWriter:
 
     def commit(self, manifest: dict, report: str) -> Path:
         assert self.tmp is not None
-        files = sorted(p for p in self.tmp.rglob("*") if p.is_file())
+        # manifest.json and report.md are written below; a bundle being updated in place already has them.
+        files = sorted(p for p in self.tmp.rglob("*") if p.is_file() and p.relative_to(self.tmp).as_posix()
+                       not in (MANIFEST, "report.md"))
         manifest = {**manifest, "files": {p.relative_to(self.tmp).as_posix(): sha256_file(p) for p in files}}
         (self.tmp / "report.md").write_text(report)
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")

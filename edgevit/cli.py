@@ -37,6 +37,8 @@ def cli():
       edgevit eval runs/supervit-nano-digits.pt   # top-1 of every preset
       edgevit build --target x86-cpu       # INT8 engines for every preset, validated, in one bundle
       edgevit inspect bundles/supervit-nano-x86-cpu
+      edgevit build --target jetson-orin   # Q/DQ ONNX validated here + a kit; on the Jetson:
+      edgevit engine build bundles/supervit-nano-jetson-orin
 
     Every command takes --help. Bad input exits with code 2 and one line naming the problem.
     """
@@ -175,6 +177,46 @@ def build_cmd(target, model, checkpoint, data, out, presets, cache_dir, no_check
                        presets=[p.strip() for p in presets.split(",")] if presets else None, cache_dir=cache_dir,
                        trust_checkpoint=trust_checkpoint, include_checkpoint=not no_checkpoint,
                        measure=not no_latency))
+
+
+@cli.group("engine", cls=_Group)
+def engine_group():
+    """TensorRT engines from a bundle's on-device kit (run these on the Jetson or GPU machine)."""
+
+
+@engine_group.command("build")
+@click.argument("bundle", type=click.Path())
+@click.option("--presets", default=None, help="Comma-separated preset names (default: every pending one).")
+@click.option("--force", is_flag=True, help="Rebuild engines that are already built (after a JetPack upgrade).")
+@click.option("--trtexec", "use_trtexec", is_flag=True,
+              help="Build with the kit's trtexec lines instead of the TensorRT Python API.")
+@click.option("--any-device", is_flag=True, help="Build even where the GPU is not the bundle's target device.")
+@click.option("--no-latency", is_flag=True, help="Skip the latency measurement of the new engines.")
+@click.option("--verbose", is_flag=True, help="TensorRT's builder log.")
+def engine_build_cmd(bundle, presets, force, use_trtexec, any_device, no_latency, verbose):
+    """Build, validate and record BUNDLE's pending TensorRT engines on this device.
+
+    \b
+    `edgevit build --target jetson-orin` on a machine without TensorRT and the Jetson's GPU validates the
+    explicit-precision ONNX of every preset with ONNX Runtime and leaves the engines pending-device-build.
+    On the device this command builds them (TensorRT 10.x or 11.x), validates each on the bundle's
+    validation subset against the torch FP32 logits, gates it with the profile's accuracy limits, measures
+    its latency and rewrites the manifest. The bundle is replaced only when all of that succeeded.
+
+    \b
+    Examples:
+      edgevit engine build bundles/supervit-nano-jetson-orin
+      edgevit engine build bundles/supervit-nano-jetson-orin --force      # after a JetPack upgrade
+      edgevit engine build bundles/supervit-nano-desktop-gpu --trtexec
+    """
+    from edgevit.cleanup import install_termination_handler
+    from edgevit.device_build import engine_build
+
+    install_termination_handler()
+    summary = engine_build(bundle, presets=_names(presets), force=force, use_trtexec=use_trtexec,
+                           any_device=any_device, measure=not no_latency, verbose=verbose)
+    if summary["failed"]:
+        sys.exit(1)
 
 
 def _int_list(ctx, param, value):

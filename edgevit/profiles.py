@@ -78,6 +78,7 @@ SCHEMA: dict = {
         "gpu_fallback": F(bool, True),
         "hardware_compatibility": F(str, "none", choices=("none", "ampere_plus", "same_compute_capability")),
         "version_compatible": F(bool, False),
+        "int8_if_faster": F(bool, False),   # fp16 profiles: also build INT8 on the device, keep it where faster
     },
     "runtime": {
         "policy": F(str, "fixed", choices=("fixed", "battery", "latency", "thermal", "composite")),

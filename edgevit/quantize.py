@@ -78,8 +78,14 @@ def sensitive_nodes(onnx_path) -> dict[str, list[str]]:
 # -- ONNX Runtime ----------------------------------------------------------------------------------------
 
 def quantize_onnxruntime(fp32_onnx, out_path, calib: np.ndarray, level: int = 0, method: str = "minmax",
-                         batch: int = 1) -> dict:
-    """QDQ INT8: per-channel symmetric int8 weights, int8 activations (symmetric, TensorRT-compatible)."""
+                         batch: int = 1, tensorrt: bool = False) -> dict:
+    """QDQ INT8: per-channel symmetric int8 weights, int8 activations (symmetric, TensorRT-compatible).
+
+    ``tensorrt=True`` writes the explicit-quantization form TensorRT's ONNX parser takes (ARCHITECTURE §3):
+    weights stay FP32 behind their own Q/DQ pair (TensorRT folds it and picks its INT8 kernels), biases stay
+    FP32 (TensorRT has no INT32 bias dequantization), and every consumer gets its own Q/DQ pair so TensorRT
+    can fuse each one into its consumer; only GEMM inputs are quantized, never their outputs.
+    """
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -102,6 +108,12 @@ def quantize_onnxruntime(fp32_onnx, out_path, calib: np.ndarray, level: int = 0,
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     exclude: list[str] = []
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True}
+    if tensorrt:
+        extra.update(AddQDQPairToWeight=True, QuantizeBias=False, DedicatedQDQPair=True,
+                     # Q/DQ on GEMM inputs only: an output Q/DQ would feed Softmax (q.k) or LayerNorm an INT8
+                     # tensor, the precision loss ARCHITECTURE §3 keeps them out of; TensorRT fuses the rest.
+                     OpTypesToExcludeOutputQuantization=["MatMul", "Gemm", "Conv"])
     fd, pre = tempfile.mkstemp(suffix=".onnx", dir=out_path.parent)
     os.close(fd)
     try:
@@ -113,13 +125,32 @@ def quantize_onnxruntime(fp32_onnx, out_path, calib: np.ndarray, level: int = 0,
                         op_types_to_quantize=["MatMul", "Gemm", "Conv"], per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=exclude, calibrate_method=methods[method],
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                        extra_options=extra)
     finally:
         if os.path.exists(pre):
             os.unlink(pre)
     return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": True,
             "symmetric": True, "calibration": method, "samples": int(len(calib) // batch * batch),
-            "excluded_nodes": exclude, "level": level}
+            "excluded_nodes": exclude, "level": level, "target": "tensorrt" if tensorrt else "onnxruntime"}
+
+
+# Kept in FP32 inside an FP16 model: reductions that overflow or lose the small differences they rank (the
+# normalisations' mean/variance, softmax, SuperViT's token-selection TopK), and the input resize.
+FP16_KEEP_FP32 = ["LayerNormalization", "Softmax", "TopK", "Resize", "ReduceMean", "Pow", "Sqrt"]
+
+
+def convert_fp16(fp32_onnx, out_path) -> dict:
+    """An FP16 ONNX model with FP32 inputs and outputs: what a strongly typed TensorRT network needs to run
+    in FP16 (TensorRT 11 has no FP16 builder flag), and what ONNX Runtime's GPU providers run directly."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(fp32_onnx)), keep_io_types=True, op_block_list=FP16_KEEP_FP32)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_path))
+    return {"tool": "onnxruntime.transformers.float16.convert_float_to_float16", "io_types": "float32",
+            "kept_fp32": FP16_KEEP_FP32, "level": None}
 
 
 # -- OpenVINO / NNCF -------------------------------------------------------------------------------------

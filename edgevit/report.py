@@ -20,6 +20,9 @@ def preset_rows(manifest: dict) -> list[list[str]]:
                f"{p['gflops']:.4f}", _pct(p["torch"]["top1"])]
         for b in backends:
             e = p["engines"].get(b, {})
+            if e.get("status") == "pending-device-build":   # figures of the ONNX it is built from, on ORT CPU
+                row += [f"{e['precision']} (pending, ORT CPU)", _pct(e["top1"]), _pct(e["agreement"]), "n/a"]
+                continue
             if e.get("status") != "ok":
                 row += [e.get("status", "missing"), "", "", ""]
                 continue
@@ -67,6 +70,15 @@ def summary_lines(m: dict) -> list[str]:
             lines.append(f"missing    {b}: {why}")
     if not m.get("latency_measured_here"):
         lines.append(f"latency    not measured: {m.get('latency_note')}")
+    dev = m.get("device_build")
+    if dev and dev["status"] == "pending":
+        lines.append(f"TensorRT   {len(dev['pending_presets'])} engine(s) pending-device-build ({dev['reason']}): run "
+                     f"`edgevit engine build <bundle>` on the device; {dev['kit']}")
+    elif dev:
+        on = dev.get("built_on") or {}
+        lines.append(f"TensorRT   engines built on {on.get('gpu')} (compute capability {on.get('compute_capability')}, "
+                     f"TensorRT {on.get('tensorrt')}" + (f", L4T {on['l4t']}" if on.get("l4t") else "") + ")"
+                     + (f"; failed validation: {', '.join(dev['failed'])}" if dev.get("failed") else ""))
     return lines
 
 

@@ -26,6 +26,7 @@ class EngineSpec:
     extra_files: list = field(default_factory=list)
     settings: dict = field(default_factory=dict)      # runtime settings the runner must use
     quantization: dict = field(default_factory=dict)
+    status: str = "ok"                 # or "pending-device-build": ``file`` is then the ONNX the device builds from
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +75,18 @@ class Backend:
 
     def load(self, bundle_dir, spec: EngineSpec) -> Runner:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def builds(self, precision: str, profile) -> bool:
+        """Whether ``compile`` makes ``precision`` engines for ``profile`` on this host."""
+        return precision in self.precisions
+
+    def cache_tag(self):
+        """What, besides the inputs, decides the compiled output on this host (part of the cache key)."""
+        return None
+
+    def validation_runner(self, bundle_dir, spec: EngineSpec) -> Runner:
+        """The runner the build validates ``spec`` with: the engine itself, unless it is built on the device."""
+        return self.load(bundle_dir, spec)
 
 
 _MODULES = {"onnxruntime": "edgevit.backends.onnxruntime", "openvino": "edgevit.backends.openvino",

@@ -1,7 +1,13 @@
-"""ONNX Runtime: the portable backend. FP32 runs the exported ONNX; INT8 runs a QDQ model."""
+"""ONNX Runtime: the portable backend. FP32 runs the exported ONNX; INT8 runs a QDQ model; FP16 (for GPU
+execution providers) an FP16 model with FP32 inputs and outputs.
+
+On desktop GPUs with onnxruntime-gpu it is TensorRT's alternative: the profile's providers (TensorRT, then
+CUDA, then CPU) run the same files, with the TensorRT provider caching its engines per user.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,9 +15,33 @@ import numpy as np
 
 from edgevit.backends.base import Backend, EngineSpec, Runner
 
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def provider_options(precision: str, profile) -> dict:
+    """Options per execution provider (names as in ONNX Runtime's TensorRT/CUDA provider documentation)."""
+    t = profile.tensorrt
+    return {
+        # A QDQ model needs INT8 enabled (TensorRT refuses Q/DQ layers otherwise) and no calibration table.
+        "TensorrtExecutionProvider": {
+            "trt_fp16_enable": precision in ("fp16", "int8"), "trt_int8_enable": precision == "int8",
+            "trt_engine_cache_enable": True, "trt_timing_cache_enable": True,
+            "trt_max_workspace_size": t["workspace_mb"] << 20,
+            "trt_builder_optimization_level": t["builder_optimization_level"]},
+        "CUDAExecutionProvider": {"device_id": 0, "cudnn_conv_algo_search": "HEURISTIC"},
+    }
+
+
+def _engine_cache_dir(model_path: Path) -> str:
+    # Engines the TensorRT provider builds are tied to this GPU: keep them out of the (read-only) bundle.
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgevit" / "ort-tensorrt"
+    path = root / f"{model_path.parent.parent.parent.name}-{model_path.stem}"
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
 
 class OrtRunner(Runner):
-    def __init__(self, path, providers=None, threads: int = 0):
+    def __init__(self, path, providers=None, threads: int = 0, options: dict | None = None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -20,7 +50,13 @@ class OrtRunner(Runner):
             opts.intra_op_num_threads = threads
         available = ort.get_available_providers()
         providers = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        options = dict(options or {})
+        if "TensorrtExecutionProvider" in providers:
+            cache = _engine_cache_dir(Path(path))
+            options["TensorrtExecutionProvider"] = {**options.get("TensorrtExecutionProvider", {}),
+                                                    "trt_engine_cache_path": cache, "trt_timing_cache_path": cache}
+        self.session = ort.InferenceSession(str(path), opts, providers=providers,
+                                            provider_options=[options.get(p, {}) for p in providers])
         self.providers = self.session.get_providers()
         i, o = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.input_shape, self.output_shape = i.name, tuple(i.shape), tuple(o.shape)
@@ -33,9 +69,16 @@ class OrtRunner(Runner):
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     library = "onnxruntime"
+    precisions = ("int8", "fp16", "fp32")
+
+    def builds(self, precision: str, profile) -> bool:
+        # FP16 only pays where a GPU provider runs it; on a CPU-only target it would be a slow FP32 in disguise.
+        if precision == "fp16":
+            return any(p in GPU_PROVIDERS for p in profile.onnxruntime["providers"])
+        return precision in self.precisions
 
     def compile(self, onnx_path, out_dir, name, precision, calib, level, profile) -> EngineSpec:
-        from edgevit.quantize import quantize_onnxruntime
+        from edgevit.quantize import convert_fp16, quantize_onnxruntime
 
         rel = Path("engines") / self.name / f"{name}.{precision}.onnx"
         out = Path(out_dir) / rel
@@ -43,15 +86,20 @@ class OnnxRuntimeBackend(Backend):
         quant = {}
         if precision == "int8":
             quant = quantize_onnxruntime(onnx_path, out, calib, level, profile.calibration["method"], profile.batch)
+        elif precision == "fp16":
+            quant = convert_fp16(onnx_path, out)
         elif precision == "fp32":
             shutil.copyfile(onnx_path, out)
         else:
-            raise ValueError(f"onnxruntime backend builds int8 or fp32 on this host, not {precision}")
-        settings = {"providers": list(profile.onnxruntime["providers"]), "threads": profile.onnxruntime["threads"]}
+            raise ValueError(f"onnxruntime backend builds int8, fp16 or fp32, not {precision}")
+        providers = list(profile.onnxruntime["providers"])
+        settings = {"providers": providers, "threads": profile.onnxruntime["threads"],
+                    "provider_options": {p: o for p, o in provider_options(precision, profile).items() if p in providers}}
         return EngineSpec(self.name, precision, rel.as_posix(), settings=settings, quantization=quant)
 
     def load(self, bundle_dir, spec: EngineSpec) -> Runner:
-        return OrtRunner(Path(bundle_dir) / spec.file, spec.settings.get("providers"), spec.settings.get("threads", 0))
+        return OrtRunner(Path(bundle_dir) / spec.file, spec.settings.get("providers"), spec.settings.get("threads", 0),
+                         spec.settings.get("provider_options"))
 
 
 BACKEND = OnnxRuntimeBackend()

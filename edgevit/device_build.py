@@ -1,0 +1,290 @@
+"""TensorRT engines from a bundle's kit: built where TensorRT and the GPU are, validated, then recorded.
+
+The kit (written by every build that targets TensorRT) holds per preset the explicit-precision ONNX, its
+build settings and the equivalent ``trtexec`` line, plus a validation subset with the torch FP32 logits of
+every preset, so a device without torch can check its own engines. ``finish`` builds, validates, gates
+and measures the pending engines of a bundle directory in place; ``edgevit build`` calls it when the build
+host is itself a suitable GPU machine, and ``edgevit engine build BUNDLE`` calls it on the device.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgevit.backends.base import EngineSpec
+from edgevit.errors import EdgevitError
+
+VALIDATION_FILE = "kit/validation.npz"
+MAX_VALIDATION_BYTES = 64 << 20   # the inputs; a device validates on at most this much of the split
+PENDING = "pending-device-build"
+
+
+# -- the validation subset ---------------------------------------------------------------------------------
+
+def write_validation(bundle_dir: Path, x: np.ndarray, y: np.ndarray, refs: dict[str, np.ndarray]) -> dict:
+    n = max(1, min(len(x), MAX_VALIDATION_BYTES // max(1, x[:1].nbytes)))
+    arrays = {"inputs": np.ascontiguousarray(x[:n], np.float32), "labels": np.asarray(y[:n], np.int64)}
+    arrays.update({f"torch_logits/{name}": np.asarray(r[:n], np.float32) for name, r in refs.items()})
+    path = bundle_dir / VALIDATION_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return {"file": VALIDATION_FILE, "samples": int(n), "of": int(len(x))}
+
+
+def read_validation(bundle_dir: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    path = Path(bundle_dir) / VALIDATION_FILE
+    if not path.is_file():
+        raise EdgevitError(f"bundle {bundle_dir}: {VALIDATION_FILE} is missing; rebuild the bundle with edgevit "
+                           f">= 0.1 (it carries the validation subset the device checks its engines on)")
+    with np.load(path, allow_pickle=False) as z:
+        refs = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("torch_logits/")}
+        return z["inputs"], z["labels"], refs
+
+
+# -- the kit's instructions --------------------------------------------------------------------------------
+
+def write_kit(bundle_dir: Path, entries: list[dict], target: dict, reason: str | None) -> None:
+    """kit/README.md, kit/build_engines.sh and kit/settings.json, from the presets' tensorrt specs."""
+    specs = [(e["name"], e["engines"]["tensorrt"]["engine"]) for e in entries if "tensorrt" in e["engines"]
+             and "engine" in e["engines"]["tensorrt"]]
+    lines = [s["trtexec"] for _, spec in specs for s in [spec["settings"], *spec["settings"].get("candidates", [])]]
+    kit = bundle_dir / "kit"
+    kit.mkdir(parents=True, exist_ok=True)
+    (kit / "settings.json").write_text(json.dumps({name: spec["settings"] for name, spec in specs}, indent=2) + "\n")
+    script = kit / "build_engines.sh"
+    script.write_text("#!/bin/sh\n# The TensorRT builds `edgevit engine build --trtexec` runs, as plain trtexec lines.\n"
+                      "# Engines built by this script alone are NOT validated and NOT recorded in manifest.json;\n"
+                      "# prefer `edgevit engine build <bundle>`, which builds the same engines and checks them.\n"
+                      "set -e\ncd \"$(dirname \"$0\")/..\"\nmkdir -p engines/tensorrt\n"
+                      "TRTEXEC=\"${TRTEXEC:-trtexec}\"\n"
+                      + "".join("\"$TRTEXEC\" " + line.split(" ", 1)[1] + "\n" for line in lines))
+    script.chmod(0o755)
+    dev = target.get("device", {})
+    t = target.get("tensorrt", {})
+    needs = [f"TensorRT {t.get('version', '10')}.x"]
+    if dev.get("compute_capability"):
+        needs.append(f"a GPU of compute capability {dev['compute_capability']}")
+    if dev.get("kind") == "jetson":
+        needs.append(f"JetPack {dev.get('jetpack') or '6'} (L4T R36)" if (dev.get("jetpack") or "6") == "6"
+                     else f"JetPack {dev.get('jetpack')}")
+    status = (f"**The TensorRT engines are not built yet**: {reason}." if reason else
+              "The engines were built by `edgevit build` on a matching GPU; this kit rebuilds them.")
+    (kit / "README.md").write_text(f"""# On-device TensorRT build kit ({target.get('name')})
+
+{status}
+
+TensorRT engines are tied to the GPU and the TensorRT version that build them, so they are built on the
+device: {', '.join(needs)}. Everything else is done and validated: `tensorrt/*.onnx` are the explicit-precision
+models the engines are built from (INT8 as Q/DQ, FP16 as FP16 types), checked against torch FP32 with ONNX
+Runtime on the CPU; the figures are in `../manifest.json`.
+
+On the device, with edgevit installed (`pip install edgevit[tensorrt]`, or the system TensorRT of JetPack):
+
+    edgevit engine build path/to/this/bundle
+
+builds every pending engine with the TensorRT Python API, validates it on `validation.npz` (the torch FP32
+logits of every preset), measures its latency and updates the manifest; the bundle is replaced only when
+all of that succeeded. `--trtexec` runs the same builds through trtexec instead; `build_engines.sh` is those
+trtexec lines on their own (no validation, no manifest update). Build settings per preset: `settings.json`.
+
+| preset | precision | trtexec |
+|---|---|---|
+""" + "".join(f"| {name} | {s['precision']} | `{s['trtexec']}` |\n"
+              for name, spec in specs for s in [spec["settings"], *spec["settings"].get("candidates", [])]))
+
+
+# -- building, validating and recording --------------------------------------------------------------------
+
+def _trtexec() -> str:
+    for cand in (shutil.which("trtexec"), "/usr/src/tensorrt/bin/trtexec"):
+        if cand and Path(cand).is_file():
+            return cand
+    raise EdgevitError("--trtexec: trtexec is not on PATH nor at /usr/src/tensorrt/bin/trtexec (JetPack's place)")
+
+
+def _build_one(bundle_dir: Path, settings: dict, use_trtexec: bool, verbose: bool, log) -> None:
+    from edgevit.backends.tensorrt import TIMING_CACHE
+    from edgevit.backends.tensorrt_build import build_engine_file, trtexec_command
+
+    engine = bundle_dir / settings["engine"]
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    if use_trtexec:
+        cmd = trtexec_command(settings, settings["onnx"], settings["engine"], TIMING_CACHE.as_posix())
+        cmd[0] = _trtexec()
+        proc = subprocess.run(cmd, cwd=bundle_dir, capture_output=not verbose, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stdout or "")[-2000:] if not verbose else ""
+            raise EdgevitError(f"trtexec failed (exit {proc.returncode}) building {settings['engine']}:\n{tail}")
+    else:
+        build_engine_file(bundle_dir / settings["onnx"], engine, settings, bundle_dir / TIMING_CACHE, verbose, log)
+
+
+def finish(bundle_dir: Path, entries: list[dict], accuracy: dict, validation, *, presets: list[str] | None = None,
+           force: bool = False, use_trtexec: bool = False, measure: bool = True, verbose: bool = False,
+           log: Callable[[str], None] = print) -> dict:
+    """Build, validate and gate the TensorRT engines of ``entries`` (manifest presets) inside ``bundle_dir``.
+
+    Pending engines are built (all of them with ``force``). A preset with an INT8 candidate beside FP16
+    keeps INT8 only where it passes the gate and measures faster. Entries are updated in place; returns a
+    summary ``{"built": n, "failed": [...], "built_on": {...}}``.
+    """
+    from edgevit.backends.tensorrt import TensorRTRunner
+    from edgevit.gpu import device_info
+    from edgevit.validate import gate, measure_latency, validate
+
+    x, y, refs = validation
+    here = device_info()
+    built, failed = 0, []
+    for e in entries:
+        t = e["engines"].get("tensorrt")
+        if t is None or "engine" not in t or (presets and e["name"] not in presets):
+            continue
+        if t.get("status") != PENDING and not force:
+            continue
+        spec = EngineSpec(**t["engine"])
+        ref = refs.get(e["name"])
+        if ref is None:
+            raise EdgevitError(f"{VALIDATION_FILE} has no torch logits for preset {e['name']}")
+        torch_top1 = float((ref.argmax(-1) == y).mean())
+        options = [spec.settings] + list(spec.settings.get("candidates", []))
+        results = []
+        for s in options:
+            t0 = time.perf_counter()
+            _build_one(bundle_dir, s, use_trtexec, verbose, log)
+            runner = TensorRTRunner(bundle_dir / s["engine"], s)
+            try:
+                v = validate(runner, x, y, ref)
+                ok, why = gate(v, torch_top1, accuracy)
+                lat = measure_latency(runner, x) if measure else None
+            finally:
+                runner.close()
+            results.append({"settings": s, "validation": v, "passed": ok, "reason": why, "latency_ms": lat,
+                            "seconds": round(time.perf_counter() - t0, 1)})
+            log(f"[engine] {e['name']:<10} {s['precision']}: top-1 {100 * v.top1:.2f}% agree {100 * v.agreement:.2f}%"
+                + (f" p50 {lat['p50']:.3f} ms" if lat else "") + ("" if ok else f"  FAILS GATE: {why}"))
+        chosen = _choose(results)
+        for r in results:
+            if r is not chosen:
+                (bundle_dir / r["settings"]["engine"]).unlink(missing_ok=True)
+        kit_validation = {k: t.get(k) for k in ("top1", "agreement", "mean_abs_dlogit", "max_abs_dlogit", "samples",
+                                                 "validated_with") if k in t}
+        tried = [{"precision": r["settings"]["precision"], "passed": r["passed"], "reason": r["reason"],
+                  "latency_ms": r["latency_ms"], **r["validation"].to_dict()} for r in results]
+        if chosen is None:
+            t.update(status="failed-validation", device_attempts=tried,
+                     reason="; ".join(f"{r['settings']['precision']}: {r['reason']}" for r in results))
+            failed.append(e["name"])
+            continue
+        s = chosen["settings"]
+        onnx_files = [o["onnx"] for o in options]
+        new_spec = EngineSpec("tensorrt", s["precision"], s["engine"], extra_files=onnx_files,
+                              settings={**spec.settings, **{k: v for k, v in s.items() if k != "candidates"},
+                                        "built_on": here},
+                              quantization=s.get("quantization", spec.quantization) if s is not spec.settings
+                              else spec.quantization)
+        t.update(status="ok", engine=new_spec.to_dict(), precision=s["precision"], **chosen["validation"].to_dict(),
+                 latency_ms=chosen["latency_ms"], validated_with=f"tensorrt {here['tensorrt']} on {here['gpu']}",
+                 kit_validation=kit_validation, device_attempts=tried)
+        t.pop("reason", None)
+        built += 1
+    return {"built": built, "failed": failed, "built_on": here}
+
+
+def _choose(results: list[dict]) -> dict | None:
+    passed = [r for r in results if r["passed"]]
+    if not passed:
+        return None
+    primary = results[0]
+    if not primary["passed"]:
+        return passed[0]
+    faster = [r for r in passed[1:] if r["latency_ms"] and primary["latency_ms"]
+              and r["latency_ms"]["p50"] < primary["latency_ms"]["p50"]]
+    return min(faster, key=lambda r: r["latency_ms"]["p50"]) if faster else primary
+
+
+def pending_summary(entries: list[dict]) -> list[str]:
+    return [e["name"] for e in entries if e["engines"].get("tensorrt", {}).get("status") == PENDING]
+
+
+# -- `edgevit engine build` --------------------------------------------------------------------------------
+
+def engine_build(bundle, presets: list[str] | None = None, force: bool = False, use_trtexec: bool = False,
+                 any_device: bool = False, measure: bool = True, verbose: bool = False,
+                 log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
+    """Finish a bundle's TensorRT engines on this device and replace the bundle atomically."""
+    from edgevit.backends.tensorrt import BACKEND
+    from edgevit.bundle import BundleWriter, read_manifest, verify_files
+    from edgevit.gpu import device_info, target_mismatches
+    from edgevit.report import manifest_report
+
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    if not any("tensorrt" in p["engines"] for p in manifest["presets"]):
+        raise EdgevitError(f"bundle {bundle} has no TensorRT engines (target {manifest['target']['name']}); "
+                           f"build one with: edgevit build --target jetson-orin (or desktop-gpu)")
+    known = [p["name"] for p in manifest["presets"]]
+    if presets and set(presets) - set(known):
+        raise EdgevitError(f"unknown preset(s) {sorted(set(presets) - set(known))}; this bundle has: {', '.join(known)}")
+    why = BACKEND.deferred()
+    if why is not None:
+        raise EdgevitError(f"edgevit engine build needs TensorRT and a CUDA GPU: {why}. Run it on the target "
+                           f"device ({manifest['target']['name']}), or use kit/build_engines.sh there")
+    here = device_info()
+    problems = target_mismatches(manifest["target"].get("device", {}), here)
+    if problems and not any_device:
+        raise EdgevitError(f"this device is not the bundle's target {manifest['target']['name']}: "
+                           + "; ".join(problems) + ". Engines built here would only run here; pass --any-device "
+                           "to build them anyway")
+    todo = [p["name"] for p in manifest["presets"] if "tensorrt" in p["engines"]
+            and (force or p["engines"]["tensorrt"].get("status") == PENDING) and (not presets or p["name"] in presets)]
+    if not todo:
+        log(f"[engine] nothing to build: every TensorRT engine in {bundle} is built (use --force to rebuild)")
+        return {"built": 0, "failed": [], "built_on": here}
+    verify_files(bundle, manifest)
+    validation = read_validation(bundle)
+    log(f"[engine] building {len(todo)} TensorRT engine(s) on {here['gpu']} (compute capability "
+        f"{here['compute_capability']}, TensorRT {here['tensorrt']}"
+        + (f", L4T {here['l4t']}" if here["l4t"] else "") + f"); validating on {len(validation[1])} images")
+    with BundleWriter(bundle) as w:
+        shutil.copytree(bundle, w.tmp, dirs_exist_ok=True)
+        summary = finish(w.tmp, manifest["presets"], manifest["target"]["accuracy"], validation, presets=todo,
+                         force=force, use_trtexec=use_trtexec, measure=measure, verbose=verbose, log=log)
+        record_device_build(manifest, summary, bundle_reason=None)
+        w.commit(manifest, manifest_report(manifest))
+    log(f"[engine] {bundle}: {summary['built']} engine(s) built and validated"
+        + (f"; {len(summary['failed'])} failed validation: {', '.join(summary['failed'])}" if summary["failed"] else ""))
+    return summary
+
+
+def record_device_build(manifest: dict, summary: dict | None, bundle_reason: str | None) -> None:
+    """The manifest's ``device_build`` section, the Pareto flags and tool versions after (not) building."""
+    from edgevit.validate import pareto_front
+
+    pending = pending_summary(manifest["presets"])
+    section = {"status": "pending" if pending else "done", "pending_presets": pending, "kit": "kit/README.md",
+               "reason": bundle_reason if pending else None}
+    if summary is not None:
+        section.update(built_on=summary["built_on"], failed=summary["failed"],
+                       when=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        manifest.setdefault("tools", {})["tensorrt"] = summary["built_on"].get("tensorrt")
+    manifest["device_build"] = section
+    if manifest.get("backend") == "tensorrt":
+        points = {}
+        for p in manifest["presets"]:
+            eng = p["engines"].get("tensorrt", {})
+            if eng.get("top1") is None:
+                continue
+            cost = eng["latency_ms"]["p50"] if eng.get("latency_ms") else p["flops"]
+            points[p["name"]] = (cost, eng["top1"])
+        front = pareto_front(points)
+        for p in manifest["presets"]:
+            p["pareto"] = p["name"] in front

@@ -1,0 +1,481 @@
+"""GPU targets: Q/DQ kits validated on ONNX Runtime CPU, trtexec lines, the on-device build and its guard.
+
+TensorRT cannot run on the CI machine. What runs everywhere: the kit a jetson-orin / desktop-gpu build
+writes, the trtexec lines checked against the flags TensorRT 10.3 documents, and the on-device build driven
+end to end with the TensorRT calls replaced by ONNX Runtime on the same files (a stand-in `trtexec` that
+rejects what 10.3's would). The real-TensorRT tests at the bottom run only where tensorrt and a GPU exist.
+"""
+
+import json
+import os
+import re
+import stat
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import edgevit
+from edgevit.backends.tensorrt_build import build_settings, trtexec_command
+from edgevit.bundle import read_manifest, verify_files
+from edgevit.errors import EdgevitError
+from edgevit.gpu import engine_mismatches, l4t_release, target_mismatches, tensorrt_ready
+from edgevit.profiles import load_profile, parse_profile
+
+TWO = ["r32-k1", "r16-k0.5"]
+
+# Flags of trtexec 10.3's help (NVIDIA/TensorRT v10.3.0, samples/common/sampleOptions.cpp: BuildOptions::help,
+# InferenceOptions::help, ReportingOptions::help, SystemOptions::help). Values are attached with '='.
+TRTEXEC_10_3 = set("""
+onnx minShapes optShapes maxShapes minShapesCalib optShapesCalib maxShapesCalib inputIOFormats outputIOFormats
+memPoolSize profilingVerbosity avgTiming refit stripWeights stripAllWeights weightless versionCompatible vc
+pluginInstanceNorm pi useRuntime leanDLLPath excludeLeanRuntime sparsity noTF32 fp16 bf16 int8 fp8 int4 best
+stronglyTyped directIO precisionConstraints layerPrecisions layerOutputTypes layerDeviceTypes calib safe
+buildDLAStandalone allowGPUFallback consistency restricted saveEngine loadEngine getPlanVersionOnly
+tacticSources noBuilderCache noCompilationCache errorOnTimingCacheMiss timingCacheFile preview
+builderOptimizationLevel hardwareCompatibilityLevel runtimePlatform tempdir tempfileControls maxAuxStreams
+profile calibProfile allowWeightStreaming markDebug shapes loadInputs iterations warmUp duration sleepTime
+idleTime infStreams exposeDMA noDataTransfers useManagedMemory useSpinWait threads useCudaGraph timeDeserialize
+timeRefit separateProfileRun skipInference persistentCacheRatio useProfile allocationStrategy saveDebugTensors
+weightStreamingBudget verbose avgRuns percentile dumpRefit dumpOutput dumpRawBindingsToFile dumpProfile
+dumpLayerInfo dumpOptimizationProfile exportTimes exportOutput exportProfile exportLayerInfo device useDLACore
+staticPlugins dynamicPlugins setPluginsToSerialize ignoreParsedPluginLibs
+""".split())
+VALUE_FLAGS = {"onnx", "saveEngine", "memPoolSize", "builderOptimizationLevel", "timingCacheFile", "useDLACore",
+               "hardwareCompatibilityLevel"}
+# TensorRT 11's trtexec no longer parses the precision flags ("Unknown option"): all networks are strongly typed.
+REMOVED_IN_11 = {"fp16", "bf16", "int8", "fp8", "int4", "best", "calib", "precisionConstraints", "layerPrecisions",
+                 "layerOutputTypes"}
+
+
+def check_trtexec_10_3(cmd: list[str]) -> dict:
+    """Parse a trtexec line the way 10.3's does; fail on anything it would reject."""
+    assert cmd[0].endswith("trtexec")
+    flags = {}
+    for arg in cmd[1:]:
+        m = re.fullmatch(r"--([A-Za-z0-9]+)(?:=(.*))?", arg)
+        assert m, f"{arg!r} is not a --flag[=value] argument"
+        name, value = m.groups()
+        assert name in TRTEXEC_10_3, f"--{name} is not a trtexec 10.3 flag"
+        assert (value is not None) == (name in VALUE_FLAGS), f"--{name}: value given/missing"
+        flags[name] = value
+    assert re.fullmatch(r"workspace:\d+M", flags["memPoolSize"])
+    assert 0 <= int(flags["builderOptimizationLevel"]) <= 5
+    assert flags.get("hardwareCompatibilityLevel", "none") in ("none", "ampere+")
+    if "stronglyTyped" in flags:  # "Use of specific builder precision flags ... with this option is not allowed"
+        assert not {"int8", "fp16", "best", "bf16"} & set(flags)
+    if "allowGPUFallback" in flags:
+        assert "useDLACore" in flags, "--allowGPUFallback only acts with --useDLACore"
+    if "useDLACore" in flags:
+        assert {"int8", "fp16"} & set(flags), "DLA runs INT8 or FP16 only"
+    return flags
+
+
+# -- trtexec lines and settings ----------------------------------------------------------------------------
+
+def test_jetson_orin_trtexec_line_uses_only_trtexec_10_3_flags():
+    s = build_settings(load_profile("jetson-orin"), "int8")
+    cmd = trtexec_command(s, "kit/tensorrt/r32-k1.int8.onnx", "engines/tensorrt/r32-k1.int8.plan", "kit/t.cache")
+    flags = check_trtexec_10_3(cmd)
+    assert cmd == ["trtexec", "--onnx=kit/tensorrt/r32-k1.int8.onnx", "--saveEngine=engines/tensorrt/r32-k1.int8.plan",
+                   "--int8", "--fp16", "--memPoolSize=workspace:4096M", "--builderOptimizationLevel=3",
+                   "--timingCacheFile=kit/t.cache", "--skipInference"]
+    assert "useDLACore" not in flags and "hardwareCompatibilityLevel" not in flags
+
+
+@pytest.mark.parametrize("profile,precision", [("jetson-orin", "int8"), ("jetson-orin-nano", "int8"),
+                                               ("desktop-gpu", "fp16"), ("desktop-gpu", "int8"),
+                                               ("jetson-orin", "fp32")])
+def test_every_gpu_profile_gives_a_valid_10_3_line(profile, precision):
+    s = build_settings(load_profile(profile), precision)
+    flags = check_trtexec_10_3(trtexec_command(s, "a.onnx", "a.plan", "t.cache"))
+    assert flags["memPoolSize"] == f"workspace:{s['workspace_mb']}M"
+    expected = {"int8": {"int8", "fp16"}, "fp16": {"fp16"}, "fp32": set()}[precision]
+    assert {"int8", "fp16"} & set(flags) == expected
+    if profile == "desktop-gpu":
+        assert flags["hardwareCompatibilityLevel"] == "ampere+"
+
+
+def _variant(base: str, **tensorrt):
+    from edgevit.profiles import PROFILE_DIR
+    import yaml
+
+    raw = yaml.safe_load((PROFILE_DIR / f"{base}.yaml").read_text())
+    raw["tensorrt"] = {**raw["tensorrt"], **tensorrt}
+    return parse_profile(raw, f"{base}-variant.yaml")
+
+
+def test_dla_line_and_tensorrt_11_line():
+    s = build_settings(_variant("jetson-orin", dla_core=1), "int8")
+    flags = check_trtexec_10_3(trtexec_command(s, "a.onnx", "a.plan", None))
+    assert flags["useDLACore"] == "1" and "allowGPUFallback" in flags and "timingCacheFile" not in flags
+    s11 = build_settings(_variant("desktop-gpu", version="11", hardware_compatibility="same_compute_capability"),
+                         "int8")
+    cmd = trtexec_command(s11, "a.onnx", "a.plan", "t.cache")
+    names = {a[2:].split("=")[0] for a in cmd[1:]}
+    assert s11["strongly_typed"] and not names & REMOVED_IN_11   # the precision lives in the ONNX file
+    assert "--hardwareCompatibilityLevel=sameComputeCapability" in cmd
+
+
+@pytest.mark.parametrize("tensorrt,match", [
+    ({"hardware_compatibility": "ampere_plus"}, "Jetson engines are built on the Jetson"),
+    ({"version": "11"}, "does not run on JetPack 6"),
+    ({"dla_core": 1, "version": "10"}, None),
+])
+def test_settings_refuse_what_tensorrt_refuses(tensorrt, match):
+    p = _variant("jetson-orin", **tensorrt)
+    if match is None:
+        assert build_settings(p, "int8")["dla_core"] == 1
+        with pytest.raises(EdgevitError, match="DLA runs INT8 and FP16 only"):
+            build_settings(p, "fp32")
+    else:
+        with pytest.raises(EdgevitError, match=match):
+            build_settings(p, "int8")
+    with pytest.raises(EdgevitError, match="dla_core 0 but device.dla_cores is 0"):
+        build_settings(_variant("jetson-orin-nano", dla_core=0), "int8")
+    with pytest.raises(EdgevitError, match="needs TensorRT 11"):
+        build_settings(_variant("desktop-gpu", hardware_compatibility="same_compute_capability"), "fp16")
+
+
+# -- device facts and the portability guard ----------------------------------------------------------------
+
+ORIN = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "l4t": "36.4.3", "jetpack": "6"}
+
+
+def test_l4t_release_parsing(tmp_path):
+    f = tmp_path / "nv_tegra_release"
+    f.write_text("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8\n")
+    assert l4t_release(f) == "36.4.3"
+    assert l4t_release(tmp_path / "missing") is None
+
+
+def test_engine_mismatches_name_what_differs():
+    assert engine_mismatches(ORIN, ORIN) == []
+    newer = {**ORIN, "tensorrt": "10.7.0", "l4t": "36.4.4"}
+    problems = engine_mismatches(ORIN, newer)
+    assert any("TensorRT 10.3.0 built it, this device has TensorRT 10.7.0" in p for p in problems)
+    assert any("L4T 36.4.3" in p for p in problems)
+    rtx = {"tensorrt": "10.3.0", "gpu": "RTX 4090", "compute_capability": "8.9", "l4t": None, "jetpack": None}
+    a100 = {**rtx, "gpu": "A100", "compute_capability": "8.0"}
+    assert any("compute capability 8.9" in p for p in engine_mismatches(rtx, a100))
+    assert engine_mismatches(rtx, a100, {"hardware_compatibility": "ampere_plus"}) == []
+    later = {**rtx, "tensorrt": "10.5.0"}
+    assert engine_mismatches(rtx, later, {"version_compatible": True}) == []
+    assert engine_mismatches(later, rtx, {"version_compatible": True})   # never backwards
+    assert engine_mismatches(ORIN, {**ORIN, "tensorrt": None, "compute_capability": None})
+
+
+def test_target_mismatches():
+    orin = load_profile("jetson-orin").device
+    assert target_mismatches(orin, ORIN) == []
+    desktop = {"tensorrt": "10.3.0", "gpu": "H100", "compute_capability": "9.0", "l4t": None, "jetpack": None}
+    problems = target_mismatches(orin, desktop)
+    assert any("compute capability 8.7" in p for p in problems) and any("not" in p and "Jetson" in p for p in problems)
+
+
+def check_tensorrt_qdq(path):
+    """TensorRT's explicit-quantization form: FP32 weights behind Q/DQ, INT8 zero points, no INT32 bias,
+    LayerNorm and Softmax fed unquantized."""
+    qdq = onnx.load(str(path))
+    ops = [n.op_type for n in qdq.graph.node]
+    assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") == ops.count("QuantizeLinear")
+    init = {i.name: i for i in qdq.graph.initializer}
+    for n in qdq.graph.node:
+        if n.op_type == "DequantizeLinear":
+            assert n.input[0] not in init, "weights must stay FP32 behind a QuantizeLinear (AddQDQPairToWeight)"
+        if n.op_type == "QuantizeLinear":
+            assert init[n.input[2]].data_type == onnx.TensorProto.INT8
+            assert not np.any(onnx.numpy_helper.to_array(init[n.input[2]])), "symmetric: zero points are 0"
+    produced_by = {o: n.op_type for n in qdq.graph.node for o in n.output}
+    for n in qdq.graph.node:
+        if n.op_type in ("LayerNormalization", "Softmax"):
+            assert produced_by.get(n.input[0]) != "DequantizeLinear", n.name
+
+
+def test_tensorrt_qdq_form(quick_checkpoint, tmp_path):
+    import torch
+
+    from edgevit.checkpoints import load_checkpoint
+    from edgevit.export import export_preset
+    from edgevit.quantize import quantize_onnxruntime
+
+    model = load_checkpoint(quick_checkpoint).model.eval()
+    preset = model.preset("r16-k0.5")
+    sample = torch.rand(8, 3, 32, 32).numpy()
+    export_preset(model, preset, tmp_path / "fp32.onnx", sample)
+    info = quantize_onnxruntime(tmp_path / "fp32.onnx", tmp_path / "qdq.onnx", sample, 0, tensorrt=True)
+    assert info["target"] == "tensorrt" and info["per_channel"] and info["symmetric"]
+    check_tensorrt_qdq(tmp_path / "qdq.onnx")
+
+
+# -- the build on a machine without TensorRT ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def orin_bundle(quick_checkpoint, tmp_path_factory):
+    from edgevit.builder import BuildOptions, build
+
+    if tensorrt_ready()[0]:
+        pytest.skip("TensorRT and a GPU are here: the build finishes the engines itself (tested below)")
+    base = tmp_path_factory.mktemp("orin")
+    logs = []
+    out = build(BuildOptions(target="jetson-orin", checkpoint=str(quick_checkpoint), presets=TWO,
+                             out=str(base / "bundle"), cache_dir=str(base / "cache"), log=logs.append))
+    return out, logs
+
+
+def test_jetson_build_writes_a_validated_kit(orin_bundle):
+    out, logs = orin_bundle
+    m = read_manifest(out)
+    verify_files(out, m)
+    assert m["backend"] == "tensorrt" and m["backends"] == ["tensorrt", "onnxruntime"]
+    assert m["device_build"]["status"] == "pending" and m["device_build"]["pending_presets"] == TWO
+    assert "tensorrt" in m["device_build"]["reason"]
+    for p in m["presets"]:
+        t = p["engines"]["tensorrt"]
+        assert t["status"] == "pending-device-build" and t["validated_with"].startswith("onnxruntime CPU")
+        if t["precision"] == "int8":   # the quick checkpoint is barely trained: a preset may fall back
+            assert t["agreement"] >= 0.99, (p["name"], t["agreement"])     # Q/DQ on ORT CPU vs torch FP32
+            check_tensorrt_qdq(out / t["engine"]["file"])
+        else:
+            assert t["precision"] == "fp32" and "agreement" in t["fallback"]["reason"]
+        line = t["engine"]["settings"]["trtexec"]
+        assert '"$TRTEXEC" ' + line.split(" ", 1)[1] in (out / "kit" / "build_engines.sh").read_text()
+    readme = (out / "kit" / "README.md").read_text()
+    assert "edgevit engine build" in readme and "compute capability 8.7" in readme
+    assert any("NOT DONE" in line and "edgevit engine build" in line for line in logs)
+    x, y, refs = __import__("edgevit.device_build", fromlist=["x"]).read_validation(out)
+    assert len(x) == len(y) == 360 and set(refs) == set(TWO)
+
+
+def test_pending_engines_refuse_to_load_and_onnxruntime_still_runs(orin_bundle):
+    out, _ = orin_bundle
+    with pytest.raises(EdgevitError, match="pending-device-build.*edgevit engine build"):
+        edgevit.load(out)
+    with edgevit.load(out, backend="onnxruntime") as rt:
+        assert rt.predict(np.zeros((2, 3, 32, 32), np.float32)).indices.shape == (2,)
+
+
+def test_engine_build_without_tensorrt_says_where_to_run(orin_bundle):
+    from click.testing import CliRunner
+
+    from edgevit.cli import cli
+
+    r = CliRunner().invoke(cli, ["engine", "build", str(orin_bundle[0])])
+    assert r.exit_code == 2 and "needs TensorRT and a CUDA GPU" in r.output and "jetson-orin" in r.output
+
+
+# -- the on-device build, with ONNX Runtime standing in for the TensorRT calls ------------------------------
+
+class OrtAsTensorRT:
+    """Runs the 'engine' (a copy of the ONNX it was built from) with ONNX Runtime."""
+
+    def __init__(self, path, settings):
+        from edgevit.backends.onnxruntime import OrtRunner
+
+        self._r = OrtRunner(path, ["CPUExecutionProvider"])
+        self.input_shape, self.output_shape = self._r.input_shape, self._r.output_shape
+
+    def infer(self, x):
+        return self._r.infer(x)
+
+    def close(self):
+        pass
+
+
+FAKE_TRTEXEC = r'''#!{python}
+import re, shutil, sys
+KNOWN = set({known!r})
+VALUES = set({values!r})
+args = dict()
+for a in sys.argv[1:]:
+    m = re.fullmatch(r"--([A-Za-z0-9]+)(?:=(.*))?", a)
+    if not m or m.group(1) not in KNOWN or (m.group(2) is not None) != (m.group(1) in VALUES):
+        print("Unknown option: " + a); sys.exit(1)
+    args[m.group(1)] = m.group(2)
+shutil.copyfile(args["onnx"], args["saveEngine"])
+'''
+
+
+@pytest.fixture
+def fake_device(monkeypatch, tmp_path):
+    import edgevit.backends.tensorrt as trt_backend
+    import edgevit.backends.tensorrt_build as trt_build
+    import edgevit.gpu as gpu
+
+    state = {"info": dict(ORIN), "builds": []}
+    monkeypatch.setattr(gpu, "device_info", lambda: dict(state["info"]))
+    monkeypatch.setattr(gpu, "tensorrt_ready", lambda: (True, ""))
+    monkeypatch.setattr(trt_backend, "TensorRTRunner", OrtAsTensorRT)
+
+    def fake_build(onnx_path, engine_path, settings, cache=None, verbose=False, log=print):
+        state["builds"].append(settings["precision"])
+        Path(engine_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(engine_path).write_bytes(Path(onnx_path).read_bytes())
+        return {"tensorrt": state["info"]["tensorrt"], "strongly_typed": False, "build_seconds": 0.0}
+
+    monkeypatch.setattr(trt_build, "build_engine_file", fake_build)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    exe = bindir / "trtexec"
+    exe.write_text(FAKE_TRTEXEC.format(python=sys.executable, known=sorted(TRTEXEC_10_3), values=sorted(VALUE_FLAGS)))
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    return state
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("use_trtexec", [False, True])
+def test_engine_build_on_the_device_validates_and_records(orin_bundle, fake_device, tmp_path, use_trtexec):
+    from edgevit.device_build import engine_build
+
+    bundle = _copy(orin_bundle[0], tmp_path / "bundle")
+    before = read_manifest(bundle)
+    logs = []
+    summary = engine_build(bundle, use_trtexec=use_trtexec, log=logs.append)
+    assert summary["built"] == 2 and summary["failed"] == []
+    precisions = [p["engines"]["tensorrt"]["precision"] for p in before["presets"]]
+    assert fake_device["builds"] == ([] if use_trtexec else precisions)
+    m = read_manifest(bundle)
+    verify_files(bundle, m)
+    assert m["device_build"]["status"] == "done" and m["device_build"]["built_on"]["l4t"] == "36.4.3"
+    assert m["tools"]["tensorrt"] == "10.3.0"
+    for p, old, precision in zip(m["presets"], before["presets"], precisions):
+        t = p["engines"]["tensorrt"]
+        assert t["status"] == "ok" and t["engine"]["file"] == f"engines/tensorrt/{p['name']}.{precision}.plan"
+        assert t["engine"]["settings"]["built_on"] == ORIN and t["latency_ms"]["p50"] > 0
+        assert t["agreement"] >= 0.99 and t["kit_validation"]["agreement"] == old["engines"]["tensorrt"]["agreement"]
+        assert t["engine"]["extra_files"] == [f"kit/tensorrt/{p['name']}.{precision}.onnx"]
+    with edgevit.load(bundle) as rt:                      # the guard passes on the device it was built on
+        assert rt.backend == "tensorrt" and len(rt.presets) == 2
+    assert engine_build(bundle, log=logs.append)["built"] == 0 and "nothing to build" in logs[-1]
+
+    fake_device["info"] = {**ORIN, "tensorrt": "10.7.0", "l4t": "36.5.0"}   # a JetPack upgrade
+    with pytest.raises(EdgevitError, match=r"TensorRT 10\.3\.0 built it, this device has TensorRT 10\.7\.0.*"
+                                           r"edgevit engine build .* --force"):
+        edgevit.load(bundle)
+    assert engine_build(bundle, force=True, presets=["r32-k1"], log=logs.append)["built"] == 1
+    m = read_manifest(bundle)
+    assert m["presets"][0]["engines"]["tensorrt"]["engine"]["settings"]["built_on"]["tensorrt"] == "10.7.0"
+
+
+def test_engine_build_refuses_the_wrong_gpu(orin_bundle, fake_device, tmp_path):
+    from edgevit.device_build import engine_build
+
+    bundle = _copy(orin_bundle[0], tmp_path / "bundle")
+    fake_device["info"] = {"tensorrt": "10.3.0", "gpu": "H100", "compute_capability": "9.0", "l4t": None,
+                           "jetpack": None}
+    manifest_before = (bundle / "manifest.json").read_text()
+    with pytest.raises(EdgevitError, match="not the bundle's target jetson-orin.*compute capability 8.7.*--any-device"):
+        engine_build(bundle)
+    assert (bundle / "manifest.json").read_text() == manifest_before
+
+
+def test_engine_that_fails_on_the_device_is_not_marked_ok(orin_bundle, fake_device, tmp_path, monkeypatch):
+    import edgevit.backends.tensorrt as trt_backend
+    from edgevit.device_build import engine_build
+
+    class Broken(OrtAsTensorRT):
+        def infer(self, x):
+            return np.roll(super().infer(x), 1, axis=-1)   # a wrong engine: every prediction shifts
+
+    monkeypatch.setattr(trt_backend, "TensorRTRunner", Broken)
+    bundle = _copy(orin_bundle[0], tmp_path / "bundle")
+    summary = engine_build(bundle, presets=["r16-k0.5"], measure=False, log=lambda m: None)
+    assert summary["failed"] == ["r16-k0.5"]
+    m = read_manifest(bundle)
+    t = {p["name"]: p["engines"]["tensorrt"] for p in m["presets"]}
+    assert t["r16-k0.5"]["status"] == "failed-validation" and "agreement" in t["r16-k0.5"]["reason"]
+    assert t["r32-k1"]["status"] == "pending-device-build"
+    assert not list((bundle / "engines").glob("tensorrt/r16-k0.5.*"))
+
+
+def test_int8_candidate_kept_only_where_it_passes_and_is_faster():
+    from edgevit.device_build import _choose
+
+    def r(precision, passed, p50):
+        return {"settings": {"precision": precision}, "passed": passed, "latency_ms": {"p50": p50}}
+
+    fp16, fast_int8, slow_int8 = r("fp16", True, 1.0), r("int8", True, 0.7), r("int8", True, 1.2)
+    assert _choose([fp16, fast_int8]) is fast_int8
+    assert _choose([fp16, slow_int8]) is fp16
+    assert _choose([fp16, r("int8", False, 0.5)]) is fp16              # faster but inaccurate: not kept
+    assert _choose([r("fp16", False, 1.0), slow_int8]) is slow_int8
+    assert _choose([r("fp16", False, 1.0), r("int8", False, 1.0)]) is None
+
+
+# -- desktop-gpu: FP16 with an INT8 candidate --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def default_checkpoint(default_training):
+    if tensorrt_ready()[0]:
+        pytest.skip("TensorRT is here: the engines are built rather than left pending")
+    return default_training[0]
+
+
+@pytest.mark.slow
+def test_jetson_orin_every_preset_qdq_agrees_on_ort_cpu(default_checkpoint, tmp_path):
+    """The issue's bar: every Q/DQ preset of the default model agrees with torch FP32 on >= 99% on ORT CPU."""
+    from edgevit.builder import BuildOptions, build
+
+    out = build(BuildOptions(target="jetson-orin", checkpoint=str(default_checkpoint), out=str(tmp_path / "b"),
+                             cache_dir=str(tmp_path / "cache"), log=lambda m: None))
+    m = read_manifest(out)
+    assert len(m["presets"]) == 12
+    for p in m["presets"]:
+        t = p["engines"]["tensorrt"]
+        assert t["status"] == "pending-device-build" and t["precision"] == "int8" and t["fallback"] is None
+        assert t["agreement"] >= 0.99, (p["name"], t["agreement"])
+
+
+@pytest.mark.slow
+def test_desktop_gpu_build_validates_fp16_and_the_int8_candidate(default_checkpoint, tmp_path):
+    from edgevit.builder import BuildOptions, build
+
+    out = build(BuildOptions(target="desktop-gpu", checkpoint=str(default_checkpoint), presets=["r32-k1"],
+                             out=str(tmp_path / "b"), cache_dir=str(tmp_path / "cache"), log=lambda m: None))
+    m = read_manifest(out)
+    t = m["presets"][0]["engines"]["tensorrt"]
+    assert t["precision"] == "fp16" and t["agreement"] >= 0.99
+    fp16 = onnx.load(str(out / t["engine"]["file"]))
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in fp16.graph.initializer)
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT   # FP32 I/O
+    (cand,) = t["candidates"]
+    assert cand["precision"] == "int8" and cand["agreement"] >= 0.99 and cand["passed"]
+    check_tensorrt_qdq(out / cand["onnx"])
+    ort = m["presets"][0]["engines"]["onnxruntime"]
+    assert ort["precision"] == "fp16" and ort["engine"]["settings"]["provider_options"][
+        "TensorrtExecutionProvider"]["trt_fp16_enable"] is True
+    assert "--hardwareCompatibilityLevel=ampere+" in (out / "kit" / "build_engines.sh").read_text()
+    settings = json.loads((out / "kit" / "settings.json").read_text())
+    assert settings["r32-k1"]["candidates"][0]["engine"] == "engines/tensorrt/r32-k1.int8.plan"
+
+
+# -- real TensorRT (GPU machines only) ---------------------------------------------------------------------
+
+needs_gpu = pytest.mark.skipif(not tensorrt_ready()[0], reason=f"TensorRT engines need tensorrt and a CUDA GPU: "
+                                                               f"{tensorrt_ready()[1]}")
+
+
+@needs_gpu
+def test_tensorrt_engine_matches_onnxruntime(quick_checkpoint, tmp_path):
+    from edgevit.builder import BuildOptions, build
+
+    out = build(BuildOptions(target="desktop-gpu", checkpoint=str(quick_checkpoint), presets=["r32-k1"],
+                             out=str(tmp_path / "b"), cache_dir=str(tmp_path / "cache"), log=print))
+    m = read_manifest(out)
+    t = m["presets"][0]["engines"]["tensorrt"]
+    if m["device_build"]["status"] == "pending":
+        pytest.skip(f"GPU is not the desktop-gpu target: {m['device_build']['reason']}")
+    assert t["status"] == "ok" and t["agreement"] >= 0.99 and t["latency_ms"]["p50"] > 0
+    with edgevit.load(out) as rt:
+        x = np.random.default_rng(0).random((4, 3, 32, 32), np.float32)
+        with edgevit.load(out, backend="onnxruntime") as ref:
+            assert (rt.predict(x).indices == ref.predict(x).indices).mean() >= 0.75
