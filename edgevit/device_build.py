@@ -276,6 +276,10 @@ def record_device_build(manifest: dict, summary: dict | None, bundle_reason: str
         section.update(built_on=summary["built_on"], failed=summary["failed"],
                        when=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         manifest.setdefault("tools", {})["tensorrt"] = summary["built_on"].get("tensorrt")
+        if summary["built"] and not manifest.get("latency_measured_here"):
+            note = f"TensorRT engines measured on {summary['built_on'].get('gpu')} when they were built"
+            if note not in (manifest.get("latency_note") or ""):
+                manifest["latency_note"] = f"{manifest.get('latency_note') or 'other backends not measured'}; {note}"
     manifest["device_build"] = section
     if manifest.get("backend") == "tensorrt":
         points = {}

@@ -155,7 +155,12 @@ def load_info(bundle, backend: str | None = None) -> Runtime:
             continue
         infos.append(_preset_info(p, entry))
     if not infos:
-        raise EdgevitError(f"bundle {bundle}: no preset has a usable {backend} engine")
+        statuses = sorted({p["engines"].get(backend, {}).get("status", "missing") for p in manifest["presets"]})
+        others = [b for b in manifest.get("backends", []) if b != backend]
+        raise EdgevitError(f"bundle {bundle}: no preset has a usable {backend} engine ({', '.join(statuses)})"
+                           + (f"; choose another backend: {', '.join(others)}" if others else "")
+                           + ("; build them on the device: edgevit engine build BUNDLE"
+                              if "pending-device-build" in statuses else ""))
     infos.sort(key=lambda i: (i.gflops, -i.resolution))
     return Runtime(bundle, manifest, backend, {}, infos)
 
