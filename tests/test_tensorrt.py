@@ -99,8 +99,9 @@ def test_every_gpu_profile_gives_a_valid_10_3_line(profile, precision):
 
 
 def _variant(base: str, **tensorrt):
-    from edgevit.profiles import PROFILE_DIR
     import yaml
+
+    from edgevit.profiles import PROFILE_DIR
 
     raw = yaml.safe_load((PROFILE_DIR / f"{base}.yaml").read_text())
     raw["tensorrt"] = {**raw["tensorrt"], **tensorrt}
