@@ -12,7 +12,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -39,6 +39,7 @@ class BuildOptions:
     data: str | None = None
     out: str | None = None
     presets: list[str] | None = None
+    resolutions: list[int] | None = None
     cache_dir: str = ".edgevit-cache"
     trust_checkpoint: bool = False
     include_checkpoint: bool = True
@@ -68,7 +69,7 @@ def obtain(opts: BuildOptions, cache: Cache) -> Obtained:
     log = opts.log
     if opts.checkpoint:
         ck = load_checkpoint(opts.checkpoint, opts.model, trust=opts.trust_checkpoint)
-        model = ck.model
+        model = ck.model.with_resolutions(opts.resolutions) if opts.resolutions else ck.model
         data = opts.data or ck.meta.get("data", {}).get("name")
         if data is None:
             raise EdgevitError(f"checkpoint {opts.checkpoint} ({ck.layout} layout) records no data set; pass --data "
@@ -77,6 +78,8 @@ def obtain(opts: BuildOptions, cache: Cache) -> Obtained:
             raise EdgevitError(f"checkpoint {opts.checkpoint} was trained on {data}, which is not here; pass --data DIR")
         ds = load_dataset(data, crop=model.img_size, channels=model.in_chans)
         pre = Preprocess.from_dict(ck.meta["preprocess"]) if "preprocess" in ck.meta else ds.preprocess
+        if pre.crop != model.img_size:  # --resolutions moved the full-size input: keep the resize/crop ratio
+            pre = replace(pre, crop=model.img_size, resize=round(pre.resize * model.img_size / pre.crop))
         if model.num_classes != len(ds.classes):
             raise EdgevitError(f"checkpoint {opts.checkpoint} has {model.num_classes} classes but the data set "
                                f"{ds.name} has {len(ds.classes)}")
@@ -84,9 +87,10 @@ def obtain(opts: BuildOptions, cache: Cache) -> Obtained:
         return Obtained(model, ck.layout, str(opts.checkpoint), ds, pre)
 
     name = opts.model or DEFAULT_MODEL
-    probe = create_model(name)
+    extra = {"resolutions": list(opts.resolutions)} if opts.resolutions else {}
+    probe = create_model(name, **extra)
     ds = load_dataset(opts.data, crop=probe.img_size, channels=probe.in_chans)
-    cfg = TrainConfig(model=name, data=opts.data)
+    cfg = TrainConfig(model=probe.variant, data=opts.data, out=f"runs/{probe.variant}.pt", **extra)
     recipe = {k: v for k, v in asdict(cfg).items() if k not in ("out", "data", "workers", "threads")}
     key = content_key("train", recipe, ds.split_hash(), __version__, tool_versions()["torch"])
     path = cache.path("train", key) / "model.pt"

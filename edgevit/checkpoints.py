@@ -111,6 +111,31 @@ def _from_timm_deit(state: dict, model) -> dict:
     return state
 
 
+def _vvt_official(state: dict, model_name: str | None, path):
+    """The official VVT layout (``block{i}.{j}.attn.q_proj.weight``...): the variant is read from the
+    depths and MLP widths in the weights unless ``model_name`` says it."""
+    if "head.weight" not in state:
+        raise EdgevitError(f"checkpoint {path} looks like VVT (patch_embed1.*) but has no head.weight")
+    depths = []
+    for i in range(1, 5):
+        idx = {int(m.group(1)) for k in state if (m := re.match(rf"block{i}\.(\d+)\.", k))}
+        depths.append(len(idx))
+    ratios = []
+    for i in range(1, 5):
+        fc1, dim = state.get(f"block{i}.0.mlp.fc1.weight"), state[f"patch_embed{i}.proj.weight"].shape[0]
+        ratios.append(fc1.shape[0] // dim if fc1 is not None else None)
+    overrides = {"num_classes": state["head.weight"].shape[0], "in_chans": state["patch_embed1.proj.weight"].shape[1]}
+    if model_name:
+        return create_model(model_name, **overrides)
+    from edgevit.models.vvt import variant_for
+
+    name = variant_for(depths, ratios, state["patch_embed1.proj.weight"].shape[0])
+    if name is None:
+        raise EdgevitError(f"checkpoint {path}: VVT weights with depths {depths} and MLP ratios {ratios} match no "
+                           f"registered variant; pass --model (vvt-tiny, vvt-small, vvt-medium, vvt-large)")
+    return create_model(name, **overrides)
+
+
 def load_into(model, state: dict, source) -> None:
     """Load with every mismatch named: shapes, missing and unexpected keys."""
     own = model.state_dict()
@@ -155,6 +180,10 @@ def load_checkpoint(path, model_name: str | None = None, trust: bool = False) ->
         return Checkpoint(model.eval(), "edgevit", meta)
 
     state = _state_dict_of(obj)
+    if "patch_embed1.proj.weight" in state:
+        model, layout = _vvt_official(state, model_name, path), "vvt-official"
+        load_into(model, state, path)
+        return Checkpoint(model.eval(), layout, {})
     if "head.weight" not in state or "patch_embed.proj.weight" not in state:
         raise EdgevitError(f"checkpoint {path} is not a SuperViT/DeiT checkpoint: no head.weight or "
                            f"patch_embed.proj.weight among {len(state)} tensors")

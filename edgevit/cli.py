@@ -72,7 +72,7 @@ def models_cmd(name):
 
 @cli.command("train")
 @click.option("--model", "model", default="supervit-nano", show_default=True,
-              help="Registered variant to train (see `edgevit models`).")
+              help="Registered variant to train (see `edgevit models`), or a family: supervit, vvt.")
 @click.option("--data", default=None, metavar="DIR",
               help="Image folder root with train/<class>/* and val/<class>/*. Default: the embedded digits set.")
 @click.option("--out", default=None, metavar="FILE",
@@ -87,21 +87,28 @@ def models_cmd(name):
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(0), help="Data loader processes.")
 @click.option("--threads", default=None, type=click.IntRange(1), help="torch threads (default: all cores).")
 @click.option("--max-steps", default=None, type=click.IntRange(1), help="Stop after this many steps (smoke runs).")
+@click.option("--resolutions", default=None, callback=lambda c, p, v: _int_list(c, p, v),
+              help="Preset input resolutions, e.g. 224,384,512 (VVT: multiples of 32). Default: the variant's.")
 def train_cmd(model, data, out, **kw):
     """Train a model and write a checkpoint, then print every preset's validation top-1.
 
     SuperViT trains all its presets at once: each step runs the largest resolution at keep 1.0 (CE), a
     pruned pass at that resolution distilled from it (KL), a random smaller resolution at keep 1.0 (CE)
-    and a pruned pass at that resolution distilled from it (KL). AdamW, warm-up then cosine.
+    and a pruned pass at that resolution distilled from it (KL). VVT: CE at the largest resolution and at
+    a random smaller one. AdamW, warm-up then cosine.
 
     \b
     Examples:
       edgevit train                                    # SuperViT-nano on digits, ~4.5 min on 2 cores
       edgevit train --data ~/flowers --model supervit-deit-s --epochs 100
+      edgevit train --model vvt                        # VVT-nano on digits (64 px; presets r32, r64)
       torchrun --nproc-per-node 2 -m edgevit train     # DistributedDataParallel (gloo on CPU)
     """
     from edgevit.train import TrainConfig, default_checkpoint_path, train
 
+    from edgevit.models.registry import resolve
+
+    model = resolve(model)
     out = out or default_checkpoint_path(model, data)
     train(TrainConfig(model=model, data=data, out=out, **kw))
 
@@ -140,19 +147,23 @@ def eval_cmd(checkpoint, data, model, presets, trust_checkpoint):
 @cli.command("build")
 @click.option("--target", "-t", required=True, metavar="NAME|FILE.yaml",
               help="Hardware profile: a name from `edgevit profiles` or a path to your own YAML file.")
-@click.option("--model", "model", default=None, help="Variant (default supervit-nano, or the checkpoint's).")
+@click.option("--model", "model", default=None,
+              help="Variant or family (supervit, vvt); default supervit-nano, or the checkpoint's.")
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
-              help="Weights to build from (edgevit, official SuperViT or timm/DeiT). Default: train, cached.")
+              help="Weights to build from (edgevit, official SuperViT or VVT, timm/DeiT). Default: train, cached.")
 @click.option("--data", default=None, metavar="DIR",
               help="Image folder root for calibration and validation (default: the checkpoint's, or digits).")
 @click.option("--out", default=None, metavar="DIR", help="Bundle directory. Default: bundles/<model>-<target>.")
 @click.option("--presets", default=None, help="Comma-separated preset names (default: all).")
+@click.option("--resolutions", default=None, callback=lambda c, p, v: _int_list(c, p, v),
+              help="VVT: preset input resolutions to build, e.g. 224,512,1024 (multiples of 32).")
 @click.option("--cache-dir", default=".edgevit-cache", show_default=True,
               help="Where stage outputs (training, ONNX, engines) are cached by content hash.")
 @click.option("--no-checkpoint", is_flag=True, help="Leave the torch checkpoint out of the bundle.")
 @click.option("--no-latency", is_flag=True, help="Skip the build-host latency measurement.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow full pickle loading of --checkpoint (trusted files only).")
-def build_cmd(target, model, checkpoint, data, out, presets, cache_dir, no_checkpoint, no_latency, trust_checkpoint):
+def build_cmd(target, model, checkpoint, data, out, presets, resolutions, cache_dir, no_checkpoint, no_latency,
+              trust_checkpoint):
     """Export, quantize, validate and bundle every preset for a target.
 
     \b
@@ -168,13 +179,16 @@ def build_cmd(target, model, checkpoint, data, out, presets, cache_dir, no_check
       edgevit build --target x86-cpu                  # the embedded default, trained first if needed
       edgevit build -t x86-cpu --checkpoint deit_small_patch16_224.pth --data ~/imagenet-subset
       edgevit build -t my-board.yaml --presets r32-k1,r16-k0.5
+      edgevit build -t x86-cpu --model vvt                      # VVT-nano, presets by resolution
+      edgevit build -t x86-cpu --checkpoint vvt_tiny.pth --data ~/imagenet-100 --resolutions 224,384
     """
     from edgevit.builder import BuildOptions, build
     from edgevit.cleanup import install_termination_handler
 
     install_termination_handler()  # SIGTERM removes the partial bundle and cache entries, then exits
     build(BuildOptions(target=target, model=model, checkpoint=checkpoint, data=data, out=out,
-                       presets=[p.strip() for p in presets.split(",")] if presets else None, cache_dir=cache_dir,
+                       presets=[p.strip() for p in presets.split(",")] if presets else None,
+                       resolutions=resolutions, cache_dir=cache_dir,
                        trust_checkpoint=trust_checkpoint, include_checkpoint=not no_checkpoint,
                        measure=not no_latency))
 

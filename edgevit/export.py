@@ -35,6 +35,9 @@ class ExportReport:
         return asdict(self)
 
 
+KEEP_FP32_KEY = "edgevit.int8_keep_fp32"
+
+
 def export_preset(model, preset, out_path, sample: np.ndarray, opset: int = 17, batch: int = 1,
                   parity_tol: float = 1e-3) -> ExportReport:
     """Export ``model`` at ``preset`` to ``out_path`` and check ONNX Runtime FP32 against torch on ``sample``.
@@ -65,6 +68,9 @@ def export_preset(model, preset, out_path, sample: np.ndarray, opset: int = 17, 
         before = len(proto.graph.node)
         proto, simplifier = _simplify(proto)
         onnx.checker.check_model(proto, full_check=True)
+        keep = getattr(model, "int8_keep_fp32", ())
+        if keep:  # the model family's own quantization constraint travels with the graph (edgevit.quantize)
+            onnx.helper.set_model_props(proto, {KEEP_FP32_KEY: ",".join(keep)})
         onnx.save(proto, str(out_path))
     finally:
         if os.path.exists(raw):

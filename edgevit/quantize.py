@@ -75,6 +75,17 @@ def sensitive_nodes(onnx_path) -> dict[str, list[str]]:
     return {"head": head, "attention": attention, "selection": selection}
 
 
+def model_keep_fp32(onnx_path) -> list[str]:
+    """Groups of ``sensitive_nodes`` the model family keeps out of INT8 at every level (VVT: its linear
+    attention core, whose sums over all tokens lose too much in INT8), from the export's metadata."""
+    import onnx
+
+    from edgevit.export import KEEP_FP32_KEY
+
+    props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    return [g for g in props.get(KEEP_FP32_KEY, "").split(",") if g]
+
+
 # -- ONNX Runtime ----------------------------------------------------------------------------------------
 
 def quantize_onnxruntime(fp32_onnx, out_path, calib: np.ndarray, level: int = 0, method: str = "minmax",
@@ -120,7 +131,9 @@ def quantize_onnxruntime(fp32_onnx, out_path, calib: np.ndarray, level: int = 0,
         # Shape inference and graph clean-up first, as ONNX Runtime's quantization guide asks.
         quant_pre_process(str(fp32_onnx), pre, skip_symbolic_shape=True)
         # Names from the pre-processed graph: pre-processing may fuse and rename nodes.
-        exclude = [n for group in sensitive_nodes(pre).values() for n in group] if level >= 1 else []
+        groups = sensitive_nodes(pre)
+        wanted = set(groups) if level >= 1 else set(model_keep_fp32(fp32_onnx))
+        exclude = [n for g in groups if g in wanted for n in groups[g]]
         quantize_static(pre, str(out_path), Reader(), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["MatMul", "Gemm", "Conv"], per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
@@ -166,6 +179,17 @@ def _ov_head_names(model) -> list[str]:
     return []
 
 
+def _ov_activation_matmuls(model) -> list[str]:
+    """MatMuls of two activations in an OpenVINO model (no constant operand, through Converts)."""
+    def constant(node):
+        while node.get_type_name() == "Convert":
+            node = node.input_value(0).get_node()
+        return node.get_type_name() == "Constant"
+
+    return [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"
+            and not any(constant(op.input_value(i).get_node()) for i in range(op.get_input_size()))]
+
+
 def quantize_openvino(fp32_onnx, out_xml, calib: np.ndarray, level: int = 0, batch: int = 1,
                       max_drop: float = 0.01, inference_precision: str = "f32") -> dict:
     """NNCF PTQ on the OpenVINO model (transformer model type); level 1: accuracy-controlled."""
@@ -182,7 +206,11 @@ def quantize_openvino(fp32_onnx, out_xml, calib: np.ndarray, level: int = 0, bat
                   subset_size=len(calib_batches))
     info = {"tool": f"nncf {nncf.__version__}", "model_type": "transformer", "samples": len(calib_batches) * batch,
             "level": level}
+    keep = _ov_activation_matmuls(model) if "attention" in model_keep_fp32(fp32_onnx) else []
     if level == 0:
+        if keep:
+            common["ignored_scope"] = nncf.IgnoredScope(names=keep, validate=False)
+            info["ignored"] = keep
         qmodel = nncf.quantize(model, dataset, **common)
     else:
         head = _ov_head_names(model)
@@ -200,10 +228,11 @@ def quantize_openvino(fp32_onnx, out_xml, calib: np.ndarray, level: int = 0, bat
         qmodel = nncf.quantize_with_accuracy_control(
             model, calibration_dataset=dataset, validation_dataset=dataset, validation_fn=agreement,
             max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
-            ignored_scope=nncf.IgnoredScope(names=head, validate=False),
+            ignored_scope=nncf.IgnoredScope(names=head + keep, validate=False),
             advanced_accuracy_restorer_parameters=restorer, **common)
         info.update(accuracy_control={"metric": "agreement with FP32 on the calibration split",
-                                      "max_drop": max_drop, "max_iterations": MAX_RESTORE_ITERATIONS}, ignored=head)
+                                      "max_drop": max_drop, "max_iterations": MAX_RESTORE_ITERATIONS},
+                    ignored=head + keep)
     out_xml = Path(out_xml)
     out_xml.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(qmodel, str(out_xml), compress_to_fp16=False)

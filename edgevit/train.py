@@ -41,6 +41,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     drop_path: float | None = None        # None: the variant's default
+    resolutions: list[int] | None = None  # None: the variant's presets (VVT takes any multiples of 32)
     seed: int = 0
     workers: int = 0
     threads: int | None = None
@@ -142,9 +143,17 @@ def supervit_step(model, x, y, rng: random.Random, label_smoothing: float = 0.1)
 
 
 def plain_step(model, x, y, rng, label_smoothing: float = 0.1) -> dict:
-    loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
-    loss.backward()
-    return {"ce": float(loss.detach())}
+    """Cross-entropy at the full resolution and, for a model with several resolution presets (VVT), at a
+    random smaller one too: one set of weights then serves every preset, as SuperViT's step does."""
+    net = getattr(model, "module", model)
+    sizes = list(getattr(net, "resolutions", []))
+    passes = [sizes[-1], rng.choice(sizes[:-1])] if len(sizes) > 1 else [None]
+    losses = {}
+    for i, size in enumerate(passes):
+        loss = F.cross_entropy(model(x) if size is None else model(x, size), y, label_smoothing=label_smoothing)
+        loss.backward()
+        losses[f"ce{i}"] = float(loss.detach())
+    return losses
 
 
 def lr_at(step: int, total: int, warmup: int, base: float, floor: float) -> float:
@@ -197,6 +206,8 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank; DDP also broadcasts them
     overrides = {} if cfg.drop_path is None else {"drop_path_rate": cfg.drop_path}
+    if cfg.resolutions:
+        overrides["resolutions"] = list(cfg.resolutions)
     model = create_model(cfg.model, **overrides)
     channels = getattr(model, "in_chans", 3)
     if dataset is None:

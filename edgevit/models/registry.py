@@ -12,7 +12,9 @@ from edgevit.errors import EdgevitError
 
 _FACTORIES: dict[str, Callable] = {}
 _FAMILY: dict[str, str] = {}
-_FAMILY_MODULES = ("supervit",)
+_FAMILY_MODULES = ("supervit", "vvt")
+# A family name stands for its embedded-default variant: `--model vvt` is vvt-nano.
+ALIASES = {"supervit": "supervit-nano", "vvt": "vvt-nano"}
 
 
 def register_model(name: str, family: str):
@@ -39,20 +41,27 @@ def list_models() -> list[str]:
     return sorted(_FACTORIES)
 
 
+def resolve(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
 def model_family(name: str) -> str:
     _load_families()
+    name = resolve(name)
     _check_name(name)
     return _FAMILY[name]
 
 
 def _check_name(name: str) -> None:
     if name not in _FACTORIES:
-        raise EdgevitError(f"unknown model {name!r}; known models: {', '.join(sorted(_FACTORIES))}")
+        raise EdgevitError(f"unknown model {name!r}; known models: {', '.join(sorted(_FACTORIES))} "
+                           f"(or a family name: {', '.join(f'{a} = {v}' for a, v in ALIASES.items())})")
 
 
 def create_model(name: str, **overrides):
     """Build a registered variant; ``overrides`` replace the variant's defaults (e.g. ``num_classes=10``)."""
     _load_families()
+    name = resolve(name)
     _check_name(name)
     model = _FACTORIES[name](**overrides)
     model.variant = name

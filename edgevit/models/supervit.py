@@ -177,6 +177,12 @@ class SuperViT(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def with_resolutions(self, resolutions: Sequence[int]) -> "SuperViT":
+        if sorted(int(r) for r in resolutions) == self.resolutions:
+            return self
+        raise EdgevitError(f"SuperViT's resolutions are fixed by its trained position tables ({self.resolutions}); "
+                           f"train a model with the resolutions you want (edgevit train --resolutions ...)")
+
     # -- presets ---------------------------------------------------------------------------------------
     def check_preset(self, img_size: int, keep_rate: float) -> None:
         if img_size not in self.resolutions:
