@@ -104,9 +104,8 @@ def train_cmd(model, data, out, **kw):
       edgevit train --model vvt                        # VVT-nano on digits (64 px; presets r32, r64)
       torchrun --nproc-per-node 2 -m edgevit train     # DistributedDataParallel (gloo on CPU)
     """
-    from edgevit.train import TrainConfig, default_checkpoint_path, train
-
     from edgevit.models.registry import resolve
+    from edgevit.train import TrainConfig, default_checkpoint_path, train
 
     model = resolve(model)
     out = out or default_checkpoint_path(model, data)
