@@ -158,12 +158,19 @@ def convert_fp16(fp32_onnx, out_path) -> dict:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(fp32_onnx)), keep_io_types=True, op_block_list=FP16_KEEP_FP32)
+    keep_nodes = []
+    if "attention" in model_keep_fp32(fp32_onnx):
+        # VVT: S and the normaliser sum over every token and pass 65504 at high resolution (spec §7).
+        proto = onnx.load(str(fp32_onnx), load_external_data=False)
+        keep_nodes = sensitive_nodes(fp32_onnx)["attention"] + [n.name for n in proto.graph.node
+                                                                 if n.op_type in ("ReduceSum", "Reciprocal")]
+    model = convert_float_to_float16(onnx.load(str(fp32_onnx)), keep_io_types=True, op_block_list=FP16_KEEP_FP32,
+                                     node_block_list=keep_nodes)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out_path))
     return {"tool": "onnxruntime.transformers.float16.convert_float_to_float16", "io_types": "float32",
-            "kept_fp32": FP16_KEEP_FP32, "level": None}
+            "kept_fp32": FP16_KEEP_FP32, "kept_fp32_nodes": keep_nodes, "level": None}
 
 
 # -- OpenVINO / NNCF -------------------------------------------------------------------------------------
