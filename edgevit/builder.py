@@ -26,7 +26,7 @@ from edgevit.cache import Cache, content_key
 from edgevit.errors import EdgevitError
 from edgevit.host import host_info, matches_target, tool_versions
 from edgevit.profiles import Profile, load_profile
-from edgevit.validate import gate, measure_latency, pareto_front, validate
+from edgevit.validate import cohen_kappa, gate, measure_latency, pareto_front, validate
 
 DEFAULT_MODEL = "supervit-nano"
 
@@ -61,10 +61,10 @@ class Obtained:
 def obtain(opts: BuildOptions, cache: Cache) -> Obtained:
     """Load ``--checkpoint`` or train the model (cached by its recipe and data split)."""
     from edgevit.checkpoints import load_checkpoint
-    from edgevit.data.datasets import load_dataset
-    from edgevit.data.preprocess import Preprocess
+    from edgevit.data.datasets import available_here, input_kind, load_dataset
+    from edgevit.data.scenes import preprocess_from_dict
     from edgevit.models import create_model
-    from edgevit.train import TrainConfig, train
+    from edgevit.train import TrainConfig, data_overrides, recipe_for, train
 
     log = opts.log
     if opts.checkpoint:
@@ -74,11 +74,11 @@ def obtain(opts: BuildOptions, cache: Cache) -> Obtained:
         if data is None:
             raise EdgevitError(f"checkpoint {opts.checkpoint} ({ck.layout} layout) records no data set; pass --data "
                                f"DIR with the images to calibrate and validate on")
-        if data != "digits" and not Path(data).is_dir():
+        if not available_here(data):
             raise EdgevitError(f"checkpoint {opts.checkpoint} was trained on {data}, which is not here; pass --data DIR")
-        ds = load_dataset(data, crop=model.img_size, channels=model.in_chans)
-        pre = Preprocess.from_dict(ck.meta["preprocess"]) if "preprocess" in ck.meta else ds.preprocess
-        if pre.crop != model.img_size:  # --resolutions moved the full-size input: keep the resize/crop ratio
+        ds = load_dataset(data, crop=model.img_size, channels=model.in_chans, kind=input_kind(model))
+        pre = preprocess_from_dict(ck.meta["preprocess"]) if "preprocess" in ck.meta else ds.preprocess
+        if input_kind(model) == "images" and pre.crop != model.img_size:  # --resolutions moved the full-size input: keep the resize/crop ratio
             pre = replace(pre, crop=model.img_size, resize=round(pre.resize * model.img_size / pre.crop))
         if model.num_classes != len(ds.classes):
             raise EdgevitError(f"checkpoint {opts.checkpoint} has {model.num_classes} classes but the data set "
@@ -88,9 +88,10 @@ def obtain(opts: BuildOptions, cache: Cache) -> Obtained:
 
     name = opts.model or DEFAULT_MODEL
     extra = {"resolutions": list(opts.resolutions)} if opts.resolutions else {}
-    probe = create_model(name, **extra)
-    ds = load_dataset(opts.data, crop=probe.img_size, channels=probe.in_chans)
-    cfg = TrainConfig(model=probe.variant, data=opts.data, out=f"runs/{probe.variant}.pt", **extra)
+    probe = create_model(name, **extra, **data_overrides(name, opts.data))
+    ds = load_dataset(opts.data, crop=probe.img_size, channels=probe.in_chans, kind=input_kind(probe))
+    cfg = TrainConfig(model=probe.variant, data=opts.data, out=f"runs/{probe.variant}.pt", **extra,
+                      **recipe_for(probe.variant))
     recipe = {k: v for k, v in asdict(cfg).items() if k not in ("out", "data", "workers", "threads")}
     key = content_key("train", recipe, ds.split_hash(), __version__, tool_versions()["torch"])
     path = cache.path("train", key) / "model.pt"
@@ -265,6 +266,8 @@ def build(opts: BuildOptions) -> Path:
         log(f"[build] latencies are not measured: {host_why}")
 
     weights = weight_digest(model)
+    scene = getattr(model, "input_kind", "images") == "patches"
+    acc = "OA" if scene else "top-1"     # per-pixel mapping reports overall accuracy and Cohen's kappa
     calib_digest = array_digest(cx)
     with BundleWriter(out) as writer:
         tmp = writer.tmp
@@ -280,8 +283,9 @@ def build(opts: BuildOptions) -> Path:
             onnx_rel = Path("onnx") / f"{p.name}.onnx"
             (tmp / onnx_rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(onnx_src, tmp / onnx_rel)
+            kappa = f" kappa {cohen_kappa(ref.argmax(-1), vy):.4f}" if scene else ""
             line = [f"[{i:>2}/{len(presets)}] {p.name:<10} export {'(cached)' if hit else 'done'} "
-                    f"parity {export_report['parity_max_abs']:.1e}  torch top-1 {100 * torch_top1:.2f}%"]
+                    f"parity {export_report['parity_max_abs']:.1e}  torch {acc} {100 * torch_top1:.2f}%{kappa}"]
             engines = {}
             for b in backends:
                 e = build_engine(b, tmp / onnx_rel, p, profile, cx, vx, vy, ref, torch_top1, cache, tmp, measure,
@@ -292,14 +296,16 @@ def build(opts: BuildOptions) -> Path:
                 pend = " (pending device build; ORT CPU)" if e["status"] != "ok" else ""
                 cands = "".join(f" [+{c['precision']} candidate agree {100 * c['agreement']:.2f}%]"
                                 for c in e.get("candidates", []))
-                line.append(f"{b.name} {e['precision']}{fb}{pend} top-1 {100 * e['top1']:.2f}% agree "
+                kappa = f" kappa {e['kappa']:.4f}" if scene else ""
+                line.append(f"{b.name} {e['precision']}{fb}{pend} {acc} {100 * e['top1']:.2f}%{kappa} agree "
                             f"{100 * e['agreement']:.2f}%{lat}{cands}")
             for name, why in unavailable.items():
                 engines[name] = {"status": "unavailable", "reason": why}
             log(" | ".join(line) + f"  ({time.perf_counter() - t0:.1f} s)")
             entries.append({"name": p.name, "resolution": p.resolution, "keep_rate": p.keep_rate, "flops": p.flops,
                             "gflops": round(p.gflops, 6), "params": p.params, "onnx": onnx_rel.as_posix(),
-                            "export": export_report, "torch": {"top1": torch_top1, "samples": int(len(vy))},
+                            "export": export_report, "torch": {"top1": torch_top1, "kappa": cohen_kappa(ref.argmax(-1), vy),
+                                                               "samples": int(len(vy))},
                             "engines": engines})
 
         device = _tensorrt_engines(backends, tmp, entries, profile, vx, vy, refs, opts.measure, log)

@@ -89,7 +89,8 @@ def models_cmd(name):
 @click.option("--max-steps", default=None, type=click.IntRange(1), help="Stop after this many steps (smoke runs).")
 @click.option("--resolutions", default=None, callback=lambda c, p, v: _int_list(c, p, v),
               help="Preset input resolutions, e.g. 224,384,512 (VVT: multiples of 32). Default: the variant's.")
-def train_cmd(model, data, out, **kw):
+@click.pass_context
+def train_cmd(ctx, model, data, out, **kw):
     """Train a model and write a checkpoint, then print every preset's validation top-1.
 
     SuperViT trains all its presets at once: each step runs the largest resolution at keep 1.0 (CE), a
@@ -105,9 +106,12 @@ def train_cmd(model, data, out, **kw):
       torchrun --nproc-per-node 2 -m edgevit train     # DistributedDataParallel (gloo on CPU)
     """
     from edgevit.models.registry import resolve
-    from edgevit.train import TrainConfig, default_checkpoint_path, train
+    from edgevit.train import TrainConfig, default_checkpoint_path, recipe_for, train
 
     model = resolve(model)
+    for k, v in recipe_for(model).items():   # the family's recipe, where the option was not given
+        if ctx.get_parameter_source(k) == click.core.ParameterSource.DEFAULT:
+            kw[k] = v
     out = out or default_checkpoint_path(model, data)
     train(TrainConfig(model=model, data=data, out=out, **kw))
 
@@ -127,14 +131,15 @@ def eval_cmd(checkpoint, data, model, presets, trust_checkpoint):
     resized bicubically).
     """
     from edgevit.checkpoints import load_checkpoint
-    from edgevit.data.datasets import load_dataset
-    from edgevit.data.preprocess import Preprocess
+    from edgevit.data.datasets import input_kind, load_dataset
+    from edgevit.data.scenes import preprocess_from_dict
     from edgevit.train import evaluate_presets, preset_table
 
     ck = load_checkpoint(checkpoint, model, trust=trust_checkpoint)
     m = ck.model
-    ds = load_dataset(data, crop=m.img_size, channels=m.in_chans)
-    pre = Preprocess.from_dict(ck.meta["preprocess"]) if "preprocess" in ck.meta else ds.preprocess
+    data = data or ck.meta.get("data", {}).get("name")
+    ds = load_dataset(data, crop=m.img_size, channels=m.in_chans, kind=input_kind(m))
+    pre = preprocess_from_dict(ck.meta["preprocess"]) if "preprocess" in ck.meta else ds.preprocess
     if m.num_classes != len(ds.classes):
         raise EdgevitError(f"checkpoint {checkpoint} has {m.num_classes} classes, the data {len(ds.classes)}")
     chosen = m.presets() if not presets else [m.preset(p.strip()) for p in presets.split(",")]

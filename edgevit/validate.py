@@ -20,9 +20,21 @@ class Validation:
     max_abs_dlogit: float
     samples: int
     predictions_sha256: str     # of the int32 predicted class indices, in split order
+    kappa: float = 0.0          # Cohen's kappa of the predictions against the labels (mapping's usual figure)
 
     def to_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def cohen_kappa(pred: np.ndarray, labels: np.ndarray) -> float:
+    """(p_o - p_e) / (1 - p_e): agreement with the labels beyond what the class frequencies give by chance."""
+    pred, labels = np.asarray(pred).ravel(), np.asarray(labels).ravel()
+    if len(labels) == 0:
+        return 0.0
+    k = int(max(pred.max(initial=0), labels.max(initial=0))) + 1
+    p_o = float((pred == labels).mean())
+    p_e = float((np.bincount(pred, minlength=k) * np.bincount(labels, minlength=k)).sum()) / len(labels) ** 2
+    return 1.0 if p_e == 1.0 else (p_o - p_e) / (1.0 - p_e)
 
 
 def predictions_digest(pred: np.ndarray) -> str:
@@ -47,7 +59,7 @@ def validate(runner, x: np.ndarray, y: np.ndarray, reference_logits: np.ndarray)
     pred, ref = logits.argmax(-1), reference_logits.argmax(-1)
     d = np.abs(logits - reference_logits)
     return Validation(float((pred == y).mean()), float((pred == ref).mean()), float(d.mean()), float(d.max()),
-                      int(len(y)), predictions_digest(pred))
+                      int(len(y)), predictions_digest(pred), cohen_kappa(pred, y))
 
 
 def gate(v: Validation, reference_top1: float, accuracy: dict) -> tuple[bool, str]:

@@ -245,15 +245,15 @@ def attach_accuracy(results: list[dict], manifest: dict, engines: list[Engine], 
     by_key = {(e.preset["name"], e.backend): e for e in engines}
     data = None
     if remeasure:
-        from edgevit.data.datasets import load_dataset
-        from edgevit.data.preprocess import Preprocess
+        from edgevit.data.datasets import available_here, load_dataset
+        from edgevit.data.scenes import preprocess_from_dict
         from edgevit.validate import run_engine
 
         name = manifest["data"]["name"]
-        if name != "digits" and not Path(name).is_dir():
+        if not available_here(name):
             raise EdgevitError(f"--accuracy needs the bundle's validation data {name}, which is not on this host")
-        pre = Preprocess.from_dict(manifest["preprocess"])
-        ds = load_dataset(name, crop=pre.crop, channels=pre.channels)
+        pre = preprocess_from_dict(manifest["preprocess"])
+        ds = load_dataset(name, crop=pre.crop, channels=pre.channels, kind=getattr(pre, "kind", "images"))
         data = ds.val.arrays(pre)
         log(f"[bench] re-measuring top-1 on {len(data[1])} validation images")
     for r in results:

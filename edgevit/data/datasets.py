@@ -61,6 +61,8 @@ class Dataset:
 
     def split_hash(self) -> str:
         h = hashlib.sha256(self.name.encode())
+        if getattr(self, "content_hash", None):   # scenes: the pixels behind the patch positions
+            h.update(self.content_hash.encode())
         for s in (self.train, self.calib, self.val):
             h.update(json.dumps([s.name, [str(i) for i in s.ids], s.labels.tolist()]).encode())
         return h.hexdigest()[:16]
@@ -185,8 +187,35 @@ def load_image_folder(root, crop: int, channels: int = 3, calib_fraction: float 
                    split("val", val_items))
 
 
-def load_dataset(data: str | None, crop: int, channels: int = 3) -> Dataset:
-    """``None`` or ``"digits"``: the embedded default; anything else is an image-folder root."""
+EMBEDDED = {"images": "digits", "patches": "synthetic-wetland"}
+
+
+def input_kind(model) -> str:
+    """What a model's engines take: preprocessed images, or raw multispectral patches (WetMapFormer)."""
+    return getattr(model, "input_kind", "images")
+
+
+def available_here(name: str) -> bool:
+    """Whether the data set a checkpoint or bundle records can be loaded on this host."""
+    return name in EMBEDDED.values() or Path(name).exists()
+
+
+def load_dataset(data: str | None, crop: int, channels: int = 3, kind: str = "images") -> Dataset:
+    """Images: ``None``/``"digits"`` is the embedded default, anything else an image-folder root.
+    Patches (WetMapFormer): ``None``/``"synthetic-wetland"`` is the embedded synthetic scene, anything else a
+    raster with its ``_gt`` label raster, or a folder of such pairs."""
+    if kind == "patches":
+        from edgevit.data.scenes import load_scene_dataset, write_synthetic_scene
+
+        if data in (None, EMBEDDED["patches"]):
+            import tempfile
+
+            # Written to disk and read back: the embedded default goes through the loaders real data uses.
+            with tempfile.TemporaryDirectory() as tmp:
+                ds = load_scene_dataset(write_synthetic_scene(tmp, bands=channels).parent, bands=channels, patch=crop)
+            ds.name = EMBEDDED["patches"]
+            return ds
+        return load_scene_dataset(data, bands=channels, patch=crop)
     if data in (None, "digits"):
         return load_digits(crop)
     return load_image_folder(data, crop, channels)

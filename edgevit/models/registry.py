@@ -12,7 +12,7 @@ from edgevit.errors import EdgevitError
 
 _FACTORIES: dict[str, Callable] = {}
 _FAMILY: dict[str, str] = {}
-_FAMILY_MODULES = ("supervit", "vvt")
+_FAMILY_MODULES = ("supervit", "vvt", "wetmapformer")
 # A family name stands for its embedded-default variant: `--model vvt` is vvt-nano.
 ALIASES = {"supervit": "supervit-nano", "vvt": "vvt-nano"}
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from edgevit.backends.base import EngineSpec, get_backend
 from edgevit.bundle import read_manifest, verify_files
-from edgevit.data.preprocess import Preprocess
+from edgevit.data.scenes import preprocess_from_dict
 from edgevit.errors import EdgevitError
 from edgevit.validate import run_engine
 
@@ -46,7 +46,7 @@ class Runtime:
 
     def __init__(self, bundle: Path, manifest: dict, backend: str, runners: dict, infos: list[PresetInfo]):
         self.bundle, self.manifest, self.backend = bundle, manifest, backend
-        self.preprocess = Preprocess.from_dict(manifest["preprocess"])
+        self.preprocess = preprocess_from_dict(manifest["preprocess"])
         self.labels = list(manifest["labels"])
         self._runners = runners
         self.presets = infos
