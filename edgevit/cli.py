@@ -197,6 +197,38 @@ def build_cmd(target, model, checkpoint, data, out, presets, resolutions, cache_
                        measure=not no_latency))
 
 
+@cli.command("map")
+@click.argument("bundle", type=click.Path())
+@click.argument("scene", type=click.Path())
+@click.option("--out", required=True, metavar="FILE.tif", help="Class map to write (GeoTIFF, uint8).")
+@click.option("--preview", default=None, metavar="FILE.png", help="Also write a PNG preview with a legend.")
+@click.option("--tile", default=128, show_default=True, type=click.IntRange(1),
+              help="Output tile side in pixels: memory is about tile^2 x bands x 256 bytes.")
+@click.option("--backend", default=None, help="Engines to use (default: the bundle's primary backend).")
+@click.option("--preset", default=None, help="Preset (default: the runtime's choice).")
+def map_cmd(bundle, scene, out, preview, tile, backend, preset):
+    """Classify every pixel of SCENE (GeoTIFF, .npy or .mat, H x W x bands) with a WetMapFormer BUNDLE.
+
+    \b
+    Each pixel is classified from the 8x8 patch around it (the pixel at (4, 4)), after the training fill
+    (NaN and values below -1000 become -1) and a zero padding of 4 at the scene border. The class map holds
+    class + 1 (0 = nodata: no valid band) and the scene's georeference. The raster is read tile by tile,
+    so memory stays bounded whatever its size; a progress bar counts pixels.
+
+    \b
+    Examples:
+      edgevit map bundles/wetmapformer-x86-cpu scene.tif --out classes.tif --preview classes.png
+      edgevit map bundles/wetmapformer-jetson-orin SA1.mat --out SA1-classes.tif --tile 256
+    """
+    import json
+
+    import edgevit
+
+    with edgevit.load(bundle, backend=backend, presets=[preset] if preset else None) as rt:
+        summary = rt.map_scene(scene, out, tile=tile, preset=preset, preview=preview)
+    click.echo(json.dumps(summary, indent=2))
+
+
 @cli.group("engine", cls=_Group)
 def engine_group():
     """TensorRT engines from a bundle's on-device kit (run these on the Jetson or GPU machine)."""

@@ -213,7 +213,10 @@ def load_dataset(data: str | None, crop: int, channels: int = 3, kind: str = "im
             # Written to disk and read back: the embedded default goes through the loaders real data uses.
             with tempfile.TemporaryDirectory() as tmp:
                 ds = load_scene_dataset(write_synthetic_scene(tmp, bands=channels).parent, bands=channels, patch=crop)
+            from edgevit.data.scenes import SYNTHETIC_CLASSES
+
             ds.name = EMBEDDED["patches"]
+            ds.classes = SYNTHETIC_CLASSES[:len(ds.classes)]
             return ds
         return load_scene_dataset(data, bands=channels, patch=crop)
     if data in (None, "digits"):

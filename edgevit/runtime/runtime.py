@@ -125,6 +125,14 @@ class Runtime:
         idx = logits.argmax(-1)
         return Prediction(name, idx, [self.labels[i] for i in idx], logits)
 
+    def map_scene(self, scene, out, tile: int = 128, preset: str | None = None, preview=None,
+                  progress: bool = True) -> dict:
+        """Classify every pixel of a multi-band raster (WetMapFormer bundles): a GeoTIFF class map with the
+        source's georeference, class + 1 and 0 = nodata; memory bounded by one ``tile`` x ``tile`` tile."""
+        from edgevit.runtime.mapping import map_scene
+
+        return map_scene(self, scene, out, tile=tile, preset=preset, preview=preview, progress=progress)
+
     def close(self) -> None:
         for r in self._runners.values():
             r.close()
