@@ -40,6 +40,7 @@ class BuildOptions:
     out: str | None = None
     presets: list[str] | None = None
     resolutions: list[int] | None = None
+    batch: int | None = None             # overrides the profile's static engine batch (throughput engines)
     cache_dir: str = ".edgevit-cache"
     trust_checkpoint: bool = False
     include_checkpoint: bool = True
@@ -228,6 +229,10 @@ def build(opts: BuildOptions) -> Path:
     t_start = time.perf_counter()
     log = opts.log
     profile = load_profile(opts.target)
+    if opts.batch is not None:
+        if not 1 <= opts.batch <= 1024:
+            raise EdgevitError(f"--batch {opts.batch}: expected 1 to 1024")
+        profile = Profile({**profile.data, "batch": int(opts.batch)}, profile.path)
     cache = Cache(opts.cache_dir)
     got = obtain(opts, cache)
     model, ds, pre = got.model.eval(), got.dataset, got.preprocess
@@ -279,7 +284,8 @@ def build(opts: BuildOptions) -> Path:
                                       for j in range(0, len(vx), 256)])
             torch_top1 = float((ref.argmax(-1) == vy).mean())
             refs[p.name] = ref
-            onnx_src, export_report, hit = export_cached(model, p, weights, vx[:64], profile, cache)
+            onnx_src, export_report, hit = export_cached(model, p, weights, vx[:max(64, profile.batch)], profile,
+                                                        cache)
             onnx_rel = Path("onnx") / f"{p.name}.onnx"
             (tmp / onnx_rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(onnx_src, tmp / onnx_rel)

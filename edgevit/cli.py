@@ -74,7 +74,8 @@ def models_cmd(name):
 @click.option("--model", "model", default="supervit-nano", show_default=True,
               help="Registered variant to train (see `edgevit models`), or a family: supervit, vvt.")
 @click.option("--data", default=None, metavar="DIR",
-              help="Image folder root with train/<class>/* and val/<class>/*. Default: the embedded digits set.")
+              help="Image folder root with train/<class>/* and val/<class>/* (WetMapFormer: a scene raster with its "
+                   "_gt labels, or a folder of them). Default: the embedded digits set / synthetic scene.")
 @click.option("--out", default=None, metavar="FILE",
               help="Checkpoint path. Default: runs/<model>-<data>.pt")
 @click.option("--epochs", default=30, show_default=True, type=click.IntRange(1))
@@ -118,7 +119,8 @@ def train_cmd(ctx, model, data, out, **kw):
 
 @cli.command("eval")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--data", default=None, metavar="DIR", help="Image folder root (default: the embedded digits set).")
+@click.option("--data", default=None, metavar="DIR",
+              help="Image folder root or scene data (default: the checkpoint's data set).")
 @click.option("--model", "model", default=None, help="Variant for foreign checkpoints (default supervit-deit-s).")
 @click.option("--presets", default=None, help="Comma-separated preset names (default: all).")
 @click.option("--trust-checkpoint", is_flag=True,
@@ -156,17 +158,20 @@ def eval_cmd(checkpoint, data, model, presets, trust_checkpoint):
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
               help="Weights to build from (edgevit, official SuperViT or VVT, timm/DeiT). Default: train, cached.")
 @click.option("--data", default=None, metavar="DIR",
-              help="Image folder root for calibration and validation (default: the checkpoint's, or digits).")
+              help="Image folder root, or scene raster(s) for WetMapFormer, for calibration and validation "
+                   "(default: the checkpoint's, or the embedded default).")
 @click.option("--out", default=None, metavar="DIR", help="Bundle directory. Default: bundles/<model>-<target>.")
 @click.option("--presets", default=None, help="Comma-separated preset names (default: all).")
 @click.option("--resolutions", default=None, callback=lambda c, p, v: _int_list(c, p, v),
               help="VVT: preset input resolutions to build, e.g. 224,512,1024 (multiples of 32).")
+@click.option("--batch", default=None, type=click.IntRange(1, 1024),
+              help="Static engine batch (default: the profile's, 1). E.g. 256 for scene-mapping throughput.")
 @click.option("--cache-dir", default=".edgevit-cache", show_default=True,
               help="Where stage outputs (training, ONNX, engines) are cached by content hash.")
 @click.option("--no-checkpoint", is_flag=True, help="Leave the torch checkpoint out of the bundle.")
 @click.option("--no-latency", is_flag=True, help="Skip the build-host latency measurement.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow full pickle loading of --checkpoint (trusted files only).")
-def build_cmd(target, model, checkpoint, data, out, presets, resolutions, cache_dir, no_checkpoint, no_latency,
+def build_cmd(target, model, checkpoint, data, out, presets, resolutions, batch, cache_dir, no_checkpoint, no_latency,
               trust_checkpoint):
     """Export, quantize, validate and bundle every preset for a target.
 
@@ -184,6 +189,7 @@ def build_cmd(target, model, checkpoint, data, out, presets, resolutions, cache_
       edgevit build -t x86-cpu --checkpoint deit_small_patch16_224.pth --data ~/imagenet-subset
       edgevit build -t my-board.yaml --presets r32-k1,r16-k0.5
       edgevit build -t x86-cpu --model vvt                      # VVT-nano, presets by resolution
+      edgevit build -t x86-cpu --model wetmapformer --batch 256 # per-pixel mapping, throughput engines
       edgevit build -t x86-cpu --checkpoint vvt_tiny.pth --data ~/imagenet-100 --resolutions 224,384
     """
     from edgevit.builder import BuildOptions, build
@@ -192,7 +198,7 @@ def build_cmd(target, model, checkpoint, data, out, presets, resolutions, cache_
     install_termination_handler()  # SIGTERM removes the partial bundle and cache entries, then exits
     build(BuildOptions(target=target, model=model, checkpoint=checkpoint, data=data, out=out,
                        presets=[p.strip() for p in presets.split(",")] if presets else None,
-                       resolutions=resolutions, cache_dir=cache_dir,
+                       resolutions=resolutions, batch=batch, cache_dir=cache_dir,
                        trust_checkpoint=trust_checkpoint, include_checkpoint=not no_checkpoint,
                        measure=not no_latency))
 

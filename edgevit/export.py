@@ -54,7 +54,7 @@ def export_preset(model, preset, out_path, sample: np.ndarray, opset: int = 17, 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     module = PresetModule(model, preset.resolution, preset.keep_rate).eval()
     c, h, w = sample.shape[1:]
-    dummy = torch.from_numpy(np.ascontiguousarray(sample[:batch])) if len(sample) >= batch else torch.zeros(batch, c, h, w)
+    dummy = torch.from_numpy(np.ascontiguousarray(np.resize(sample, (batch, c, h, w))))
 
     fd, raw = tempfile.mkstemp(suffix=".onnx", dir=out_path.parent)
     os.close(fd)
@@ -83,7 +83,7 @@ def export_preset(model, preset, out_path, sample: np.ndarray, opset: int = 17, 
                            f"{parity_tol * ref_range:.2e}); the exported graph is not faithful")
     out_shape = [batch, model.num_classes]
     return ExportReport(str(out_path), opset, [batch, c, h, w], out_shape, before, len(proto.graph.node),
-                        simplifier, max_abs, int(len(sample) // batch * batch))
+                        simplifier, max_abs, int(max(len(sample), batch) // batch * batch))
 
 
 def _simplify(proto):
@@ -106,6 +106,8 @@ def _parity(module, onnx_path, sample, batch) -> float:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    if len(sample) < batch:  # fewer images than one static batch: repeat them, never skip the check
+        sample = np.resize(sample, (batch,) + sample.shape[1:])
     worst = 0.0
     for i in range(0, len(sample) - batch + 1, batch):
         xb = np.ascontiguousarray(sample[i:i + batch])

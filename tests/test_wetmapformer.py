@@ -280,3 +280,12 @@ def test_map_command_end_to_end(wmf_bundle, tmp_path):
     assert (tmp_path / "classes.png").stat().st_size > 10_000
     assert open_raster(tmp_path / "classes.tif").bands == 1
     assert create_model("wetmapformer").variant == "wetmapformer"
+
+
+def test_export_checks_parity_even_with_fewer_samples_than_the_batch(tmp_path):
+    from edgevit.export import export_preset
+
+    model = create_model("wetmapformer").eval()
+    sample = np.random.default_rng(0).normal(size=(3, 16, 8, 8)).astype(np.float32)
+    report = export_preset(model, model.presets()[0], tmp_path / "m.onnx", sample, batch=8)
+    assert report.parity_samples == 8 and 0 < report.parity_max_abs < 1e-3
