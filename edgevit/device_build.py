@@ -189,8 +189,7 @@ def finish(bundle_dir: Path, entries: list[dict], accuracy: dict, validation, *,
         new_spec = EngineSpec("tensorrt", s["precision"], s["engine"], extra_files=onnx_files,
                               settings={**spec.settings, **{k: v for k, v in s.items() if k != "candidates"},
                                         "built_on": here},
-                              quantization=s.get("quantization", spec.quantization) if s is not spec.settings
-                              else spec.quantization)
+                              quantization=s.get("quantization", spec.quantization))
         t.update(status="ok", engine=new_spec.to_dict(), precision=s["precision"], **chosen["validation"].to_dict(),
                  latency_ms=chosen["latency_ms"], validated_with=f"tensorrt {here['tensorrt']} on {here['gpu']}",
                  kit_validation=kit_validation, device_attempts=tried)

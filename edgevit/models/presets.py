@@ -23,5 +23,18 @@ class Preset:
         return d
 
 
+class PresetLookup:
+    """``model.preset(name)`` over ``model.presets()``, shared by every model family."""
+
+    def preset(self, name: str) -> Preset:
+        presets = self.presets()
+        for p in presets:
+            if p.name == name:
+                return p
+        from edgevit.errors import EdgevitError
+
+        raise EdgevitError(f"unknown preset {name!r}; this model has: {', '.join(p.name for p in presets)}")
+
+
 def preset_name(resolution: int, keep_rate: float | None = None) -> str:
     return f"r{resolution}" if keep_rate is None else f"r{resolution}-k{keep_rate:g}"

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgevit.errors import EdgevitError
-from edgevit.models.presets import Preset, preset_name
+from edgevit.models.presets import Preset, PresetLookup, preset_name
 from edgevit.models.registry import register_model
 
 
@@ -110,7 +110,7 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class SuperViT(nn.Module):
+class SuperViT(PresetLookup, nn.Module):
     """``forward(x, img_size, keep_rate)``: x is the full-size input (``max(resolutions)`` square)."""
 
     family = "supervit"
@@ -200,11 +200,6 @@ class SuperViT(nn.Module):
                 out.append(Preset(preset_name(r, k), r, k, self.flops(r, k), total - sum(tables) + tables[i]))
         return sorted(out, key=lambda p: (p.flops, -p.resolution))
 
-    def preset(self, name: str) -> Preset:
-        for p in self.presets():
-            if p.name == name:
-                return p
-        raise EdgevitError(f"unknown preset {name!r}; this model has: {', '.join(p.name for p in self.presets())}")
 
     def token_counts(self, img_size: int, keep_rate: float) -> list[int]:
         """Tokens entering each block's MLP (and so leaving the block)."""

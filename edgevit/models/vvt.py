@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgevit.errors import EdgevitError
-from edgevit.models.presets import Preset, preset_name
+from edgevit.models.presets import Preset, PresetLookup, preset_name
 from edgevit.models.registry import register_model
 from edgevit.models.supervit import DropPath
 
@@ -157,7 +157,7 @@ class OverlapPatchEmbed(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2)), int(H), int(W)
 
 
-class VVT(nn.Module):
+class VVT(PresetLookup, nn.Module):
     """``forward(x, img_size)``: x is the full-size input (``max(resolutions)`` square)."""
 
     family = "vvt"
@@ -235,11 +235,6 @@ class VVT(nn.Module):
         return sorted((Preset(preset_name(r), r, 1.0, self.flops(r), params) for r in self.resolutions),
                       key=lambda p: p.flops)
 
-    def preset(self, name: str) -> Preset:
-        for p in self.presets():
-            if p.name == name:
-                return p
-        raise EdgevitError(f"unknown preset {name!r}; this model has: {', '.join(p.name for p in self.presets())}")
 
     def stage_sizes(self, img_size: int) -> list[tuple[int, int]]:
         h = w = img_size
@@ -326,25 +321,30 @@ _PAPER = dict(resolutions=(224,), embed_dims=(96, 160, 320, 512), num_heads=(1, 
               num_classes=1000)
 
 
+def _paper(name: str, drop_path: float, kw: dict) -> VVT:
+    depths, ratios, _ = VARIANT_SHAPES[name]
+    return _vvt({**_PAPER, "depths": depths, "mlp_ratios": ratios, "drop_path_rate": drop_path}, kw)
+
+
 @register_model("vvt-tiny", family="vvt")
 def vvt_tiny(**kw) -> VVT:
     """The paper's VVT-tiny: 12.9 M params, 2.98 GMACs at 224."""
-    return _vvt({**_PAPER, "depths": (2, 2, 2, 2), "mlp_ratios": (8, 8, 4, 4), "drop_path_rate": 0.1}, kw)
+    return _paper("vvt-tiny", 0.1, kw)
 
 
 @register_model("vvt-small", family="vvt")
 def vvt_small(**kw) -> VVT:
-    return _vvt({**_PAPER, "depths": (3, 3, 9, 3), "mlp_ratios": (8, 8, 4, 4), "drop_path_rate": 0.3}, kw)
+    return _paper("vvt-small", 0.3, kw)
 
 
 @register_model("vvt-medium", family="vvt")
 def vvt_medium(**kw) -> VVT:
-    return _vvt({**_PAPER, "depths": (3, 3, 27, 3), "mlp_ratios": (8, 8, 4, 4), "drop_path_rate": 0.3}, kw)
+    return _paper("vvt-medium", 0.3, kw)
 
 
 @register_model("vvt-large", family="vvt")
 def vvt_large(**kw) -> VVT:
-    return _vvt({**_PAPER, "depths": (4, 4, 36, 4), "mlp_ratios": (4, 4, 4, 4), "drop_path_rate": 0.3}, kw)
+    return _paper("vvt-large", 0.3, kw)
 
 
 @register_model("vvt-nano", family="vvt")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgevit.errors import EdgevitError
-from edgevit.models.presets import Preset
+from edgevit.models.presets import Preset, PresetLookup
 from edgevit.models.registry import register_model
 
 PATCH = 8
@@ -197,7 +197,7 @@ class Block(nn.Module):
         return x + ao + self.mlp(self.norm2(ao))
 
 
-class WetMapFormer(nn.Module):
+class WetMapFormer(PresetLookup, nn.Module):
     """``forward(x)``: x is a batch of raw (unnormalised, filled) patches, (B, bands, 8, 8)."""
 
     family = "wetmapformer"
@@ -290,11 +290,6 @@ class WetMapFormer(nn.Module):
         params = sum(p.numel() for p in self.parameters())
         return [Preset(f"p{self.patch_size}", self.patch_size, 1.0, self.flops(), params)]
 
-    def preset(self, name: str) -> Preset:
-        for p in self.presets():
-            if p.name == name:
-                return p
-        raise EdgevitError(f"unknown preset {name!r}; this model has: {', '.join(p.name for p in self.presets())}")
 
     # -- forward ---------------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor, img_size: int | None = None, keep_rate: float = 1.0):
