@@ -2,8 +2,9 @@
 
 ``compile`` always writes the ONNX TensorRT builds from (Q/DQ for INT8, FP16 types for FP16; see
 ``tensorrt_build``), and the build validates that file with ONNX Runtime on the CPU before any GPU is
-involved. Where TensorRT and a GPU are present the engine is built at once; elsewhere the spec is
-``pending-device-build`` and the bundle carries a kit to finish on the device (``edgevit.device_build``).
+involved. The spec it returns is ``pending-device-build``: ``edgevit.device_build`` builds the engines, at the
+end of ``edgevit build`` where TensorRT and a GPU matching the target are present, else on the device from
+the bundle's kit (``edgevit engine build``), so both go through one code path.
 Loading an engine checks the TensorRT version, GPU and L4T release it was built for (``edgevit.gpu``).
 """
 
