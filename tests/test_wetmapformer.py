@@ -157,6 +157,10 @@ def test_scene_errors_name_the_file(tmp_path):
         load_scene_dataset(tmp_path / "a.npy", bands=4)
     with pytest.raises(EdgevitError, match="does not exist"):
         load_scene_dataset(tmp_path / "missing.tif", bands=4)
+    (tmp_path / "a_gt.npy").unlink()
+    (tmp_path / "a_gt.tif").write_bytes(b"not a tiff")
+    with pytest.raises(EdgevitError, match="cannot read label raster .*a_gt.tif as a GeoTIFF"):
+        load_scene_dataset(tmp_path / "a.npy", bands=4)
 
 
 # -- scene mapping -------------------------------------------------------------------------------------------

@@ -116,8 +116,11 @@ def read_labels(path, variable: str | None = None) -> np.ndarray:
     if suffix in (".tif", ".tiff"):
         import rasterio
 
-        with rasterio.open(path) as src:
-            a = src.read(1)
+        try:
+            with rasterio.open(path) as src:
+                a = src.read(1)
+        except rasterio.errors.RasterioIOError as e:
+            raise EdgevitError(f"cannot read label raster {path} as a GeoTIFF: {e}") from None
     elif suffix == ".npy":
         a = np.load(path, allow_pickle=False)
     elif suffix == ".mat":

@@ -13,6 +13,7 @@ included) lives inside the model as buffers, so it travels with the weights and 
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import torch
@@ -82,10 +83,12 @@ class ChannelsLastLayerNorm(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+@functools.lru_cache(maxsize=64)
 def window_indices(h: int, w: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For every query of an h x w map (h, w >= k): the k*k flat neighbour indices of its window (top-left
     clamped into the map, so border pixels reuse the nearest full window) and each neighbour's index into the
-    (2k-1)^2 relative-position bias table. Static: built once per shape, exported as constants."""
+    (2k-1)^2 relative-position bias table. Static: built once per shape (cached: every forward asks for it),
+    exported as constants."""
     nbr, rel = [], []
     for i, j in itertools.product(range(h), range(w)):
         ti, tj = min(max(i - (k - 1) // 2, 0), h - k), min(max(j - (k - 1) // 2, 0), w - k)
