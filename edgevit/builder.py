@@ -26,7 +26,7 @@ from edgevit.cache import Cache, content_key
 from edgevit.errors import EdgevitError
 from edgevit.host import host_info, matches_target, tool_versions
 from edgevit.profiles import Profile, load_profile
-from edgevit.validate import cohen_kappa, gate, measure_latency, pareto_front, validate
+from edgevit.validate import cohen_kappa, gate, mark_pareto, measure_latencies_interleaved, validate
 
 DEFAULT_MODEL = "supervit-nano"
 
@@ -197,8 +197,6 @@ def build_engine(backend, onnx_path, preset, profile: Profile, calib, vx, vy, re
                                      "reason": " | ".join(f"{a['scheme']}: {a['reason']}" for a in attempts[:-1])}
             if hasattr(runner, "inference_precision"):
                 entry["inference_precision"] = runner.inference_precision
-            if measure and not pending:
-                entry["latency_ms"] = measure_latency(runner, vx)
             runner.close()
             return entry
         runner.close()
@@ -316,15 +314,10 @@ def build(opts: BuildOptions) -> Path:
 
         device = _tensorrt_engines(backends, tmp, entries, profile, vx, vy, refs, opts.measure, log)
 
+        if measure:
+            _measure_latencies(backends, tmp, entries, vx, log)
         primary = backends[0].name
-        points = {}
-        for e in entries:
-            eng = e["engines"][primary]
-            cost = eng["latency_ms"]["p50"] if eng.get("latency_ms") else e["flops"]
-            points[e["name"]] = (cost, eng["top1"])
-        front = pareto_front(points)
-        for e in entries:
-            e["pareto"] = e["name"] in front
+        mark_pareto(entries, primary)
 
         checkpoint_rel = None
         if opts.include_checkpoint:
@@ -373,6 +366,26 @@ def build(opts: BuildOptions) -> Path:
 
 
 PENDING_STATUS = "pending-device-build"
+
+
+def _measure_latencies(backends, bundle_dir: Path, entries, vx, log) -> None:
+    """Every built engine's latency, per backend, all presets interleaved (see measure_latencies_interleaved)."""
+    for b in backends:
+        specs = {e["name"]: EngineSpec(**e["engines"][b.name]["engine"]) for e in entries
+                 if e["engines"].get(b.name, {}).get("status") == "ok"}
+        if not specs:
+            continue
+        t0 = time.perf_counter()
+        runners = {name: b.load(bundle_dir, spec) for name, spec in specs.items()}
+        try:
+            lat = measure_latencies_interleaved(runners, vx)
+        finally:
+            for r in runners.values():
+                r.close()
+        for e in entries:
+            if e["name"] in lat:
+                e["engines"][b.name]["latency_ms"] = lat[e["name"]]
+        log(f"[latency] {b.name}: {len(specs)} engines measured interleaved ({time.perf_counter() - t0:.1f} s)")
 
 
 def _tensorrt_engines(backends, bundle_dir: Path, entries, profile: Profile, vx, vy, refs, measure: bool, log):

@@ -22,6 +22,7 @@ from edgevit import __version__
 from edgevit.bundle import make_readable
 from edgevit.errors import EdgevitError
 from edgevit.models import create_model
+from edgevit.models.registry import resolve
 
 FORMAT = "edgevit-checkpoint"
 FORMAT_VERSION = 1
@@ -77,6 +78,9 @@ def read_checkpoint_file(path, trust: bool = False) -> dict:
                            f"came from") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise EdgevitError(f"checkpoint {path} is not a readable PyTorch file: {str(e).splitlines()[0]}") from None
+    except (ImportError, AttributeError) as e:  # a trusted full pickle naming code this environment lacks
+        raise EdgevitError(f"checkpoint {path} refers to code that is not installed here ({e}); it was pickled "
+                           f"with its training code: re-save it as a plain state dict") from None
     if not isinstance(obj, dict):
         raise EdgevitError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of weights")
     return obj
@@ -172,7 +176,7 @@ def load_checkpoint(path, model_name: str | None = None, trust: bool = False) ->
             raise EdgevitError(f"checkpoint {path} has format version {obj['format_version']}; this edgevit "
                                f"({__version__}) reads up to {FORMAT_VERSION}")
         name = obj["model"]["name"]
-        if model_name and model_name != name:
+        if model_name and resolve(model_name) != name:
             raise EdgevitError(f"checkpoint {path} holds {name}, not {model_name}")
         model = create_model(name, **obj["model"]["config"])
         load_into(model, obj["state_dict"], path)

@@ -266,7 +266,7 @@ def engine_build(bundle, presets: list[str] | None = None, force: bool = False, 
 
 def record_device_build(manifest: dict, summary: dict | None, bundle_reason: str | None) -> None:
     """The manifest's ``device_build`` section, the Pareto flags and tool versions after (not) building."""
-    from edgevit.validate import pareto_front
+    from edgevit.validate import mark_pareto
 
     pending = pending_summary(manifest["presets"])
     section = {"status": "pending" if pending else "done", "pending_presets": pending, "kit": "kit/README.md",
@@ -280,14 +280,4 @@ def record_device_build(manifest: dict, summary: dict | None, bundle_reason: str
             if note not in (manifest.get("latency_note") or ""):
                 manifest["latency_note"] = f"{manifest.get('latency_note') or 'other backends not measured'}; {note}"
     manifest["device_build"] = section
-    if manifest.get("backend") == "tensorrt":
-        points = {}
-        for p in manifest["presets"]:
-            eng = p["engines"].get("tensorrt", {})
-            if eng.get("top1") is None:
-                continue
-            cost = eng["latency_ms"]["p50"] if eng.get("latency_ms") else p["flops"]
-            points[p["name"]] = (cost, eng["top1"])
-        front = pareto_front(points)
-        for p in manifest["presets"]:
-            p["pareto"] = p["name"] in front
+    mark_pareto(manifest["presets"], manifest["backend"])

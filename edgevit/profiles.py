@@ -134,7 +134,12 @@ def _resolve(data: Any, schema: dict, where: str) -> dict:
     for key, f in schema.items():
         path = f"{where}.{key}" if not where.endswith(":") else f"{where} {key}"
         if isinstance(f, dict):
-            out[key] = _resolve(data.get(key, {}) or {}, f, path)
+            section = data.get(key)
+            if section is None:
+                section = {}
+            elif not isinstance(section, dict):  # `runtime: 0` is a mistake, not "use the defaults"
+                raise EdgevitError(f"{path}: expected a mapping of keys ({', '.join(f)}), got {section!r}")
+            out[key] = _resolve(section, f, path)
         elif key in data:
             out[key] = _check_value(data[key], f, path)
         elif f.default is REQUIRED:

@@ -88,6 +88,39 @@ def measure_latency(runner, sample: np.ndarray, warmup: int = 10, iters: int = 5
             "p99": round(float(np.percentile(t, 99)), 4), "iters": iters}
 
 
+def measure_latencies_interleaved(runners: dict, sample: np.ndarray, rounds: int = 5, budget_s: float = 0.15,
+                                  max_iters: int = 40, pause_s: float = 0.05) -> dict[str, dict]:
+    """Latency of several engines measured round-robin, so drift on a busy host hits them all alike.
+
+    A preset's figures are measured once per build and seed the Pareto front the switcher chooses from; timed
+    one after another, right after each quantization, the host's drift and the previous runtime's spinning
+    thread pool ordered presets by when they were built rather than by their cost."""
+    samples = {name: [] for name in runners}
+    xs = {name: np.ascontiguousarray(sample[: r.input_shape[0]]) for name, r in runners.items()}
+    iters = {}
+    for name, r in runners.items():
+        for _ in range(3):
+            r.infer(xs[name])
+        t0 = time.perf_counter()
+        r.infer(xs[name])
+        one = max(time.perf_counter() - t0, 1e-5)
+        iters[name] = int(min(max_iters, max(5, budget_s / one)))
+    for _ in range(rounds):
+        for name, r in runners.items():
+            time.sleep(pause_s)  # let the previous engine's thread pool go idle
+            r.infer(xs[name])
+            for _ in range(iters[name]):
+                t0 = time.perf_counter()
+                r.infer(xs[name])
+                samples[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, t in samples.items():
+        t = np.asarray(t) * 1e3
+        out[name] = {"p50": round(float(np.median(t)), 4), "p90": round(float(np.percentile(t, 90)), 4),
+                     "p99": round(float(np.percentile(t, 99)), 4), "iters": int(len(t)), "interleaved": True}
+    return out
+
+
 def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
     """Names whose (cost, accuracy) no other point beats: cost no higher and accuracy no lower, one strictly."""
     front = set()
@@ -96,3 +129,24 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
         if not dominated:
             front.add(name)
     return front
+
+
+def mark_pareto(entries, primary: str) -> None:
+    """The accuracy/latency Pareto flags: per backend on each engine (what a runtime on that backend may switch
+    between), and on the preset for the primary backend. Cost is the measured p50, or FLOPs where not measured."""
+    names = {n for e in entries for n in e["engines"]}
+    for name in names:
+        points = {}
+        for e in entries:
+            eng = e["engines"].get(name, {})
+            if eng.get("top1") is None:
+                continue
+            cost = eng["latency_ms"]["p50"] if eng.get("latency_ms") else e["flops"]
+            points[e["name"]] = (cost, eng["top1"])
+        front = pareto_front(points)
+        for e in entries:
+            eng = e["engines"].get(name, {})
+            if eng.get("top1") is not None:
+                eng["pareto"] = e["name"] in front
+    for e in entries:
+        e["pareto"] = bool(e["engines"].get(primary, {}).get("pareto"))

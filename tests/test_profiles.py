@@ -50,6 +50,8 @@ def test_misspelled_key_names_key_and_file(tmp_path):
     ("tensorrt: {timing_cache: 3}\n", "tensorrt.timing_cache: expected true/false, got 3"),
     ("runtime: {battery_thresholds: [120]}\n", "runtime.battery_thresholds[0]: 120 is outside 0..100"),
     ("runtime: {latency_deadline_ms: 0}\n", "runtime.latency_deadline_ms: 0 is out of range"),
+    ("runtime: 0\n", "runtime: expected a mapping of keys"),
+    ("accuracy: []\n", "accuracy: expected a mapping of keys"),
 ])
 def test_bad_values_name_field_and_allowed(tmp_path, extra, needle):
     with pytest.raises(EdgevitError, match=None) as e:

@@ -105,7 +105,7 @@ def test_composite_takes_the_most_restrictive_and_fixed_pins():
     p = comp.propose({"battery_pct": 90, "temperature_c": 86}, ladder, 3)
     assert p.index == 0 and p.reason.startswith("thermal")
     assert FixedPolicy("p1").propose({}, ladder, 3).index == 1
-    with pytest.raises(EdgevitError, match="preset 'p9' is not a candidate"):
+    with pytest.raises(EdgevitError, match="preset 'p9' is not on this backend's accuracy/latency Pareto front"):
         FixedPolicy("p9").propose({}, ladder, 3)
 
 
@@ -137,6 +137,7 @@ def test_trace_replay_and_bad_traces(tmp_path):
         "time_s,charging\n0,maybe\n": "line 2, charging: charging 'maybe' is not a boolean",
         "time_s,battery_pct\n5,50\n1,40\n": "line 3, time_s: 1.0 is earlier",
         "battery_pct\n50\n": "header must start with time_s",
+        "time_s,cpu_load\n0,-0.2\n1,0.5\n": "cpu_load: -0.2 is outside 0..1",
     }
     for i, (text, needle) in enumerate(cases.items()):
         f = tmp_path / f"bad{i}.csv"

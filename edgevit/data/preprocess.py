@@ -102,7 +102,8 @@ class Preprocess:
                 return images[None]
         if isinstance(images, (Image.Image, np.ndarray)) and not _is_image_batch(images):
             images = [images]
-        return np.stack([self(im) for im in images])
+        arrays = [self(im) for im in images]
+        return np.stack(arrays) if arrays else np.zeros((0, *ready), np.float32)
 
     def train(self, x, rng: random.Random) -> np.ndarray:
         """Training transform: random resized crop to ``crop`` (box sampled in source pixels) + flip."""

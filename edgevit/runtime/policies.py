@@ -49,7 +49,9 @@ class FixedPolicy(Policy):
         if self.preset is None:
             return Proposal(len(ladder) - 1, "fixed: the most accurate preset")
         if self.preset not in names:
-            raise EdgevitError(f"policy fixed: preset {self.preset!r} is not a candidate; candidates: {', '.join(names)}")
+            raise EdgevitError(f"policy fixed: preset {self.preset!r} is not on this backend's accuracy/latency "
+                               f"Pareto front; candidates: {', '.join(names)} (to pin any preset without a "
+                               f"switcher, call rt.use({self.preset!r}))")
         return Proposal(names.index(self.preset), f"fixed: {self.preset}")
 
 
@@ -129,7 +131,7 @@ class ThermalPolicy(ThresholdPolicy):
 
 class LatencyPolicy(Policy):
     """The most accurate candidate whose recent p90 meets ``deadline * margin``; one step down per queued
-    request above ``queue_limit``. Live p90s come from the runtime; the manifest's build-host p50s seed them."""
+    request above ``queue_limit``. Live p90s come from the runtime; the manifest's build-host p90s seed them (p50 in older bundles)."""
 
     name = "latency"
 
@@ -148,7 +150,7 @@ class LatencyPolicy(Policy):
         budget = self.deadline_ms * self.margin
         best, p90s = None, []
         for i, p in enumerate(ladder):
-            p90 = live.get(p.name, p.latency_ms)
+            p90 = live.get(p.name, p.latency_p90_ms or p.latency_ms)  # seeded from the build's p90
             p90s.append(p90)
             if p90 is None:
                 continue

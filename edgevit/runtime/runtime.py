@@ -31,6 +31,7 @@ class PresetInfo:
     top1: float | None          # validation top-1 of this engine, from the manifest
     latency_ms: float | None    # build-host p50, when the build host matched the target
     pareto: bool
+    latency_p90_ms: float | None = None   # build-host p90: what LatencyPolicy compares before live figures
 
 
 @dataclass
@@ -148,7 +149,8 @@ class Runtime:
 def _preset_info(p: dict, entry: dict) -> PresetInfo:
     """A manifest preset and its engine entry for one backend, as the runtime describes them."""
     return PresetInfo(p["name"], p["resolution"], p["keep_rate"], p["gflops"], entry["precision"], entry.get("top1"),
-                      (entry.get("latency_ms") or {}).get("p50"), p.get("pareto", False))
+                      (entry.get("latency_ms") or {}).get("p50"), entry.get("pareto", p.get("pareto", False)),
+                      (entry.get("latency_ms") or {}).get("p90"))
 
 
 def load_info(bundle, backend: str | None = None) -> Runtime:

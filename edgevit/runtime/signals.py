@@ -242,9 +242,10 @@ def load_trace(path) -> list[dict]:
     if not rows:
         raise EdgevitError(f"trace {path}: no rows after the header")
     loads = [r["cpu_load"] for r in rows if r["cpu_load"] is not None]
+    if loads and (min(loads) < 0 or max(loads) > 100.0):
+        raise EdgevitError(f"trace {path}, cpu_load: {min(loads) if min(loads) < 0 else max(loads)} is outside "
+                           f"0..1 (fraction) or 0..100 (percent)")
     if loads and max(loads) > 1.0:
-        if max(loads) > 100.0 or min(loads) < 0:
-            raise EdgevitError(f"trace {path}, cpu_load: values must be 0..1 or 0..100 percent")
         for r in rows:
             if r["cpu_load"] is not None:
                 r["cpu_load"] /= 100.0
