@@ -14,7 +14,16 @@ from typing import Any
 
 from edgevit.errors import EdgevitError
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
+def _profile_dir() -> Path:
+    """profiles/ of the checkout (editable installs), else the copy a wheel installs under <prefix>/share."""
+    import sys
+
+    beside = Path(__file__).resolve().parent.parent / "profiles"
+    installed = Path(sys.prefix) / "share" / "edgevit" / "profiles"
+    return beside if beside.is_dir() or not installed.is_dir() else installed
+
+
+PROFILE_DIR = _profile_dir()
 BACKENDS = ("openvino", "onnxruntime", "tensorrt", "torch")
 PRECISIONS = ("int8", "fp16", "fp32")
 

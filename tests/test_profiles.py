@@ -81,3 +81,17 @@ def test_cli_profiles_list_and_show(tmp_path):
     assert shown["openvino"]["inference_precision"] == "f32" and shown["calibration"]["method"] == "minmax"
     r = CliRunner().invoke(cli, ["build", "--target", str(_write(tmp_path, BASE + "oops: 1\n"))])
     assert r.exit_code == 2 and "unknown key 'oops'" in r.output and "board.yaml" in r.output
+
+
+def test_profiles_are_found_in_a_wheel_install_without_a_checkout(tmp_path, monkeypatch):
+    import sys
+
+    import edgevit.profiles as profiles
+
+    share = tmp_path / "share" / "edgevit" / "profiles"
+    share.mkdir(parents=True)
+    (share / "x86-cpu.yaml").write_text((profiles.PROFILE_DIR / "x86-cpu.yaml").read_text())
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    monkeypatch.setattr(profiles, "__file__", str(tmp_path / "site-packages" / "edgevit" / "profiles.py"))
+    assert profiles._profile_dir() == share
+    assert load_profile("x86-cpu", profiles._profile_dir()).name == "x86-cpu"
