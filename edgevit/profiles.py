@@ -14,6 +14,7 @@ from typing import Any
 
 from edgevit.errors import EdgevitError
 
+
 def _profile_dir() -> Path:
     """profiles/ of the checkout (editable installs), else the copy a wheel installs under <prefix>/share."""
     import sys

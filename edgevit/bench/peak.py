@@ -21,12 +21,25 @@ def _best_rate(fn, flops: float, reps: int) -> float:
     return flops / best / 1e9
 
 
-def fp32_peak(n: int = 1024, reps: int = 5) -> float:
-    """GFLOP/s (1 multiply-add = 1 FLOP, the convention of the model FLOP counts) of an n x n x n matmul."""
+def fp32_peak(n: int = 1024, reps: int = 5, threads: int = 0) -> float:
+    """GFLOP/s (1 multiply-add = 1 FLOP, the convention of the model FLOP counts) of an n x n x n matmul,
+    on ``threads`` threads (0: the library's default) like the engines it is compared with: torch's BLAS,
+    whose thread count can be set, else numpy's."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
-    return _best_rate(lambda: a @ b, float(n) ** 3, reps)
+    try:
+        import torch
+    except ImportError:
+        return _best_rate(lambda: a @ b, float(n) ** 3, reps)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _best_rate(lambda: torch.mm(ta, tb), float(n) ** 3, reps)
+    finally:
+        torch.set_num_threads(before)
 
 
 def int8_peak(n: int = 1024, reps: int = 5, threads: int = 0) -> float | None:

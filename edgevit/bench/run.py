@@ -331,7 +331,7 @@ def run_bench(opts: BenchOptions) -> dict:
         raise EdgevitError(f"nothing to measure in {bundle}: {notes['skipped']}")
     sensor, energy_note = find_sensor(opts.sysfs)
     opts.log("[bench] host peak: one 1024^3 matmul, FP32 and INT8")
-    peaks = {"fp32_gflops": round(fp32_peak(), 2), "int8_gflops": None}
+    peaks = {"fp32_gflops": round(fp32_peak(threads=threads), 2), "int8_gflops": None}
     i8 = int8_peak(threads=threads)
     peaks["int8_gflops"] = None if i8 is None else round(i8, 2)
     opts.log(f"[bench] {len(engines)} engines x {opts.repeats} repeats, interleaved, {threads} threads")
