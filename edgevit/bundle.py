@@ -37,6 +37,26 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Delete the hidden work directories of earlier builds of ``out`` whose process is gone (SIGKILL, power
+    loss: nothing could clean up then). A directory of a build still running is left alone."""
+    removed = []
+    for d in Path(out).parent.glob(f".{Path(out).name}.partial-*"):
+        pid = d.name[len(f".{Path(out).name}.partial-"):].split("-", 1)[0]
+        if not pid.isdigit() or not d.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue                       # that build is still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:            # alive, owned by someone else
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
 class BundleWriter:
     """``with BundleWriter(out) as tmp: ...write into tmp...; w.commit(manifest)``: all or nothing."""
 
@@ -47,7 +67,8 @@ class BundleWriter:
     def __enter__(self) -> "BundleWriter":
         check_replaceable(self.out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
+        remove_stale_partials(self.out)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-{os.getpid()}-", dir=self.out.parent))
         cleanup.register(self.tmp)
         return self
 

@@ -12,7 +12,7 @@ import pytest
 
 from edgevit.backends.base import Backend, EngineSpec, Runner
 from edgevit.builder import BuildOptions, build, build_engine
-from edgevit.bundle import read_manifest
+from edgevit.bundle import BundleWriter, read_manifest, remove_stale_partials
 from edgevit.cache import Cache
 from edgevit.data.datasets import load_digits
 from edgevit.errors import EdgevitError
@@ -183,8 +183,21 @@ def test_killed_build_leaves_nothing_at_output(quick_checkpoint, tmp_path):
         partial = partials()
         if sig == signal.SIGTERM:
             assert partial == []            # a terminated build cleans up after itself
-        for p in partial:
-            shutil.rmtree(tmp_path / p)
+        else:                               # a killed one cannot: the next build of this output does
+            assert partial and remove_stale_partials(out) and partials() == []
+
+
+def test_next_build_removes_only_the_partials_of_dead_builds(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    stale, live, other = (tmp_path / f".bundle.partial-{dead}-a", tmp_path / f".bundle.partial-{os.getpid()}-b",
+                          tmp_path / f".elsewhere.partial-{dead}-c")
+    for d in (stale, live, other):
+        d.mkdir()
+        (d / "engine.bin").write_bytes(b"x")
+    with BundleWriter(tmp_path / "bundle") as w:
+        assert w.tmp.name.startswith(f".bundle.partial-{os.getpid()}-")
+    assert not stale.exists() and live.exists() and other.exists()
 
 
 @pytest.mark.slow
