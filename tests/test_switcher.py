@@ -66,6 +66,17 @@ def test_charging_lifts_the_limit_and_dwell_delays_it():
     assert rt.current == "p3" and ev.reason.startswith("charging")
 
 
+def test_a_flickering_charger_does_not_move_the_preset():
+    rt = FakeRuntime(4)
+    sw = Switcher(rt, BatteryPolicy(), min_dwell_s=0, debounce=3)
+    for t in range(40):   # on for one reading in three: a loose contact, not a charger
+        sw.tick(now=float(t), readings={"battery_pct": 10, "charging": t % 3 == 2})
+    assert rt.current == "p0" and [e.to_preset for e in sw.events] == ["p0"]
+    for t in range(40, 43):
+        sw.tick(now=float(t), readings={"battery_pct": 10, "charging": True})
+    assert rt.current == "p3" and sw.events[-1].reason.startswith("charging")
+
+
 def test_debounce_ignores_a_single_spike():
     rt = FakeRuntime(4)
     sw = Switcher(rt, ThermalPolicy(limit_c=85, hysteresis_c=3), min_dwell_s=0, debounce=3)
@@ -319,3 +330,14 @@ def test_switcher_warms_the_target_before_the_swap():
     calls.clear()
     Switcher(rt, FixedPolicy("p2"), min_dwell_s=0, warm=False).tick(now=0, readings={})
     assert calls == [("use", "p2")]
+
+
+def test_profile_policies_never_invent_a_deadline():
+    from edgevit.runtime.policies import policy_from_profile
+
+    comp = policy_from_profile("composite", {"battery_thresholds": [80, 50, 20], "thermal_limit_c": 80})
+    assert [m.name for m in comp.policies] == ["battery", "thermal"]
+    assert [m.name for m in policy_from_profile("composite", {"latency_deadline_ms": 20}).policies] == [
+        "battery", "thermal", "latency"]
+    with pytest.raises(EdgevitError, match="runtime.latency_deadline_ms is not set"):
+        policy_from_profile("latency", {})

@@ -243,9 +243,15 @@ def policy_from_profile(name: str, runtime_section: dict) -> Policy:
     battery = {"policy": "battery", "thresholds": list(r.get("battery_thresholds", [80, 50, 20])),
                "hysteresis_pct": r.get("hysteresis_pct", 5)}
     thermal = {"policy": "thermal", "limit_c": r.get("thermal_limit_c", 85)}
-    latency = {"policy": "latency", "deadline_ms": r.get("latency_deadline_ms") or 50}
+    deadline = r.get("latency_deadline_ms")
+    latency = {"policy": "latency", "deadline_ms": deadline}
+    # A deadline is the application's to state: without one the composite leaves the latency member out.
+    members = [battery, thermal] + ([latency] if deadline else [])
     specs = {"battery": battery, "thermal": thermal, "latency": latency, "fixed": {"policy": "fixed"},
-             "composite": {"policy": "composite", "members": [battery, thermal, latency]}}
+             "composite": {"policy": "composite", "members": members}}
     if name not in specs:
         raise EdgevitError(f"unknown policy {name!r}; expected one of {', '.join(specs)} or a policy .yaml file")
+    if name == "latency" and not deadline:
+        raise EdgevitError("policy latency: the profile's runtime.latency_deadline_ms is not set; set it, or pass a "
+                           "policy file with deadline_ms")
     return build_policy(specs[name], f"profile runtime ({name})")

@@ -1,6 +1,7 @@
 """The switcher: reads signals, asks a policy, and moves the runtime between presets.
 
-Signals are debounced (the median of the last ``debounce`` readings of each numeric signal), a move to a
+Signals are debounced (the median of the last ``debounce`` readings of each numeric signal, the majority of
+the last ``debounce`` for flags such as charging), a move to a
 costlier preset happens only after ``min_dwell_s`` on the current one (a move down, for heat or a flat battery,
 is never delayed), and every switch is logged with its reason and passed to the callbacks. ``tick()`` is one decision; ``start()`` runs ticks on a background thread every
 ``interval_s``. Switching is ``Runtime.use``: a reference swap, so requests in flight finish where they began.
@@ -74,7 +75,11 @@ class Switcher:
     def _debounced(self, readings: dict) -> dict:
         out = dict(readings)
         for k, v in readings.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if isinstance(v, bool):          # a flickering charger contact: the majority of recent readings
+                h = self._history[k]
+                h.append(float(v))
+                out[k] = 2 * sum(h) > len(h)
+            elif isinstance(v, (int, float)):
                 h = self._history[k]
                 h.append(float(v))
                 out[k] = statistics.median(h)
