@@ -341,3 +341,23 @@ def test_profile_policies_never_invent_a_deadline():
         "battery", "thermal", "latency"]
     with pytest.raises(EdgevitError, match="runtime.latency_deadline_ms is not set"):
         policy_from_profile("latency", {})
+
+
+def test_dry_simulation_steps_down_when_the_trace_load_rises(built, tmp_path):
+    from edgevit.runtime.runtime import load_info
+    from edgevit.runtime.simulate import SimOptions, simulate
+
+    out, _, _ = built
+    ladder = load_info(out).candidates
+    if len(ladder) < 2:
+        pytest.skip("the quick bundle's front has a single candidate")
+    top = ladder[-1].latency_p90_ms or ladder[-1].latency_ms
+    trace = tmp_path / "load.csv"
+    trace.write_text("time_s,cpu_load\n" + "".join(f"{t},{0.0 if t < 100 else 0.9}\n" for t in range(0, 200, 10)))
+    policy = tmp_path / "p.yaml"
+    policy.write_text(yaml.safe_dump({"policy": "latency", "deadline_ms": 2 * top, "min_dwell_s": 0}))
+    r = simulate(SimOptions(str(out), str(trace), str(policy), dry=True, step_s=10))
+    before = {row["preset"] for row in r["timeline"] if row["t"] < 100}
+    assert before == {ladder[-1].name}                     # idle host: the most accurate preset fits
+    assert r["switches"] and r["switches"][0]["time"] >= 100 and r["switches"][0]["to_preset"] != ladder[-1].name
+    assert any(w in r["switches"][0]["reason"] for w in ("p90", "no preset meets"))   # the deadline moved it

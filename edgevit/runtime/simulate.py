@@ -78,12 +78,17 @@ def simulate(opts: SimOptions) -> dict:
     end = trace.duration
     while t <= end + 1e-9:
         readings = trace.read(t)
-        if not opts.dry:
+        if opts.dry:
+            # Other work holding a fraction `load` of the CPU leaves inference the rest (processor sharing):
+            # what the latency policy would see live, so a load trace moves it in dry runs too.
+            slow = 1.0 / max(0.05, 1.0 - (readings.get("cpu_load") or 0.0))
+            readings["latency_p90_ms"] = {p.name: (p.latency_p90_ms or p.latency_ms) * slow for p in rt.candidates}
+        else:
             readings["latency_p90_ms"] = rt.recent_p90()
         sw.tick(now=t, readings=readings)
         name = rt.current
         if opts.dry:
-            latency = info[name].latency_ms
+            latency = info[name].latency_ms * slow
         else:
             pred = rt.predict(sample)
             latency = rt.recent_p90(min_samples=1).get(pred.preset, 0.0)
