@@ -26,6 +26,7 @@ from edgevit.cache import Cache, content_key
 from edgevit.errors import EdgevitError
 from edgevit.host import host_info, matches_target, tool_versions
 from edgevit.profiles import Profile, load_profile
+from edgevit.selection import choose_backend, choose_candidate
 from edgevit.validate import cohen_kappa, gate, mark_pareto, measure_latencies_interleaved, validate
 
 DEFAULT_MODEL = "supervit-nano"
@@ -41,6 +42,11 @@ class BuildOptions:
     presets: list[str] | None = None
     resolutions: list[int] | None = None
     batch: int | None = None             # overrides the profile's static engine batch (throughput engines)
+    # Overrides of the profile, as trtexec / Ultralytics users expect them on the command line.
+    precision: list[str] | None = None
+    max_top1_drop: float | None = None
+    min_agreement: float | None = None
+    calib_samples: int | None = None
     cache_dir: str = ".edgevit-cache"
     trust_checkpoint: bool = False
     include_checkpoint: bool = True
@@ -127,19 +133,20 @@ def export_cached(model, preset, weights: str, sample, profile: Profile, cache: 
 
 # -- engines -----------------------------------------------------------------------------------------------
 
-def compile_cached(backend, onnx_path: Path, name: str, precision: str, level, calib, calib_digest: str,
-                   profile: Profile, cache: Cache, bundle_dir: Path) -> tuple[EngineSpec, bool]:
-    """Compile (quantize) an engine into ``bundle_dir``, reusing a cached one with the same inputs."""
+def compile_cached(backend, onnx_path: Path, name: str, candidate, calib, calib_digest: str, profile: Profile,
+                   cache: Cache, bundle_dir: Path) -> tuple[EngineSpec, bool]:
+    """Compile (quantize) one candidate into ``bundle_dir``, reusing a cached one with the same inputs."""
     section = getattr(profile, backend.name, {}) if backend.name in ("openvino", "onnxruntime", "tensorrt") else {}
-    calib_digest = calib_digest if precision == "int8" else None   # only INT8 depends on the calibration data
-    key = content_key("engine", sha256_file(onnx_path), backend.name, name, precision, level, calib_digest, section,
-                      profile.calibration, profile.accuracy, profile.batch, profile.device, backend.cache_tag(),
-                      tool_versions(), __version__)
+    calib_digest = calib_digest if candidate.precision == "int8" else None   # only INT8 reads the calibration set
+    key = content_key("engine", sha256_file(onnx_path), backend.name, name, candidate.id, candidate.precision,
+                      candidate.recipe, candidate.level, calib_digest, section, profile.calibration,
+                      profile.accuracy, profile.batch, profile.device, backend.cache_tag(), tool_versions(),
+                      __version__)
     hit = cache.get("engine", key)
     cached = hit is not None
     if not cached:
         with cache.put("engine", key) as tmp:
-            spec = backend.compile(onnx_path, tmp, name, precision, calib, level, profile)
+            spec = backend.compile(onnx_path, tmp, name, candidate, calib, profile)
             (tmp / "spec.json").write_text(json.dumps(spec.to_dict()))
         hit = cache.path("engine", key)
     spec = EngineSpec(**json.loads((hit / "spec.json").read_text()))
@@ -157,52 +164,60 @@ def array_digest(a: np.ndarray | None) -> str | None:
     return content_key(a.shape, str(a.dtype), hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
 
 
-def build_engine(backend, onnx_path, preset, profile: Profile, calib, vx, vy, ref_logits, torch_top1,
-                 cache: Cache, bundle_dir: Path, measure: bool, calib_digest: str | None = None) -> dict:
-    """Quantize/compile, validate and gate one preset on one backend; fall back to FP32 if INT8 misses."""
-    from edgevit.quantize import LEVEL_NAMES, LEVELS
+@dataclass
+class Candidates:
+    """One preset on one backend after validation: every candidate's record, and the specs of those that
+    passed (their files are in the bundle until the choice)."""
 
+    records: list[dict]
+    specs: dict[str, EngineSpec]
+
+
+def build_candidates(backend, onnx_path, preset, profile: Profile, calib, vx, vy, ref_logits, torch_top1,
+                     cache: Cache, bundle_dir: Path, calib_digest: str | None = None) -> Candidates:
+    """Build, validate and gate each of the backend's candidates for one preset, in preference order.
+
+    A candidate that escalates another (INT8 with more layers in FP32) is only tried where that one failed
+    the gate; a candidate the host cannot build is recorded with the reason; FP32 is the floor and always
+    passes. Failed candidates' files are removed at once."""
     calib_digest = calib_digest or array_digest(calib)
-
-    attempts = []
-    plan = [(profile.precision, lvl) for lvl in LEVELS] if profile.precision == "int8" else [(profile.precision, None)]
-    if not backend.builds(profile.precision, profile):
-        attempts.append({"precision": profile.precision, "level": None, "scheme": profile.precision, "passed": False,
-                         "reason": f"{backend.name} does not build {profile.precision} on this host"})
-        plan = []
-    if profile.precision != "fp32":
-        plan.append(("fp32", None))
-    for precision, level in plan:
+    records, specs, failed = [], {}, set()
+    for cand in backend.candidates(profile):
+        rec = cand.record()
+        if cand.skip:
+            records.append({**rec, "passed": False, "skipped": True, "reason": cand.skip, "latency_ms": None})
+            continue
+        if cand.escalates and cand.escalates not in failed:
+            continue
         t0 = time.perf_counter()
-        spec, cached = compile_cached(backend, onnx_path, preset.name, precision, level, calib, calib_digest, profile,
-                                      cache, bundle_dir)
+        spec, cached = compile_cached(backend, onnx_path, preset.name, cand, calib, calib_digest, profile, cache,
+                                      bundle_dir)
         runner = backend.validation_runner(bundle_dir, spec)
-        v = validate(runner, vx, vy, ref_logits)
-        ok, why = gate(v, torch_top1, profile.accuracy)
-        attempts.append({"precision": precision, "level": level, "scheme": LEVEL_NAMES.get(level, precision),
-                         "passed": ok or precision == "fp32", "reason": why, "cached": cached,
-                         "seconds": round(time.perf_counter() - t0, 2), **v.to_dict()})
-        if ok or precision == "fp32":
-            entry = {"status": spec.status, "engine": spec.to_dict(), "precision": precision, **v.to_dict(),
-                     "attempts": attempts, "fallback": None, "latency_ms": None}
-            pending = spec.status != "ok"
-            if pending:
-                # Validated as the device will build it; the engine's own figures replace these there.
-                entry["validated_with"] = f"onnxruntime CPU ({spec.file}, the ONNX the engine is built from)"
-                entry["reason"] = "the engine is built on the target device: `edgevit engine build BUNDLE`"
-                entry["candidates"] = [_validate_candidate(bundle_dir, c, vx, vy, ref_logits, torch_top1, profile)
-                                       for c in spec.settings.get("candidates", [])]
-            if precision != profile.precision:
-                entry["fallback"] = {"from": profile.precision, "to": precision,
-                                     "reason": " | ".join(f"{a['scheme']}: {a['reason']}" for a in attempts[:-1])}
-            if hasattr(runner, "inference_precision"):
-                entry["inference_precision"] = runner.inference_precision
+        try:
+            v = validate(runner, vx, vy, ref_logits)
+            inference_precision = getattr(runner, "inference_precision", None)
+        finally:
             runner.close()
-            return entry
-        runner.close()
-        for rel in spec.files:  # the failed attempt does not ship
-            (bundle_dir / rel).unlink(missing_ok=True)
-    raise AssertionError("unreachable: fp32 always passes")
+        g = gate(v, torch_top1, profile.accuracy)
+        passed = g.passed or cand.floor
+        reason = g.reason if g.passed or not cand.floor else f"the floor ships regardless ({g.reason})"
+        rec.update(passed=passed, reason=reason, gate=g.to_dict(), cached=cached,
+                   seconds=round(time.perf_counter() - t0, 2), latency_ms=None, **v.to_dict())
+        if inference_precision:
+            rec["inference_precision"] = inference_precision
+        if spec.status != "ok":
+            # Validated as the device will build it; the engine's own figures replace these there.
+            rec["validated_with"] = f"onnxruntime CPU ({spec.file}, the ONNX the engine is built from)"
+            rec["device_candidates"] = [_validate_candidate(bundle_dir, c, vx, vy, ref_logits, torch_top1, profile)
+                                        for c in spec.settings.get("candidates", [])]
+        records.append(rec)
+        if passed:
+            specs[cand.id] = spec
+        else:
+            failed.add(cand.id)
+            for rel in spec.files:  # a failed candidate does not ship
+                (bundle_dir / rel).unlink(missing_ok=True)
+    return Candidates(records, specs)
 
 
 def _validate_candidate(bundle_dir, settings, vx, vy, ref_logits, torch_top1, profile: Profile) -> dict:
@@ -211,44 +226,95 @@ def _validate_candidate(bundle_dir, settings, vx, vy, ref_logits, torch_top1, pr
 
     with OrtRunner(Path(bundle_dir) / settings["onnx"], ["CPUExecutionProvider"]) as runner:
         v = validate(runner, vx, vy, ref_logits)
-    ok, why = gate(v, torch_top1, profile.accuracy)
-    return {"precision": settings["precision"], "onnx": settings["onnx"], "passed": ok, "reason": why, **v.to_dict()}
+    g = gate(v, torch_top1, profile.accuracy)
+    return {"precision": settings["precision"], "onnx": settings["onnx"], "passed": g.passed, "reason": g.reason,
+            "gate": g.to_dict(), **v.to_dict()}
+
+
+def measure_candidates(backends, bundle_dir: Path, work: dict, vx, log) -> None:
+    """Latency of every passing candidate of every preset and backend, in one interleaved pass, so that the
+    choice between precisions, between backends and between presets (the Pareto front) rests on figures
+    taken under the same conditions. Writes ``latency_ms`` into the candidates' records."""
+    runners, records = {}, {}
+    t0 = time.perf_counter()
+    try:
+        for (preset, bname), cands in work.items():
+            backend = next(b for b in backends if b.name == bname)
+            for rec in cands.records:
+                spec = cands.specs.get(rec["id"])
+                if spec is None or spec.status != "ok":
+                    continue
+                key = f"{preset}/{bname}/{rec['id']}"
+                runners[key] = backend.load(bundle_dir, spec)
+                records[key] = rec
+        lat = measure_latencies_interleaved(runners, vx) if runners else {}
+    finally:
+        for r in runners.values():
+            r.close()
+    for key, rec in records.items():
+        rec["latency_ms"] = lat[key]
+    log(f"[latency] {len(runners)} passing candidates measured interleaved ({time.perf_counter() - t0:.1f} s)")
+
+
+_ENGINE_FIGURES = ("top1", "agreement", "mean_abs_dlogit", "max_abs_dlogit", "samples", "predictions_sha256",
+                   "kappa", "discordant", "gate", "latency_ms", "inference_precision", "validated_with")
+
+
+def engine_entry(cands: Candidates, bundle_dir: Path, profile: Profile, measured: bool) -> dict:
+    """The manifest entry of one preset on one backend: the chosen candidate, why, and every candidate.
+    The other candidates' files leave the bundle."""
+    chosen, why = choose_candidate(cands.records, measured)
+    for cid, spec in cands.specs.items():
+        if cid != chosen["id"]:
+            keep = set(cands.specs[chosen["id"]].files)
+            for rel in spec.files:
+                if rel not in keep:
+                    (bundle_dir / rel).unlink(missing_ok=True)
+    spec = cands.specs[chosen["id"]]
+    entry = {"status": spec.status, "engine": spec.to_dict(), "precision": chosen["precision"],
+             "recipe": chosen["recipe"], **{k: chosen[k] for k in _ENGINE_FIGURES if k in chosen},
+             "chosen": {"id": chosen["id"], "precision": chosen["precision"], "recipe": chosen["recipe"], "why": why},
+             "candidates": cands.records, "fallback": None}
+    entry.setdefault("latency_ms", None)
+    if not measured:
+        entry["latency_note"] = "not measured here"
+    if chosen["precision"] != profile.preferred:
+        entry["fallback"] = {"from": profile.preferred, "to": chosen["precision"], "reason": why}
+    if spec.status != "ok":
+        entry["reason"] = "the engine is built on the target device: `edgevit engine build BUNDLE`"
+        entry["candidates_on_device"] = chosen.get("device_candidates", [])
+    return entry
+
+
+def _candidates_line(name: str, cands: Candidates, acc: str, scene: bool) -> str:
+    parts = []
+    for r in cands.records:
+        if r.get("skipped"):
+            parts.append(f"{r['id']} skipped")
+            continue
+        mark = "ok" if r["passed"] else "FAILS GATE"
+        kappa = f" kappa {r['kappa']:.4f}" if scene else ""
+        lo = r["gate"]["agreement_interval"][0]
+        parts.append(f"{r['id']} {mark} {acc} {100 * r['top1']:.2f}%{kappa} agree {100 * r['agreement']:.2f}% "
+                     f"(>= {100 * lo:.1f}%)")
+    return f"{name}: " + ", ".join(parts)
 
 
 # -- the pipeline ------------------------------------------------------------------------------------------
 
-def build(opts: BuildOptions) -> Path:
-    import torch
-
-    from edgevit.checkpoints import save_checkpoint
-    from edgevit.models import model_family
-    from edgevit.train import weight_digest
-
-    t_start = time.perf_counter()
-    log = opts.log
+def resolve_profile(opts: BuildOptions) -> Profile:
+    """The target's profile with the command line's overrides, validated like the file."""
     profile = load_profile(opts.target)
-    if opts.batch is not None:
-        if not 1 <= opts.batch <= 1024:
-            raise EdgevitError(f"--batch {opts.batch}: expected 1 to 1024")
-        profile = Profile({**profile.data, "batch": int(opts.batch)}, profile.path)
-    cache = Cache(opts.cache_dir)
-    got = obtain(opts, cache)
-    model, ds, pre = got.model.eval(), got.dataset, got.preprocess
-    out = Path(opts.out or Path("bundles") / f"{model.variant}-{profile.name}")
+    if opts.batch is not None and not 1 <= opts.batch <= 1024:
+        raise EdgevitError(f"--batch {opts.batch}: expected 1 to 1024")
+    return profile.with_overrides(**{"batch": opts.batch, "precision": opts.precision,
+                                     "accuracy.max_top1_drop": opts.max_top1_drop,
+                                     "accuracy.min_agreement": opts.min_agreement,
+                                     "calibration.samples": opts.calib_samples})
 
-    all_presets = model.presets()
-    if opts.presets:
-        presets = [model.preset(n) for n in opts.presets]
-    else:
-        presets = all_presets
-    log(f"[build] {model.variant} -> {profile.name} ({profile.backend}"
-        f"{', fallbacks ' + ', '.join(profile.fallbacks) if profile.fallbacks else ''}; {profile.precision}); "
-        f"{len(presets)} presets -> {out}")
 
-    vx, vy = ds.val.arrays(pre)
-    cx, _ = ds.calib.arrays(pre, limit=profile.calibration["samples"])
-    log(f"[data] {ds.summary()}; calibrating on {len(cx)}, validating on {len(vx)} images")
-
+def available_backends(profile: Profile, log) -> tuple[list, dict]:
+    """The profile's backends that this host has, in the profile's order, and why the others are missing."""
     backends, unavailable = [], {}
     for name in profile.backends:
         try:
@@ -263,10 +329,67 @@ def build(opts: BuildOptions) -> Path:
             log(f"[build] backend {name} is not available here: {why}")
     if not backends:
         raise EdgevitError(f"none of the target's backends ({', '.join(profile.backends)}) is available here")
+    return backends, unavailable
+
+
+def engine_mix(entries: list[dict]) -> dict:
+    """How many presets ship each precision, per backend, and how many run on each backend by default."""
+    mix: dict = {}
+    for e in entries:
+        for b, eng in e["engines"].items():
+            if eng.get("precision"):
+                counts = mix.setdefault(b, {})
+                counts[eng["precision"]] = counts.get(eng["precision"], 0) + 1
+    defaults: dict = {}
+    for e in entries:
+        b = (e.get("default") or {}).get("backend")
+        if b:
+            defaults[b] = defaults.get(b, 0) + 1
+    return {"precisions": mix, "defaults": defaults}
+
+
+def _choice_line(e: dict, backends) -> str:
+    parts = []
+    for b in backends:
+        eng = e["engines"][b.name]
+        lat = f" {eng['latency_ms']['p50']:.3f} ms" if eng.get("latency_ms") else ""
+        floor = next((c for c in eng["candidates"] if c.get("floor") and c.get("latency_ms")), None)
+        vs = (f" (fp32 {floor['latency_ms']['p50']:.3f} ms)" if floor and floor["id"] != eng["chosen"]["id"] else "")
+        pend = " (pending device build)" if eng["status"] != "ok" else ""
+        parts.append(f"{b.name} {eng['chosen']['id']}{lat}{vs}{pend}")
+    return f"[choose] {e['name']:<10} " + " | ".join(parts) + f"  -> default {e['default']['backend']}"
+
+
+
+def build(opts: BuildOptions) -> Path:
+    import torch
+
+    from edgevit.checkpoints import save_checkpoint
+    from edgevit.models import model_family
+    from edgevit.train import weight_digest
+
+    t_start = time.perf_counter()
+    log = opts.log
+    profile = resolve_profile(opts)
+    cache = Cache(opts.cache_dir)
+    got = obtain(opts, cache)
+    model, ds, pre = got.model.eval(), got.dataset, got.preprocess
+    out = Path(opts.out or Path("bundles") / f"{model.variant}-{profile.name}")
+
+    presets = [model.preset(n) for n in opts.presets] if opts.presets else model.presets()
+    log(f"[build] {model.variant} -> {profile.name} ({profile.backend}"
+        f"{', fallbacks ' + ', '.join(profile.fallbacks) if profile.fallbacks else ''}; precision preference "
+        f"{' > '.join(profile.precision)}); {len(presets)} presets -> {out}")
+
+    vx, vy = ds.val.arrays(pre)
+    cx, _ = ds.calib.arrays(pre, limit=profile.calibration["samples"])
+    log(f"[data] {ds.summary()}; calibrating on {len(cx)}, validating on {len(vx)} images")
+
+    backends, unavailable = available_backends(profile, log)
     host_ok, host_why = matches_target(profile)
     measure = opts.measure and host_ok
     if not host_ok:
-        log(f"[build] latencies are not measured: {host_why}")
+        log(f"[build] latencies are not measured: {host_why}; the profile's preference order decides")
 
     weights = weight_digest(model)
     scene = getattr(model, "input_kind", "images") == "patches"
@@ -274,7 +397,7 @@ def build(opts: BuildOptions) -> Path:
     calib_digest = array_digest(cx)
     with BundleWriter(out) as writer:
         tmp = writer.tmp
-        entries, refs = [], {}
+        entries, refs, work = [], {}, {}
         for i, p in enumerate(presets, 1):
             t0 = time.perf_counter()
             with torch.inference_mode():
@@ -290,32 +413,29 @@ def build(opts: BuildOptions) -> Path:
             kappa = f" kappa {cohen_kappa(ref.argmax(-1), vy):.4f}" if scene else ""
             line = [f"[{i:>2}/{len(presets)}] {p.name:<10} export {'(cached)' if hit else 'done'} "
                     f"parity {export_report['parity_max_abs']:.1e}  torch {acc} {100 * torch_top1:.2f}%{kappa}"]
-            engines = {}
             for b in backends:
-                e = build_engine(b, tmp / onnx_rel, p, profile, cx, vx, vy, ref, torch_top1, cache, tmp, measure,
-                                 calib_digest)
-                engines[b.name] = e
-                fb = " FALLBACK" if e["fallback"] else ""
-                lat = f" {e['latency_ms']['p50']:.2f} ms" if e["latency_ms"] else ""
-                pend = " (pending device build; ORT CPU)" if e["status"] != "ok" else ""
-                cands = "".join(f" [+{c['precision']} candidate agree {100 * c['agreement']:.2f}%]"
-                                for c in e.get("candidates", []))
-                kappa = f" kappa {e['kappa']:.4f}" if scene else ""
-                line.append(f"{b.name} {e['precision']}{fb}{pend} {acc} {100 * e['top1']:.2f}%{kappa} agree "
-                            f"{100 * e['agreement']:.2f}%{lat}{cands}")
-            for name, why in unavailable.items():
-                engines[name] = {"status": "unavailable", "reason": why}
+                work[(p.name, b.name)] = c = build_candidates(b, tmp / onnx_rel, p, profile, cx, vx, vy, ref,
+                                                              torch_top1, cache, tmp, calib_digest)
+                line.append(_candidates_line(b.name, c, acc, scene))
             log(" | ".join(line) + f"  ({time.perf_counter() - t0:.1f} s)")
             entries.append({"name": p.name, "resolution": p.resolution, "keep_rate": p.keep_rate, "flops": p.flops,
                             "gflops": round(p.gflops, 6), "params": p.params, "onnx": onnx_rel.as_posix(),
                             "export": export_report, "torch": {"top1": torch_top1, "kappa": cohen_kappa(ref.argmax(-1), vy),
                                                                "samples": int(len(vy))},
-                            "engines": engines})
-
-        device = _tensorrt_engines(backends, tmp, entries, profile, vx, vy, refs, opts.measure, log)
+                            "engines": {}})
 
         if measure:
-            _measure_latencies(backends, tmp, entries, vx, log)
+            measure_candidates(backends, tmp, work, vx, log)
+        for e in entries:
+            for b in backends:
+                e["engines"][b.name] = engine_entry(work[(e["name"], b.name)], tmp, profile, measure)
+            for name, why in unavailable.items():
+                e["engines"][name] = {"status": "unavailable", "reason": why}
+            default, why = choose_backend(e["engines"], [b.name for b in backends], measure)
+            e["default"] = {"backend": default, "why": why}
+            log(_choice_line(e, backends))
+
+        device = _tensorrt_engines(backends, tmp, entries, profile, vx, vy, refs, opts.measure, log)
         primary = backends[0].name
         mark_pareto(entries, primary)
 
@@ -334,7 +454,7 @@ def build(opts: BuildOptions) -> Path:
                       "layout": got.layout, "weights_digest": weights},
             "target": profile.to_dict(), "profile_file": profile.path,
             "backend": primary, "backends": [b.name for b in backends], "unavailable_backends": unavailable,
-            "precision": profile.precision, "opset": profile.opset,
+            "precision": profile.precision, "opset": profile.opset, "engine_mix": engine_mix(entries),
             "input": {"name": "input", "shape": [profile.batch, model.in_chans, model.img_size, model.img_size],
                       "dtype": "float32", "layout": "NCHW"},
             "output": {"name": "logits", "shape": [profile.batch, model.num_classes], "dtype": "float32"},
@@ -366,26 +486,6 @@ def build(opts: BuildOptions) -> Path:
 
 
 PENDING_STATUS = "pending-device-build"
-
-
-def _measure_latencies(backends, bundle_dir: Path, entries, vx, log) -> None:
-    """Every built engine's latency, per backend, all presets interleaved (see measure_latencies_interleaved)."""
-    for b in backends:
-        specs = {e["name"]: EngineSpec(**e["engines"][b.name]["engine"]) for e in entries
-                 if e["engines"].get(b.name, {}).get("status") == "ok"}
-        if not specs:
-            continue
-        t0 = time.perf_counter()
-        runners = {name: b.load(bundle_dir, spec) for name, spec in specs.items()}
-        try:
-            lat = measure_latencies_interleaved(runners, vx)
-        finally:
-            for r in runners.values():
-                r.close()
-        for e in entries:
-            if e["name"] in lat:
-                e["engines"][b.name]["latency_ms"] = lat[e["name"]]
-        log(f"[latency] {b.name}: {len(specs)} engines measured interleaved ({time.perf_counter() - t0:.1f} s)")
 
 
 def _tensorrt_engines(backends, bundle_dir: Path, entries, profile: Profile, vx, vy, refs, measure: bool, log):

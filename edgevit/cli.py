@@ -169,19 +169,35 @@ def eval_cmd(checkpoint, data, model, presets, trust_checkpoint):
 @click.option("--cache-dir", default=".edgevit-cache", show_default=True,
               help="Where stage outputs (training, ONNX, engines) are cached by content hash.")
 @click.option("--no-checkpoint", is_flag=True, help="Leave the torch checkpoint out of the bundle.")
-@click.option("--no-latency", is_flag=True, help="Skip the build-host latency measurement.")
+@click.option("--precision", default=None, metavar="LIST",
+              help="Precision preference, overriding the profile's, e.g. int8,bf16,fp32 or fp32 "
+                   "(FP32 is always the floor).")
+@click.option("--max-top1-drop", default=None, type=click.FloatRange(0, 1),
+              help="Gate: largest top-1 drop against torch FP32, as a fraction (profile default 0.01).")
+@click.option("--min-agreement", default=None, type=click.FloatRange(0, 1),
+              help="Gate: smallest top-1 agreement with torch FP32, as a fraction (profile default 0.99).")
+@click.option("--calib-samples", default=None, type=click.IntRange(1),
+              help="Calibration images for INT8 (profile default 512; the split may hold fewer).")
+@click.option("--no-latency", is_flag=True,
+              help="Skip the latency pass: the profile's preference order then picks each engine.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow full pickle loading of --checkpoint (trusted files only).")
-def build_cmd(target, model, checkpoint, data, out, presets, resolutions, batch, cache_dir, no_checkpoint, no_latency,
-              trust_checkpoint):
-    """Export, quantize, validate and bundle every preset for a target.
+def build_cmd(target, model, checkpoint, data, out, presets, resolutions, batch, cache_dir, no_checkpoint, precision,
+              max_top1_drop, min_agreement, calib_samples, no_latency, trust_checkpoint):
+    """Export, quantize, validate, measure and bundle every preset for a target.
 
     \b
     Stages, per preset:  ONNX export (static shapes) -> onnx.checker -> onnxslim -> FP32 parity of
-    ONNX Runtime against torch -> INT8 per backend (OpenVINO: NNCF on the OpenVINO model; ONNX Runtime:
-    QDQ, per-channel weights) -> validation (top-1, agreement with torch FP32, |delta logit|) -> gate.
-    A preset that misses the profile's accuracy gate is re-quantized with the head and attention matmuls
-    in FP32 as well (OpenVINO: NNCF accuracy control); if it still misses, it ships in FP32, and the
-    manifest says so and why. The bundle appears only when complete.
+    ONNX Runtime against torch -> candidates per backend, in the profile's precision preference
+      OpenVINO:     NNCF INT8 (transformer) | mixed INT8 (NNCF accuracy control, where INT8 fails the gate)
+                    | BF16 (CPUs with AVX512-BF16/AMX) | FP32
+      ONNX Runtime: static QDQ INT8 (| more layers in FP32, where it fails) | dynamic INT8 | FP32
+    -> validation of every candidate (top-1, agreement with torch FP32 with its n and confidence bound)
+    -> the gate drops candidates that lose accuracy beyond the noise.
+    Then every passing candidate of every preset and backend is timed in one interleaved pass, and each
+    preset ships the fastest: a reduced precision only where it beats FP32 beyond the noise. Each preset
+    runs by default on the backend measured fastest. When this host is not the target, the profile's
+    preference order decides. The manifest records every candidate and why one was chosen; the bundle
+    appears only when complete.
 
     \b
     Examples:
@@ -200,7 +216,9 @@ def build_cmd(target, model, checkpoint, data, out, presets, resolutions, batch,
                        presets=[p.strip() for p in presets.split(",")] if presets else None,
                        resolutions=resolutions, batch=batch, cache_dir=cache_dir,
                        trust_checkpoint=trust_checkpoint, include_checkpoint=not no_checkpoint,
-                       measure=not no_latency))
+                       measure=not no_latency, max_top1_drop=max_top1_drop, min_agreement=min_agreement,
+                       calib_samples=calib_samples,
+                       precision=[x.strip() for x in precision.split(",") if x.strip()] if precision else None))
 
 
 @cli.command("map")
@@ -411,7 +429,7 @@ def profiles_cmd(ctx):
 
         for name in list_profiles():
             p = load_profile(name)
-            click.echo(f"{name:<18} {p.backend:<12} {p.precision:<5} {p.description}")
+            click.echo(f"{name:<18} {p.backend:<12} {','.join(p.precision):<15} {p.description}")
 
 
 @profiles_cmd.command("show")
@@ -429,12 +447,13 @@ def profiles_show(target):
 @click.argument("bundle", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Check every file's sha256.")
-def inspect_cmd(bundle, as_json, verify):
+@click.option("--candidates", is_flag=True, help="List every build candidate with its gate figures and latency.")
+def inspect_cmd(bundle, as_json, verify, candidates):
     """Describe a bundle: model, target, tools, and every preset's engines and accuracy."""
     import json
 
     from edgevit.bundle import read_manifest, verify_files
-    from edgevit.report import fallbacks, preset_header, preset_rows, summary_lines, text_table
+    from edgevit.report import choices, preset_header, preset_rows, summary_lines, text_table
 
     m = read_manifest(bundle)
     if verify:
@@ -446,8 +465,8 @@ def inspect_cmd(bundle, as_json, verify):
     click.echo(f"files      {len(m['files'])} listed" + (", all sha256 verified" if verify else ""))
     click.echo("")
     click.echo(text_table(preset_header(m), preset_rows(m)))
-    for line in fallbacks(m):
-        click.echo(f"fallback: {line}")
+    for line in choices(m, detail=candidates):
+        click.echo(f"choice: {line}")
 
 
 def main():

@@ -139,6 +139,7 @@ def finish(bundle_dir: Path, entries: list[dict], accuracy: dict, validation, *,
     """
     from edgevit.backends.tensorrt import TensorRTRunner
     from edgevit.gpu import device_info
+    from edgevit.selection import choose_candidate
     from edgevit.validate import gate, measure_latency, validate
 
     x, y, refs = validation
@@ -163,22 +164,27 @@ def finish(bundle_dir: Path, entries: list[dict], accuracy: dict, validation, *,
             runner = TensorRTRunner(bundle_dir / s["engine"], s)
             try:
                 v = validate(runner, x, y, ref)
-                ok, why = gate(v, torch_top1, accuracy)
+                g = gate(v, torch_top1, accuracy)
+                ok, why = g.passed, g.reason
                 lat = measure_latency(runner, x) if measure else None
             finally:
                 runner.close()
             results.append({"settings": s, "validation": v, "passed": ok, "reason": why, "latency_ms": lat,
-                            "seconds": round(time.perf_counter() - t0, 1)})
+                            "gate": g.to_dict(), "seconds": round(time.perf_counter() - t0, 1)})
             log(f"[engine] {e['name']:<10} {s['precision']}: top-1 {100 * v.top1:.2f}% agree {100 * v.agreement:.2f}%"
                 + (f" p50 {lat['p50']:.3f} ms" if lat else "") + ("" if ok else f"  FAILS GATE: {why}"))
-        chosen = _choose(results)
+        # The same record and rule as the build's candidates: the profile's precision is the floor here.
+        tried = [{"id": r["settings"]["precision"], "precision": r["settings"]["precision"],
+                  "recipe": r["settings"].get("recipe", r["settings"]["precision"]), "floor": i == 0,
+                  "passed": r["passed"], "reason": r["reason"], "gate": r["gate"], "latency_ms": r["latency_ms"],
+                  **r["validation"].to_dict()} for i, r in enumerate(results)]
+        pick, why = choose_candidate(tried, measured=measure)
+        chosen = results[tried.index(pick)] if pick is not None else None
         for r in results:
             if r is not chosen:
                 (bundle_dir / r["settings"]["engine"]).unlink(missing_ok=True)
         kit_validation = {k: t.get(k) for k in ("top1", "agreement", "mean_abs_dlogit", "max_abs_dlogit", "samples",
                                                  "validated_with") if k in t}
-        tried = [{"precision": r["settings"]["precision"], "passed": r["passed"], "reason": r["reason"],
-                  "latency_ms": r["latency_ms"], **r["validation"].to_dict()} for r in results]
         if chosen is None:
             t.update(status="failed-validation", device_attempts=tried,
                      reason="; ".join(f"{r['settings']['precision']}: {r['reason']}" for r in results))
@@ -192,22 +198,11 @@ def finish(bundle_dir: Path, entries: list[dict], accuracy: dict, validation, *,
                               quantization=s.get("quantization", spec.quantization))
         t.update(status="ok", engine=new_spec.to_dict(), precision=s["precision"], **chosen["validation"].to_dict(),
                  latency_ms=chosen["latency_ms"], validated_with=f"tensorrt {here['tensorrt']} on {here['gpu']}",
-                 kit_validation=kit_validation, device_attempts=tried)
+                 gate=chosen["gate"], kit_validation=kit_validation, device_attempts=tried,
+                 chosen={"id": pick["id"], "precision": pick["precision"], "recipe": pick["recipe"], "why": why})
         t.pop("reason", None)
         built += 1
     return {"built": built, "failed": failed, "built_on": here}
-
-
-def _choose(results: list[dict]) -> dict | None:
-    passed = [r for r in results if r["passed"]]
-    if not passed:
-        return None
-    primary = results[0]
-    if not primary["passed"]:
-        return passed[0]
-    faster = [r for r in passed[1:] if r["latency_ms"] and primary["latency_ms"]
-              and r["latency_ms"]["p50"] < primary["latency_ms"]["p50"]]
-    return min(faster, key=lambda r: r["latency_ms"]["p50"]) if faster else primary
 
 
 def pending_summary(entries: list[dict]) -> list[str]:

@@ -26,7 +26,7 @@ def _profile_dir() -> Path:
 
 PROFILE_DIR = _profile_dir()
 BACKENDS = ("openvino", "onnxruntime", "tensorrt", "torch")
-PRECISIONS = ("int8", "fp16", "fp32")
+PRECISIONS = ("int8", "bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,9 @@ SCHEMA: dict = {
     },
     "backend": F(str, REQUIRED, choices=BACKENDS),
     "fallbacks": F(list, [], items=BACKENDS),
-    "precision": F(str, "int8", choices=PRECISIONS),
+    # An ordered preference, e.g. [int8, bf16, fp32]; a single value still loads. The build tries each
+    # backend's candidates for these precisions and ships the fastest that passes the gate (FP32 the floor).
+    "precision": F((str, list), ["int8", "fp32"], items=PRECISIONS),
     "batch": F(int, 1, min=1, max=1024),
     "opset": F(int, 17, min=13, max=21),
     "calibration": {
@@ -68,6 +70,8 @@ SCHEMA: dict = {
     "accuracy": {
         "max_top1_drop": F((int, float), 0.01, min=0, max=1),
         "min_agreement": F((int, float), 0.99, min=0, max=1),
+        # One-sided confidence of the gate's bounds: an engine fails where the loss is real at this level.
+        "confidence": F(float, 0.95, min=0.5, max=0.999),
     },
     "openvino": {
         "inference_precision": F(str, "f32", choices=("f32", "bf16", "f16")),
@@ -116,6 +120,9 @@ def _check_value(v, f: F, where: str) -> Any:
         raise EdgevitError(f"{where}: expected {_type_name(f.type)}, got {v!r}")
     if f.choices is not None and v not in f.choices:
         raise EdgevitError(f"{where}: {v!r} is not allowed; expected one of {', '.join(map(str, f.choices))}")
+    if isinstance(v, str) and isinstance(f.items, tuple) and all(isinstance(c, str) for c in f.items):
+        if v not in f.items:  # a single value of a list-valued key (precision: int8)
+            raise EdgevitError(f"{where}: {v!r} is not allowed; expected one of {', '.join(f.items)} or a list of them")
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         if f.min is not None and v < f.min or f.max is not None and v > f.max:
             lo = "-inf" if f.min is None else f.min
@@ -181,12 +188,38 @@ class Profile:
                 seen.append(b)
         return seen
 
+    @property
+    def preferred(self) -> str:
+        """The first precision of the profile's preference order."""
+        return self.data["precision"][0]
+
     def to_dict(self) -> dict:
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.data.items()}
+
+    def with_overrides(self, **overrides) -> "Profile":
+        """The profile with command-line overrides (``precision``, ``batch``, ``accuracy.min_agreement``, ...)
+        applied and validated like the file itself; ``None`` values leave the profile's own."""
+        data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.data.items()}
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            section, _, field = key.partition(".")
+            if field:
+                data[section][field] = value
+            else:
+                data[section] = value
+        return parse_profile(data, f"{self.path} (with command-line overrides)")
 
 
 def parse_profile(data: Any, source: str) -> Profile:
     resolved = _resolve(data, SCHEMA, f"{source}:")
+    prec = resolved["precision"]
+    prec = [prec] if isinstance(prec, str) else prec
+    if not prec:
+        raise EdgevitError(f"{source}: precision: an empty list; expected one or more of {', '.join(PRECISIONS)}")
+    if len(set(prec)) != len(prec):
+        raise EdgevitError(f"{source}: precision: {prec} repeats a value")
+    resolved["precision"] = list(prec)
     if resolved["backend"] in resolved["fallbacks"]:
         raise EdgevitError(f"{source}: fallbacks: lists the primary backend {resolved['backend']!r} again")
     for i, t in enumerate(resolved["runtime"]["battery_thresholds"]):

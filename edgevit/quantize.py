@@ -1,5 +1,8 @@
 """INT8 quantization per backend, from the calibration split, with escalating protection.
 
+Each function here makes one build candidate (``edgevit.backends``' recipes); the builder validates every
+candidate, measures those that pass, and ships the fastest (``edgevit.selection``).
+
 Levels, tried in order until a preset passes the profile's accuracy gate (the builder runs the gate):
 
 * ``0``: the transformer default. ONNX Runtime quantizes only MatMul/Gemm/Conv (QDQ, per-channel symmetric
@@ -145,6 +148,32 @@ def quantize_onnxruntime(fp32_onnx, out_path, calib: np.ndarray, level: int = 0,
     return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": True,
             "symmetric": True, "calibration": method, "samples": int(len(calib) // batch * batch),
             "excluded_nodes": exclude, "level": level, "target": "tensorrt" if tensorrt else "onnxruntime"}
+
+
+def quantize_onnxruntime_dynamic(fp32_onnx, out_path) -> dict:
+    """Dynamic INT8, ONNX Runtime's recommended method for transformers: MatMul/Gemm weights in int8 (per
+    channel), activations quantized on the fly per call, so there is nothing to calibrate. The
+    activation-by-activation MatMuls (attention) and what the model family keeps in FP32 stay in FP32."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, pre = tempfile.mkstemp(suffix=".onnx", dir=out_path.parent)
+    os.close(fd)
+    try:
+        quant_pre_process(str(fp32_onnx), pre, skip_symbolic_shape=True)
+        groups = sensitive_nodes(pre)
+        exclude = list(groups["attention"])
+        for g in model_keep_fp32(fp32_onnx):
+            exclude += [n for n in groups.get(g, []) if n not in exclude]
+        quantize_dynamic(pre, str(out_path), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+    finally:
+        if os.path.exists(pre):
+            os.unlink(pre)
+    return {"tool": "onnxruntime.quantization.quantize_dynamic", "per_channel": True, "weights": "int8",
+            "activations": "uint8, quantized per call", "excluded_nodes": exclude, "level": None}
 
 
 # Kept in FP32 inside an FP16 model: reductions that overflow or lose the small differences they rank (the

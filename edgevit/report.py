@@ -12,6 +12,34 @@ def _ms(e) -> str:
     return f"{lat['p50']:.3f}" if lat else "n/a"
 
 
+def _agree(e: dict) -> str:
+    """Agreement with its one-sided confidence bounds and sample size, as the gate judged it."""
+    g = e.get("gate")
+    if not g:
+        return _pct(e.get("agreement"))
+    lo, hi = g["agreement_interval"]
+    return f"{_pct(e['agreement'])} [{100 * lo:.1f}, {100 * hi:.1f}] n={g['samples']}"
+
+
+def precision_mix(m: dict) -> str:
+    """The real mix of shipped engines, e.g. ``openvino: 5 int8, 7 fp32; onnxruntime: 12 int8``."""
+    parts = []
+    for b in m["backends"]:
+        counts: dict = {}
+        for p in m["presets"]:
+            e = p["engines"].get(b, {})
+            if e.get("precision"):
+                counts[e["precision"]] = counts.get(e["precision"], 0) + 1
+        if counts:
+            parts.append(f"{b}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])))
+    return "; ".join(parts)
+
+
+def _precision_pref(m: dict) -> str:
+    prec = m["precision"]
+    return " > ".join(prec) if isinstance(prec, list) else str(prec)
+
+
 def preset_rows(manifest: dict) -> list[list[str]]:
     backends = manifest["backends"]
     rows = []
@@ -26,8 +54,10 @@ def preset_rows(manifest: dict) -> list[list[str]]:
             if e.get("status") != "ok":
                 row += [e.get("status", "missing"), "", "", ""]
                 continue
-            prec = e["precision"] + (" (fallback)" if e.get("fallback") else "")
-            row += [prec, _pct(e["top1"]), _pct(e["agreement"]), _ms(e)]
+            prec = e.get("chosen", {}).get("id", e["precision"])
+            if (p.get("default") or {}).get("backend") == b and len(backends) > 1:
+                prec += " (default)"
+            row += [prec, _pct(e["top1"]), _agree(e), _ms(e)]
         rows.append(row)
     return rows
 
@@ -56,12 +86,17 @@ def summary_lines(m: dict) -> list[str]:
     lines = [
         f"model      {m['model']['name']} ({m['model']['params']:,} params; {m['model']['source']})",
         f"target     {t['name']}: {t['description']}",
-        f"backends   {', '.join(m['backends'])} (primary {m['backend']}); precision {m['precision']}; opset {m['opset']}",
+        f"backends   {', '.join(m['backends'])} (primary {m['backend']}); precision preference {_precision_pref(m)}; "
+        f"opset {m['opset']}",
+        f"engines    {precision_mix(m)}" + (f"; default backend per preset: "
+                                            + ", ".join(f"{n} {b}" for b, n in m['engine_mix']['defaults'].items())
+                                            if m.get("engine_mix", {}).get("defaults") else ""),
         f"input      {m['input']['name']} {m['input']['shape']} {m['input']['dtype']}; labels {len(m['labels'])}",
         f"data       {m['data']['name']} (split {m['data']['split_hash']}); calibration {m['data']['calibration_samples']}, "
         f"validation {m['data']['validation_samples']}",
         f"gate       top-1 drop <= {100 * t['accuracy']['max_top1_drop']:.2f} pts, agreement >= "
-        f"{100 * t['accuracy']['min_agreement']:.2f}%",
+        f"{100 * t['accuracy']['min_agreement']:.2f}%, failing only where the data show it at "
+        f"{t['accuracy'].get('confidence', 0.95):.0%} one-sided (Wilson / paired McNemar bounds)",
         "tools      " + ", ".join(f"{k} {v}" for k, v in tools.items() if v),
         f"built      {m['created']} by edgevit {m['edgevit_version']} in {m['build_seconds']} s",
     ]
@@ -82,22 +117,36 @@ def summary_lines(m: dict) -> list[str]:
     return lines
 
 
-def fallbacks(m: dict) -> list[str]:
+def choices(m: dict, detail: bool = True) -> list[str]:
+    """One line per preset and backend: what shipped, why, and every candidate with its figures."""
     out = []
     for p in m["presets"]:
         for b, e in p["engines"].items():
-            if e.get("fallback"):
-                out.append(f"{p['name']} on {b}: {e['fallback']['from']} -> {e['fallback']['to']} because "
-                           f"{e['fallback']['reason']}")
+            if "chosen" not in e:
+                continue
+            cands = []
+            for c in e.get("candidates", []):
+                if c.get("skipped"):
+                    cands.append(f"{c['id']} skipped ({c['reason']})")
+                    continue
+                lat = f", p50 {c['latency_ms']['p50']:.3f} ms" if c.get("latency_ms") else ", not measured"
+                g = c.get("gate") or {}
+                lo = g.get("agreement_interval", [None])[0]
+                bound = f" (>= {100 * lo:.1f}%)" if lo is not None else ""
+                verdict = "passed" if c["passed"] else f"failed: {c['reason']}"
+                cands.append(f"{c['id']} [{c['recipe']}] agree {_pct(c.get('agreement'))}{bound}{lat}, {verdict}")
+            default = " (default)" if (p.get("default") or {}).get("backend") == b else ""
+            line = f"{p['name']} on {b}{default}: {e['chosen']['id']}, {e['chosen']['why']}"
+            out.append(f"{line}. Candidates: " + "; ".join(cands) if detail else line)
     return out
 
 
 def manifest_report(m: dict) -> str:
     parts = [f"# {m['name']}", "", "```", *summary_lines(m), "```", "",
-             "## Presets", "", "`*` marks the accuracy/latency Pareto front of the primary backend. Agreement is the "
-             "fraction of validation images where the engine's top-1 equals the torch FP32 model's.", "",
+             "## Presets", "", "`*` marks the accuracy/latency Pareto front of the default engines. Agreement is "
+             "the fraction of validation images where the engine's top-1 equals the torch FP32 model's, with its "
+             "one-sided confidence bounds and sample size.", "",
              markdown_table(preset_header(m), preset_rows(m)), ""]
-    fb = fallbacks(m)
-    parts += ["## Fallbacks", ""] + ([f"- {x}" for x in fb] if fb else ["None: every engine passed the gate at "
-                                                                         f"{m['precision']}."]) + [""]
+    ch = choices(m)
+    parts += ["## Choices", ""] + [f"- {x}" for x in ch] + [""]
     return "\n".join(parts)

@@ -6,8 +6,10 @@ Numpy only: the same code checks engines at build time and on the device.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
@@ -21,6 +23,8 @@ class Validation:
     samples: int
     predictions_sha256: str     # of the int32 predicted class indices, in split order
     kappa: float = 0.0          # Cohen's kappa of the predictions against the labels (mapping's usual figure)
+    # The paired outcome against torch FP32: [torch right and engine wrong, torch wrong and engine right].
+    discordant: list = field(default_factory=lambda: [0, 0])
 
     def to_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -58,19 +62,86 @@ def validate(runner, x: np.ndarray, y: np.ndarray, reference_logits: np.ndarray)
     logits = run_engine(runner, x)
     pred, ref = logits.argmax(-1), reference_logits.argmax(-1)
     d = np.abs(logits - reference_logits)
-    return Validation(float((pred == y).mean()), float((pred == ref).mean()), float(d.mean()), float(d.max()),
-                      int(len(y)), predictions_digest(pred), cohen_kappa(pred, y))
+    right, ref_right = pred == y, ref == y
+    discordant = [int((ref_right & ~right).sum()), int((~ref_right & right).sum())]
+    return Validation(float(right.mean()), float((pred == ref).mean()), float(d.mean()), float(d.max()),
+                      int(len(y)), predictions_digest(pred), cohen_kappa(pred, y), discordant)
 
 
-def gate(v: Validation, reference_top1: float, accuracy: dict) -> tuple[bool, str]:
-    """The profile's accuracy gate: top-1 drop against torch FP32 and top-1 agreement with it."""
-    drop = reference_top1 - v.top1
+# -- the gate ----------------------------------------------------------------------------------------------
+
+DEFAULT_CONFIDENCE = 0.95
+
+
+def wilson_interval(successes: int, n: int, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float]:
+    """One-sided Wilson score bounds (lower, upper) of a proportion, each at ``confidence``.
+
+    Wilson rather than the normal approximation: it stays inside [0, 1] and behaves at 0 or n successes,
+    which is where agreement figures live."""
+    if n <= 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf(confidence)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class GateResult:
+    """The gate's verdict with the statistics it rests on (what the manifest, inspect and report.md show)."""
+
+    passed: bool
+    reason: str
+    samples: int
+    agreement: float
+    agreement_interval: tuple      # one-sided bounds at ``confidence``: (lower, upper)
+    top1_drop: float
+    top1_drop_interval: tuple
+    confidence: float
+
+    def to_dict(self) -> dict:
+        r = lambda v: round(float(v), 6)  # noqa: E731
+        return {"passed": self.passed, "reason": self.reason, "samples": self.samples, "confidence": self.confidence,
+                "agreement": r(self.agreement), "agreement_interval": [r(x) for x in self.agreement_interval],
+                "top1_drop": r(self.top1_drop), "top1_drop_interval": [r(x) for x in self.top1_drop_interval]}
+
+
+def top1_drop_interval(discordant, n: int, confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float]:
+    """Bounds of the paired top-1 drop (torch FP32 minus engine), McNemar's way: only the m discordant images
+    carry information; given m, the share q of them that the engine got wrong has Wilson bounds, and the drop
+    is (m / n)(2q - 1)."""
+    b, c = (int(x) for x in discordant)
+    m = b + c
+    if m == 0 or n <= 0:
+        return 0.0, 0.0
+    lo, hi = wilson_interval(b, m, confidence)
+    return m / n * (2 * lo - 1), m / n * (2 * hi - 1)
+
+
+def gate(v: Validation, reference_top1: float, accuracy: dict) -> GateResult:
+    """The profile's accuracy gate, judged on the paired validation results with their sample size.
+
+    An engine fails only where the data show a real loss at ``accuracy.confidence`` (one-sided): its
+    agreement with torch FP32 is below ``min_agreement`` even at the upper Wilson bound, or its top-1 drop is
+    above ``max_top1_drop`` even at the lower bound of the paired (McNemar) interval. So one image in 360 is
+    not read as a loss, and ten are."""
+    conf = float(accuracy.get("confidence", DEFAULT_CONFIDENCE))
+    n = int(v.samples)
+    agree_k = int(round(v.agreement * n))
+    a_lo, a_hi = wilson_interval(agree_k, n, conf)
+    b, c = (int(x) for x in v.discordant)
+    drop = (b - c) / n if n else reference_top1 - v.top1
+    d_lo, d_hi = top1_drop_interval(v.discordant, n, conf)
     problems = []
-    if drop > accuracy["max_top1_drop"] + 1e-12:
-        problems.append(f"top-1 drop {100 * drop:.2f} pts > {100 * accuracy['max_top1_drop']:.2f}")
-    if v.agreement < accuracy["min_agreement"] - 1e-12:
-        problems.append(f"agreement {100 * v.agreement:.2f}% < {100 * accuracy['min_agreement']:.2f}%")
-    return (not problems), "; ".join(problems)
+    if d_lo > accuracy["max_top1_drop"] + 1e-12:
+        problems.append(f"top-1 drop {100 * drop:.2f} pts (>= {100 * d_lo:.2f} at {conf:.0%}) > "
+                        f"{100 * accuracy['max_top1_drop']:.2f}")
+    if a_hi < accuracy["min_agreement"] - 1e-12:
+        problems.append(f"agreement {100 * v.agreement:.2f}% (<= {100 * a_hi:.2f}% at {conf:.0%}, n={n}) < "
+                        f"{100 * accuracy['min_agreement']:.2f}%")
+    return GateResult(not problems, "; ".join(problems), n, v.agreement, (a_lo, a_hi), drop, (d_lo, d_hi), conf)
 
 
 def measure_latency(runner, sample: np.ndarray, warmup: int = 10, iters: int = 50) -> dict:
@@ -94,8 +165,11 @@ def measure_latencies_interleaved(runners: dict, sample: np.ndarray, rounds: int
 
     A preset's figures are measured once per build and seed the Pareto front the switcher chooses from; timed
     one after another, right after each quantization, the host's drift and the previous runtime's spinning
-    thread pool ordered presets by when they were built rather than by their cost."""
+    thread pool ordered presets by when they were built rather than by their cost. Each result keeps the
+    median of every round (``rounds``), so two engines can be compared round by round: what
+    ``edgevit.selection`` calls faster beyond the noise."""
     samples = {name: [] for name in runners}
+    per_round = {name: [] for name in runners}
     xs = {name: np.ascontiguousarray(sample[: r.input_shape[0]]) for name, r in runners.items()}
     iters = {}
     for name, r in runners.items():
@@ -109,15 +183,19 @@ def measure_latencies_interleaved(runners: dict, sample: np.ndarray, rounds: int
         for name, r in runners.items():
             time.sleep(pause_s)  # let the previous engine's thread pool go idle
             r.infer(xs[name])
+            t = []
             for _ in range(iters[name]):
                 t0 = time.perf_counter()
                 r.infer(xs[name])
-                samples[name].append(time.perf_counter() - t0)
+                t.append(time.perf_counter() - t0)
+            samples[name] += t
+            per_round[name].append(round(float(np.median(t)) * 1e3, 4))
     out = {}
     for name, t in samples.items():
         t = np.asarray(t) * 1e3
         out[name] = {"p50": round(float(np.median(t)), 4), "p90": round(float(np.percentile(t, 90)), 4),
-                     "p99": round(float(np.percentile(t, 99)), 4), "iters": int(len(t)), "interleaved": True}
+                     "p99": round(float(np.percentile(t, 99)), 4), "iters": int(len(t)), "interleaved": True,
+                     "rounds": per_round[name]}
     return out
 
 
@@ -131,22 +209,28 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
     return front
 
 
+def _front(engines_by_preset: dict[str, tuple[dict, dict]]) -> set[str]:
+    points = {}
+    for name, (e, eng) in engines_by_preset.items():
+        if eng.get("top1") is None:
+            continue
+        cost = eng["latency_ms"]["p50"] if eng.get("latency_ms") else e["flops"]
+        points[name] = (cost, eng["top1"])
+    return pareto_front(points)
+
+
 def mark_pareto(entries, primary: str) -> None:
-    """The accuracy/latency Pareto flags: per backend on each engine (what a runtime on that backend may switch
-    between), and on the preset for the primary backend. Cost is the measured p50, or FLOPs where not measured."""
+    """The accuracy/latency Pareto flags: per backend on each engine (what a runtime pinned to that backend may
+    switch between), and on the preset for the engines ``edgevit.load`` runs by default (each preset's
+    ``default`` backend, else the primary). Cost is the measured p50, or FLOPs where not measured."""
     names = {n for e in entries for n in e["engines"]}
     for name in names:
-        points = {}
-        for e in entries:
-            eng = e["engines"].get(name, {})
-            if eng.get("top1") is None:
-                continue
-            cost = eng["latency_ms"]["p50"] if eng.get("latency_ms") else e["flops"]
-            points[e["name"]] = (cost, eng["top1"])
-        front = pareto_front(points)
+        front = _front({e["name"]: (e, e["engines"].get(name, {})) for e in entries})
         for e in entries:
             eng = e["engines"].get(name, {})
             if eng.get("top1") is not None:
                 eng["pareto"] = e["name"] in front
+    default = lambda e: (e.get("default") or {}).get("backend") or primary  # noqa: E731
+    front = _front({e["name"]: (e, e["engines"].get(default(e), {})) for e in entries})
     for e in entries:
-        e["pareto"] = bool(e["engines"].get(primary, {}).get("pareto"))
+        e["pareto"] = e["name"] in front

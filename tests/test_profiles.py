@@ -10,9 +10,9 @@ from edgevit.profiles import list_profiles, load_profile, parse_profile
 def test_shipped_profiles_load_and_resolve_defaults():
     assert {"x86-cpu", "jetson-orin", "jetson-orin-nano", "desktop-gpu"} <= set(list_profiles())
     p = load_profile("x86-cpu")
-    assert p.backends == ["openvino", "onnxruntime"] and p.precision == "int8"
+    assert p.backends == ["openvino", "onnxruntime"] and p.precision == ["int8", "bf16", "fp32"]
     assert p.openvino["inference_precision"] == "f32"
-    assert p.accuracy == {"max_top1_drop": 0.01, "min_agreement": 0.99}
+    assert p.accuracy == {"max_top1_drop": 0.01, "min_agreement": 0.99, "confidence": 0.95}
     orin = load_profile("jetson-orin")
     assert orin.backend == "tensorrt" and orin.device["dla_cores"] == 2 and orin.tensorrt["version"] == "10"
     assert load_profile("desktop-gpu").tensorrt["hardware_compatibility"] == "ampere_plus"
@@ -29,7 +29,7 @@ BASE = "name: board\ndevice: {kind: cpu}\nbackend: onnxruntime\n"
 
 def test_user_file_by_path(tmp_path):
     p = load_profile(str(_write(tmp_path, BASE + "precision: fp32\n")))
-    assert p.name == "board" and p.precision == "fp32" and p.calibration["samples"] == 512
+    assert p.name == "board" and p.precision == ["fp32"] and p.calibration["samples"] == 512
 
 
 def test_misspelled_key_names_key_and_file(tmp_path):
@@ -41,7 +41,7 @@ def test_misspelled_key_names_key_and_file(tmp_path):
 
 
 @pytest.mark.parametrize("extra,needle", [
-    ("precision: int4\n", "precision: 'int4' is not allowed; expected one of int8, fp16, fp32"),
+    ("precision: int4\n", "precision: 'int4' is not allowed; expected one of int8, bf16, fp16, fp32"),
     ("batch: 0\n", "batch: 0 is out of range"),
     ("batch: two\n", "batch: expected integer, got 'two'"),
     ("fallbacks: [onnxruntime]\n", "lists the primary backend"),
@@ -95,3 +95,24 @@ def test_profiles_are_found_in_a_wheel_install_without_a_checkout(tmp_path, monk
     monkeypatch.setattr(profiles, "__file__", str(tmp_path / "site-packages" / "edgevit" / "profiles.py"))
     assert profiles._profile_dir() == share
     assert load_profile("x86-cpu", profiles._profile_dir()).name == "x86-cpu"
+
+
+def test_precision_is_an_ordered_preference(tmp_path):
+    p = load_profile(str(_write(tmp_path, BASE + "precision: [int8, bf16, fp32]\n")))
+    assert p.precision == ["int8", "bf16", "fp32"] and p.preferred == "int8"
+    with pytest.raises(EdgevitError, match=r"precision\[1\]: 'int4' is not allowed"):
+        load_profile(str(_write(tmp_path, BASE + "precision: [int8, int4]\n")))
+    with pytest.raises(EdgevitError, match="repeats a value"):
+        load_profile(str(_write(tmp_path, BASE + "precision: [int8, int8]\n")))
+    with pytest.raises(EdgevitError, match="an empty list"):
+        load_profile(str(_write(tmp_path, BASE + "precision: []\n")))
+
+
+def test_command_line_overrides_are_validated_like_the_file(tmp_path):
+    p = load_profile(str(_write(tmp_path, BASE)))
+    q = p.with_overrides(precision=["fp32"], **{"accuracy.min_agreement": 0.5, "calibration.samples": 8,
+                                                "accuracy.max_top1_drop": None})
+    assert q.precision == ["fp32"] and q.accuracy["min_agreement"] == 0.5 and q.calibration["samples"] == 8
+    assert q.accuracy["max_top1_drop"] == p.accuracy["max_top1_drop"] and p.precision == ["int8", "fp32"]
+    with pytest.raises(EdgevitError, match=r"command-line overrides\): accuracy.min_agreement: 2 is out of range"):
+        p.with_overrides(**{"accuracy.min_agreement": 2})

@@ -222,7 +222,11 @@ def test_eight_threads_predict_while_switcher_flips_every_50ms(built):
         for t in threads:
             t.start()
         sw.start()
-        time.sleep(10.5)
+        # Event-based, not rate-based: run until 150 switches and 500 checked results have happened (a busy
+        # host only takes longer), with a generous deadline that only a hang reaches.
+        deadline = time.monotonic() + 300
+        while (len(sw.events) < 150 or checked[0] <= 500 or used != set(ref)) and time.monotonic() < deadline:
+            time.sleep(0.1)
         sw.stop()
         stop.set()
         for t in threads:

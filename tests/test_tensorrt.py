@@ -237,10 +237,11 @@ def test_jetson_build_writes_a_validated_kit(orin_bundle):
         t = p["engines"]["tensorrt"]
         assert t["status"] == "pending-device-build" and t["validated_with"].startswith("onnxruntime CPU")
         if t["precision"] == "int8":   # the quick checkpoint is barely trained: a preset may fall back
-            assert t["agreement"] >= 0.99, (p["name"], t["agreement"])     # Q/DQ on ORT CPU vs torch FP32
+            assert t["gate"]["passed"], (p["name"], t["gate"])     # Q/DQ on ORT CPU vs torch FP32
             check_tensorrt_qdq(out / t["engine"]["file"])
-        else:
-            assert t["precision"] == "fp32" and "agreement" in t["fallback"]["reason"]
+        else:   # not measured here: the preference order decides, so an FP32 engine means INT8 failed the gate
+            assert t["precision"] == "fp32" and t["fallback"]["reason"]
+            assert all(not c["passed"] and c["reason"] for c in t["candidates"] if c["precision"] == "int8")
         line = t["engine"]["settings"]["trtexec"]
         assert '"$TRTEXEC" ' + line.split(" ", 1)[1] in (out / "kit" / "build_engines.sh").read_text()
     readme = (out / "kit" / "README.md").read_text()
@@ -343,17 +344,19 @@ def test_engine_build_on_the_device_validates_and_records(orin_bundle, fake_devi
     summary = engine_build(bundle, use_trtexec=use_trtexec, log=logs.append)
     assert summary["built"] == 2 and summary["failed"] == []
     precisions = [p["engines"]["tensorrt"]["precision"] for p in before["presets"]]
+    ids = [p["engines"]["tensorrt"]["chosen"]["id"] for p in before["presets"]]
     assert fake_device["builds"] == ([] if use_trtexec else precisions)
     m = read_manifest(bundle)
     verify_files(bundle, m)
     assert m["device_build"]["status"] == "done" and m["device_build"]["built_on"]["l4t"] == "36.4.3"
     assert m["tools"]["tensorrt"] == "10.3.0"
-    for p, old, precision in zip(m["presets"], before["presets"], precisions):
+    for p, old, cid in zip(m["presets"], before["presets"], ids):
         t = p["engines"]["tensorrt"]
-        assert t["status"] == "ok" and t["engine"]["file"] == f"engines/tensorrt/{p['name']}.{precision}.plan"
+        assert t["status"] == "ok" and t["engine"]["file"] == f"engines/tensorrt/{p['name']}.{cid}.plan"
         assert t["engine"]["settings"]["built_on"] == ORIN and t["latency_ms"]["p50"] > 0
-        assert t["agreement"] >= 0.99 and t["kit_validation"]["agreement"] == old["engines"]["tensorrt"]["agreement"]
-        assert t["engine"]["extra_files"] == [f"kit/tensorrt/{p['name']}.{precision}.onnx"]
+        assert t["gate"]["passed"] and t["kit_validation"]["agreement"] == old["engines"]["tensorrt"]["agreement"]
+        assert t["engine"]["extra_files"] == [f"kit/tensorrt/{p['name']}.{cid}.onnx"]
+        assert t["chosen"]["precision"] == t["precision"] and t["device_attempts"][0]["floor"]
     with edgevit.load(bundle) as rt:                      # the guard passes on the device it was built on
         assert rt.backend == "tensorrt" and len(rt.presets) == 2
     assert engine_build(bundle, log=logs.append)["built"] == 0 and "nothing to build" in logs[-1]
@@ -399,17 +402,22 @@ def test_engine_that_fails_on_the_device_is_not_marked_ok(orin_bundle, fake_devi
 
 
 def test_int8_candidate_kept_only_where_it_passes_and_is_faster():
-    from edgevit.device_build import _choose
+    """The device step chooses with the build's rule (edgevit.selection): the profile's precision is the floor."""
+    from edgevit.selection import choose_candidate
 
-    def r(precision, passed, p50):
-        return {"settings": {"precision": precision}, "passed": passed, "latency_ms": {"p50": p50}}
+    def r(precision, passed, p50, floor=False):
+        return {"id": precision, "precision": precision, "recipe": precision, "passed": passed, "floor": floor,
+                "latency_ms": {"p50": p50}}
 
-    fp16, fast_int8, slow_int8 = r("fp16", True, 1.0), r("int8", True, 0.7), r("int8", True, 1.2)
-    assert _choose([fp16, fast_int8]) is fast_int8
-    assert _choose([fp16, slow_int8]) is fp16
-    assert _choose([fp16, r("int8", False, 0.5)]) is fp16              # faster but inaccurate: not kept
-    assert _choose([r("fp16", False, 1.0), slow_int8]) is slow_int8
-    assert _choose([r("fp16", False, 1.0), r("int8", False, 1.0)]) is None
+    def choose(cands):
+        return choose_candidate(cands, measured=True)[0]
+
+    fp16, fast_int8, slow_int8 = r("fp16", True, 1.0, True), r("int8", True, 0.7), r("int8", True, 1.2)
+    assert choose([fp16, fast_int8]) is fast_int8
+    assert choose([fp16, slow_int8]) is fp16
+    assert choose([fp16, r("int8", False, 0.5)]) is fp16              # faster but inaccurate: not kept
+    assert choose([r("fp16", False, 1.0, True), slow_int8]) is slow_int8
+    assert choose([r("fp16", False, 1.0, True), r("int8", False, 1.0)]) is None
 
 
 # -- desktop-gpu: FP16 with an INT8 candidate --------------------------------------------------------------
@@ -433,7 +441,7 @@ def test_jetson_orin_every_preset_qdq_agrees_on_ort_cpu(default_checkpoint, tmp_
     for p in m["presets"]:
         t = p["engines"]["tensorrt"]
         assert t["status"] == "pending-device-build" and t["precision"] == "int8" and t["fallback"] is None
-        assert t["agreement"] >= 0.99, (p["name"], t["agreement"])
+        assert t["gate"]["passed"], (p["name"], t["gate"])
 
 
 @pytest.mark.slow
@@ -444,12 +452,12 @@ def test_desktop_gpu_build_validates_fp16_and_the_int8_candidate(default_checkpo
                              out=str(tmp_path / "b"), cache_dir=str(tmp_path / "cache"), log=lambda m: None))
     m = read_manifest(out)
     t = m["presets"][0]["engines"]["tensorrt"]
-    assert t["precision"] == "fp16" and t["agreement"] >= 0.99
+    assert t["precision"] == "fp16" and t["gate"]["passed"]
     fp16 = onnx.load(str(out / t["engine"]["file"]))
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in fp16.graph.initializer)
     assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT   # FP32 I/O
-    (cand,) = t["candidates"]
-    assert cand["precision"] == "int8" and cand["agreement"] >= 0.99 and cand["passed"]
+    (cand,) = t["candidates_on_device"]
+    assert cand["precision"] == "int8" and cand["gate"]["passed"] and cand["passed"]
     check_tensorrt_qdq(out / cand["onnx"])
     ort = m["presets"][0]["engines"]["onnxruntime"]
     assert ort["precision"] == "fp16" and ort["engine"]["settings"]["provider_options"][

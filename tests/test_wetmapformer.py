@@ -259,7 +259,8 @@ def test_wetmapformer_bundle_reports_oa_and_kappa_and_int8_agrees(wmf_bundle):
     (p,) = m["presets"]
     assert p["torch"]["top1"] >= 0.9 and p["torch"]["kappa"] >= 0.85
     for b, e in p["engines"].items():
-        assert e["precision"] == "int8" and e["agreement"] >= 0.99, (b, e["agreement"])
+        # Not measured (measure=False): the preference order ships INT8 wherever it passes the gate.
+        assert e["precision"] == "int8" and e["gate"]["passed"] and e["agreement"] >= 0.98, (b, e["gate"])
         assert 0.85 <= e["kappa"] <= 1.0
 
 

@@ -1,17 +1,25 @@
 #!/usr/bin/env python
-"""Latency of one model's presets on every CPU backend, as ratios to torch eager FP32, in one process.
+"""edgevit's chosen engine against the peer paths a user would take by hand, in one process, interleaved.
 
-    python tools/bench_backends.py --model supervit-deit-s --presets r224-k1,r128-k0.5
+    python tools/bench_backends.py                      # supervit-deit-s at r224-k1, r224-k0.5, r128-k0.5
+    python tools/bench_backends.py --presets r224-k1 --rounds 10 --md docs/benchmarks/backends.md
 
-Weights are random unless --checkpoint is given (latency does not depend on them; accuracy does, and is
-not reported here). INT8 engines are calibrated on random images, which is enough to place the quantizers.
-Engines are measured round-robin (torch, ORT FP32, ORT INT8, OV FP32, OV INT8, torch, ...), so drift on a
-noisy host hits all of them alike; each figure is the median of many repetitions.
+1. Builds a bundle with `edgevit build` (target x86-cpu, the gate opened: the weights are random, so accuracy
+   means nothing and latency is what is compared) from a random-weight checkpoint and a small folder of random
+   images written here (calibration and validation).
+2. Loads it with `edgevit.load(bundle)`, no backend named: the engine each preset runs by default.
+3. Beside it, from the very ONNX file the bundle was built from, the peers done by hand:
+   plain `openvino.convert_model` FP32 compiled with defaults, `nncf.quantize` INT8 (transformer model type, as
+   NNCF's guide says for transformers) on that model, and an ONNX Runtime `InferenceSession` with defaults;
+   torch eager FP32 as the baseline.
+4. Times all of them round-robin at batch 1 (each round times every engine back to back, with an idle pause
+   between engines), and reports medians and the ratio best-peer / edgevit (>= 1: edgevit is at least as fast).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -19,92 +27,156 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from edgevit.backends.onnxruntime import OrtRunner
-from edgevit.backends.openvino import OvRunner
-from edgevit.export import export_preset
-from edgevit.host import cpu_info, tool_versions
-from edgevit.models import create_model
-from edgevit.quantize import quantize_onnxruntime, quantize_openvino
+
+def random_image_folder(root: Path, size: int, classes: int = 10, per_split=(4, 4, 3)) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in zip(("train", "val", "calib"), per_split):
+        for c in range(classes):
+            d = root / split / f"c{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def build_bundle(model_name: str, presets: list[str], work: Path, log) -> Path:
+    import torch
+
+    from edgevit.builder import BuildOptions, build
+    from edgevit.checkpoints import save_checkpoint
+    from edgevit.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=10).eval()
+    data = random_image_folder(work / "images", size=round(model.img_size / 0.875))
+    ckpt = save_checkpoint(work / "random.pt", model, classes=[f"c{i}" for i in range(10)],
+                           data={"name": str(data)})
+    return build(BuildOptions(target="x86-cpu", checkpoint=str(ckpt), data=str(data), presets=presets,
+                              out=str(work / "bundle"), cache_dir=str(work / "cache"), max_top1_drop=1.0,
+                              min_agreement=0.0, include_checkpoint=False, log=log))
+
+
+def peers(onnx_path: Path, calib: np.ndarray) -> dict:
+    """The paths a user takes by hand from the same ONNX file, each with its library's defaults."""
+    import logging
+
+    import nncf
+    import onnxruntime as ort
+    import openvino as ov
+
+    nncf.set_log_level(logging.WARNING)
+    core = ov.Core()
+    fp32 = core.compile_model(ov.convert_model(str(onnx_path)), "CPU")
+    int8 = nncf.quantize(ov.convert_model(str(onnx_path)), nncf.Dataset([c[None] for c in calib]),
+                         model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib))
+    int8 = core.compile_model(int8, "CPU")
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    r_fp32, r_int8 = fp32.create_infer_request(), int8.create_infer_request()
+    return {"openvino fp32 (convert_model)": lambda x: r_fp32.infer({0: x}),
+            "openvino int8 (nncf.quantize)": lambda x: r_int8.infer({0: x}),
+            "onnxruntime fp32 (default session)": lambda x: sess.run(None, {name: x})}
+
+
+def interleaved(runs: dict, x: np.ndarray, rounds: int, reps: int, pause_s: float = 0.1) -> dict[str, list]:
+    samples = {k: [] for k in runs}
+    for fn in runs.values():
+        for _ in range(5):
+            fn(x)
+    for _ in range(rounds):
+        for k, fn in runs.items():
+            time.sleep(pause_s)   # let the previous runtime's thread pool go idle
+            fn(x)
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn(x)
+                samples[k].append((time.perf_counter() - t0) * 1e3)
+    return samples
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="supervit-deit-s")
-    ap.add_argument("--checkpoint", default=None)
-    ap.add_argument("--presets", default="r224-k1,r128-k0.5")
-    ap.add_argument("--threads", type=int, default=0, help="0: all cores")
-    ap.add_argument("--rounds", type=int, default=30, help="round-robin rounds (each times every engine once)")
+    ap.add_argument("--presets", default="r224-k1,r224-k0.5,r128-k0.5")
+    ap.add_argument("--rounds", type=int, default=20, help="round-robin rounds (each times every engine)")
     ap.add_argument("--reps", type=int, default=5, help="inferences per engine per round")
-    ap.add_argument("--calib", type=int, default=32, help="random calibration images for INT8")
+    ap.add_argument("--bundle", default=None, help="measure this bundle instead of building one")
+    ap.add_argument("--json", default=None, help="write the figures here")
+    ap.add_argument("--md", default=None, help="write the Markdown table here")
     args = ap.parse_args()
 
-    threads = args.threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
-    if args.checkpoint:
-        from edgevit.checkpoints import load_checkpoint
+    import torch
 
-        model = load_checkpoint(args.checkpoint, args.model).model.eval()
-    else:
-        torch.manual_seed(0)
-        model = create_model(args.model).eval()
-    rng = np.random.default_rng(0)
-    size = model.img_size
-    x = rng.standard_normal((1, model.in_chans, size, size)).astype(np.float32)
-    calib = rng.standard_normal((args.calib, model.in_chans, size, size)).astype(np.float32)
-    ov_settings = {"inference_precision": "f32", "performance_hint": "LATENCY", "num_streams": 1, "threads": threads}
+    import edgevit
+    from edgevit.bundle import read_manifest
+    from edgevit.checkpoints import load_checkpoint
+    from edgevit.host import cpu_info, tool_versions
 
-    print(f"# {args.model} ({'checkpoint ' + args.checkpoint if args.checkpoint else 'random weights'}), batch 1, "
-          f"{threads} threads", file=sys.stderr)
-    cpu = cpu_info()
-    v = tool_versions()
-    print(f"host: {cpu['model']} ({', '.join(cpu['features'])}); torch {v['torch']}, onnxruntime {v['onnxruntime']}, "
-          f"openvino {v['openvino']}, nncf {v['nncf']}")
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    names = [p.strip() for p in args.presets.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        for name in [p.strip() for p in args.presets.split(",")]:
-            p = model.preset(name)
-            print(f"[{name}] exporting and quantizing ...", file=sys.stderr)
-            onnx_path = tmp / f"{name}.onnx"
-            export_preset(model, p, onnx_path, x, opset=17, batch=1)
-            quantize_onnxruntime(onnx_path, tmp / f"{name}.ort-int8.onnx", calib, level=0)
-            quantize_openvino(onnx_path, tmp / f"{name}.ov-int8.xml", calib, level=0)
-            from edgevit.quantize import convert_openvino_fp32
+        t0 = time.perf_counter()
+        bundle = Path(args.bundle) if args.bundle else build_bundle(args.model, names, Path(tmp), log)
+        build_s = time.perf_counter() - t0
+        m = read_manifest(bundle)
+        cpu, v = cpu_info(), tool_versions()
+        host = (f"{cpu['model']} ({', '.join(cpu['features']) or 'no listed features'}), {cpu['cores']} cores; "
+                f"torch {v['torch']}, onnxruntime {v['onnxruntime']}, openvino {v['openvino']}, nncf {v['nncf']}")
+        lines = [f"# edgevit's default engine vs peers by hand: {m['model']['name']} (random weights), batch 1",
+                 "", f"host: {host}", "",
+                 f"`python tools/bench_backends.py --presets {args.presets}`; {args.rounds} rounds x {args.reps} "
+                 "runs per engine, interleaved; medians in ms; ratio = best peer / edgevit (>= 1: edgevit at least "
+                 "as fast).", "",
+                 "| preset | edgevit default (backend, engine) | edgevit | OV FP32 | NNCF INT8 | ORT FP32 | torch "
+                 "eager | best peer | ratio |", "|---|---|---|---|---|---|---|---|---|"]
+        results = []
+        with edgevit.load(bundle) as rt:
+            ck = load_checkpoint(bundle / "model.pt").model.eval() if (bundle / "model.pt").is_file() else None
+            for name in names:
+                p = next(x for x in m["presets"] if x["name"] == name)
+                info = rt.preset(name)
+                engine = p["engines"][info.backend]
+                runner = rt.runner(name)
+                rng = np.random.default_rng(0)
+                shape = tuple(runner.input_shape)
+                x = rng.standard_normal(shape).astype(np.float32)
+                calib = rng.standard_normal((32,) + shape[1:]).astype(np.float32)
+                runs = {"edgevit": runner.infer, **peers(bundle / p["onnx"], calib)}
+                if ck is None:
+                    torch.manual_seed(0)
+                    from edgevit.models import create_model
 
-            convert_openvino_fp32(onnx_path, tmp / f"{name}.ov-fp32.xml")
-            engines = {
-                "onnxruntime fp32": OrtRunner(onnx_path, threads=threads).infer,
-                "onnxruntime int8": OrtRunner(tmp / f"{name}.ort-int8.onnx", threads=threads).infer,
-                "openvino fp32": OvRunner(tmp / f"{name}.ov-fp32.xml", ov_settings).infer,
-                "openvino int8": OvRunner(tmp / f"{name}.ov-int8.xml", ov_settings).infer,
-            }
-            xt = torch.from_numpy(x)
+                    ck = create_model(m["model"]["name"], num_classes=len(m["labels"])).eval()
+                xt = torch.from_numpy(x)
 
-            def torch_eager(_x, p=p, xt=xt):
-                with torch.inference_mode():
-                    return model(xt, p.resolution, p.keep_rate)
+                def eager(_x, p=p, xt=xt):
+                    with torch.inference_mode():
+                        return ck(xt, p["resolution"], p["keep_rate"])
 
-            runs = {"torch eager fp32": torch_eager, **engines}
-            samples = {k: [] for k in runs}
-            for fn in runs.values():           # warm-up
-                for _ in range(5):
-                    fn(x)
-            for _ in range(args.rounds):
-                for k, fn in runs.items():
-                    for _ in range(args.reps):
-                        t0 = time.perf_counter()
-                        fn(x)
-                        samples[k].append((time.perf_counter() - t0) * 1e3)
-            base = statistics.median(samples["torch eager fp32"])
-            print(f"\n{name} ({p.gflops:.2f} GFLOPs), {args.rounds}x{args.reps} runs each, interleaved")
-            print("| engine | p50 ms | p90 ms | speed-up vs torch eager |")
-            print("|---|---|---|---|")
-            for k, s in samples.items():
-                med, p90 = statistics.median(s), float(np.percentile(s, 90))
-                print(f"| {k} | {med:.2f} | {p90:.2f} | {base / med:.2f}x |")
-            sys.stdout.flush()
-    return 0
+                runs["torch eager fp32"] = eager
+                s = {k: statistics.median(t) for k, t in interleaved(runs, x, args.rounds, args.reps).items()}
+                peer = {k: t for k, t in s.items() if k not in ("edgevit", "torch eager fp32")}
+                best = min(peer, key=peer.get)
+                ratio = peer[best] / s["edgevit"]
+                results.append({"preset": name, "backend": info.backend, "engine": engine["chosen"]["id"],
+                                "ms": s, "best_peer": best, "ratio": ratio})
+                lines.append(f"| {name} | {info.backend} {engine['chosen']['id']} | {s['edgevit']:.2f} | "
+                             + " | ".join(f"{peer[k]:.2f}" for k in peer) + f" | {s['torch eager fp32']:.2f} | "
+                             f"{best.split(' (')[0]} | **{ratio:.2f}x** |")
+                log(lines[-1])
+        lines += ["", f"Bundle built in {build_s:.0f} s. Engine mix: "
+                  + "; ".join(f"{b}: {c}" for b, c in m["engine_mix"]["precisions"].items())]
+        text = "\n".join(lines) + "\n"
+        print(text)
+        if args.md:
+            Path(args.md).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.md).write_text(text)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"host": host, "results": results}, indent=2))
+    return 0 if all(r["ratio"] >= 0.98 for r in results) else 1
 
 
 if __name__ == "__main__":

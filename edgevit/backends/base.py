@@ -8,8 +8,7 @@ alike. Nothing here imports torch: runners run on devices that do not have it.
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -36,6 +35,22 @@ class EngineSpec:
         return [self.file, *self.extra_files]
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One way a backend can build a preset's engine; the build validates, measures and chooses among them."""
+
+    id: str                            # unique per backend, names the engine file: int8, int8-dynamic, bf16, fp32
+    precision: str                     # int8 | bf16 | fp16 | fp32
+    recipe: str                        # how it is made: nncf-ptq, qdq-static, dynamic, ...
+    level: int | None = None           # quantization protection level (edgevit.quantize.LEVELS)
+    escalates: str | None = None       # tried only where the candidate with this id failed the gate
+    floor: bool = False                # what ships when nothing faster passes (FP32)
+    skip: str | None = None            # why this host cannot build or run it
+
+    def record(self) -> dict:
+        return {"id": self.id, "precision": self.precision, "recipe": self.recipe, "floor": self.floor}
+
+
 class Runner:
     """One loaded engine. ``infer`` takes and returns numpy arrays of the engine's static shapes."""
 
@@ -59,7 +74,6 @@ class Runner:
 class Backend:
     name: str = ""
     library: str = ""          # the Python package the backend needs
-    precisions: tuple = ("int8", "fp32")   # what compile() builds on this host
 
     def available(self) -> tuple[bool, str]:
         """Whether this host can compile and run the backend, and if not, why."""
@@ -69,16 +83,28 @@ class Backend:
             return False, f"{self.library} is not installed ({e})"
         return True, ""
 
-    def compile(self, onnx_path, out_dir, name: str, precision: str, calib: np.ndarray | None, level: int,
+    def recipes(self, precision: str, profile) -> list[Candidate]:
+        """This backend's ways of building ``precision`` engines, best first (a skipped one says why)."""
+        if precision == "fp32":
+            return [Candidate("fp32", "fp32", "fp32")]
+        return [Candidate(precision, precision, precision, skip=f"{self.name} does not build {precision} engines")]
+
+    def candidates(self, profile) -> list[Candidate]:
+        """The candidates for ``profile``: its precisions in preference order, each backend recipe, FP32 last
+        as the floor when the profile does not list it."""
+        order = list(profile.precision) + ([] if "fp32" in profile.precision else ["fp32"])
+        out = []
+        for precision in order:
+            for c in self.recipes(precision, profile):
+                out.append(replace(c, floor=True) if c.precision == "fp32" and c.skip is None else c)
+        return out
+
+    def compile(self, onnx_path, out_dir, name: str, candidate: Candidate, calib: np.ndarray | None,
                 profile) -> EngineSpec:  # pragma: no cover - interface
         raise NotImplementedError
 
     def load(self, bundle_dir, spec: EngineSpec) -> Runner:  # pragma: no cover - interface
         raise NotImplementedError
-
-    def builds(self, precision: str, profile) -> bool:
-        """Whether ``compile`` makes ``precision`` engines for ``profile`` on this host."""
-        return precision in self.precisions
 
     def cache_tag(self):
         """What, besides the inputs, decides the compiled output on this host (part of the cache key)."""
@@ -101,7 +127,3 @@ def get_backend(name: str) -> Backend:
     except ImportError as e:  # a backend module that is not written yet or cannot import
         raise EdgevitError(f"backend {name!r} is not available here: {e}") from None
     return module.BACKEND
-
-
-def engine_path(bundle_dir, spec: EngineSpec) -> Path:
-    return Path(bundle_dir) / spec.file

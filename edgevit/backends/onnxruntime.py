@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.backends.base import Backend, EngineSpec, Runner
+from edgevit.backends.base import Backend, Candidate, EngineSpec, Runner
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -69,33 +69,47 @@ class OrtRunner(Runner):
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     library = "onnxruntime"
-    precisions = ("int8", "fp16", "fp32")
 
-    def builds(self, precision: str, profile) -> bool:
-        # FP16 only pays where a GPU provider runs it; on a CPU-only target it would be a slow FP32 in disguise.
+    def recipes(self, precision, profile) -> list[Candidate]:
+        if precision == "int8":
+            return [Candidate("int8", "int8", "qdq-static", level=0),
+                    Candidate("int8-protected", "int8", "qdq-static (+ head, attention, selection in fp32)", level=1,
+                              escalates="int8"),
+                    # ONNX Runtime's recommendation for transformers: int8 weights, activations quantized per call.
+                    Candidate("int8-dynamic", "int8", "dynamic (MatMul/Gemm weights)")]
         if precision == "fp16":
-            return any(p in GPU_PROVIDERS for p in profile.onnxruntime["providers"])
-        return precision in self.precisions
+            # FP16 only pays where a GPU provider runs it; on a CPU-only target it is a slow FP32 in disguise.
+            gpu = any(p in GPU_PROVIDERS for p in profile.onnxruntime["providers"])
+            return [Candidate("fp16", "fp16", "float16 conversion",
+                              skip=None if gpu else f"{self.name} does not build fp16 on this host: no GPU provider "
+                                                    f"among {profile.onnxruntime['providers']}")]
+        if precision == "fp32":
+            return [Candidate("fp32", "fp32", "fp32 (ORT_ENABLE_ALL graph optimizations)")]
+        return super().recipes(precision, profile)
 
-    def compile(self, onnx_path, out_dir, name, precision, calib, level, profile) -> EngineSpec:
-        from edgevit.quantize import convert_fp16, quantize_onnxruntime
+    def compile(self, onnx_path, out_dir, name, candidate, calib, profile) -> EngineSpec:
+        from edgevit.quantize import convert_fp16, quantize_onnxruntime, quantize_onnxruntime_dynamic
 
-        rel = Path("engines") / self.name / f"{name}.{precision}.onnx"
+        rel = Path("engines") / self.name / f"{name}.{candidate.id}.onnx"
         out = Path(out_dir) / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         quant = {}
-        if precision == "int8":
-            quant = quantize_onnxruntime(onnx_path, out, calib, level, profile.calibration["method"], profile.batch)
-        elif precision == "fp16":
+        if candidate.id == "int8-dynamic":
+            quant = quantize_onnxruntime_dynamic(onnx_path, out)
+        elif candidate.precision == "int8":
+            quant = quantize_onnxruntime(onnx_path, out, calib, candidate.level, profile.calibration["method"],
+                                         profile.batch)
+        elif candidate.precision == "fp16":
             quant = convert_fp16(onnx_path, out)
-        elif precision == "fp32":
+        elif candidate.precision == "fp32":
             shutil.copyfile(onnx_path, out)
         else:
-            raise ValueError(f"onnxruntime backend builds int8, fp16 or fp32, not {precision}")
+            raise ValueError(f"onnxruntime backend builds int8, fp16 or fp32, not {candidate.precision}")
         providers = list(profile.onnxruntime["providers"])
         settings = {"providers": providers, "threads": profile.onnxruntime["threads"],
-                    "provider_options": {p: o for p, o in provider_options(precision, profile).items() if p in providers}}
-        return EngineSpec(self.name, precision, rel.as_posix(), settings=settings, quantization=quant)
+                    "provider_options": {p: o for p, o in provider_options(candidate.precision, profile).items()
+                                         if p in providers}}
+        return EngineSpec(self.name, candidate.precision, rel.as_posix(), settings=settings, quantization=quant)
 
     def load(self, bundle_dir, spec: EngineSpec) -> Runner:
         return OrtRunner(Path(bundle_dir) / spec.file, spec.settings.get("providers"), spec.settings.get("threads", 0),

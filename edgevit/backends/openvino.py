@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.backends.base import Backend, EngineSpec, Runner
+from edgevit.backends.base import Backend, Candidate, EngineSpec, Runner
 
 _CORE = None
 
@@ -55,25 +55,48 @@ class OvRunner(Runner):
         return req.get_output_tensor(0).data.copy()
 
 
+def bf16_support() -> str | None:
+    """Why this CPU cannot run OpenVINO's BF16 kernels (None: it can)."""
+    from edgevit.host import cpu_info
+
+    features = set(cpu_info()["features"])
+    if features & {"avx512_bf16", "amx_bf16"}:
+        return None
+    return ("this CPU has no AVX512-BF16 or AMX-BF16 (OpenVINO would run the bf16 hint as f32); "
+            f"it has {', '.join(sorted(features)) or 'none of the listed features'}")
+
+
 class OpenVINOBackend(Backend):
     name = "openvino"
     library = "openvino"
 
-    def compile(self, onnx_path, out_dir, name, precision, calib, level, profile) -> EngineSpec:
+    def recipes(self, precision, profile) -> list[Candidate]:
+        if precision == "int8":
+            return [Candidate("int8", "int8", "nncf-ptq (transformer)", level=0),
+                    Candidate("int8-mixed", "int8", "nncf-accuracy-control", level=1, escalates="int8")]
+        if precision == "bf16":
+            return [Candidate("bf16", "bf16", "fp32 IR, INFERENCE_PRECISION_HINT=bf16", skip=bf16_support())]
+        if precision == "fp32":
+            return [Candidate("fp32", "fp32", "convert_model")]
+        return super().recipes(precision, profile)
+
+    def compile(self, onnx_path, out_dir, name, candidate, calib, profile) -> EngineSpec:
         from edgevit.quantize import convert_openvino_fp32, quantize_openvino
 
         settings = dict(profile.openvino)
-        rel = Path("engines") / self.name / f"{name}.{precision}.xml"
+        rel = Path("engines") / self.name / f"{name}.{candidate.id}.xml"
         out = Path(out_dir) / rel
-        if precision == "int8":
+        if candidate.precision == "int8":
             drop = min(profile.accuracy["max_top1_drop"], 1 - profile.accuracy["min_agreement"])
-            quant = quantize_openvino(onnx_path, out, calib, level, profile.batch, max_drop=drop,
+            quant = quantize_openvino(onnx_path, out, calib, candidate.level, profile.batch, max_drop=drop,
                                       inference_precision=settings["inference_precision"])
-        elif precision == "fp32":
+        elif candidate.precision in ("fp32", "bf16"):
             quant = convert_openvino_fp32(onnx_path, out)
+            if candidate.precision == "bf16":   # the same IR; the CPU plugin runs it in bf16
+                settings["inference_precision"] = "bf16"
         else:
-            raise ValueError(f"openvino backend builds int8 or fp32 on this host, not {precision}")
-        return EngineSpec(self.name, precision, rel.as_posix(), [rel.with_suffix(".bin").as_posix()],
+            raise ValueError(f"openvino backend builds int8, bf16 or fp32, not {candidate.precision}")
+        return EngineSpec(self.name, candidate.precision, rel.as_posix(), [rel.with_suffix(".bin").as_posix()],
                           settings=settings, quantization=quant)
 
     def load(self, bundle_dir, spec: EngineSpec) -> Runner:

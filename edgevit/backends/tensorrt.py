@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.backends.base import Backend, EngineSpec, Runner
+from edgevit.backends.base import Backend, Candidate, EngineSpec, Runner
 from edgevit.backends.tensorrt_build import build_settings, shell_line, trtexec_command
 from edgevit.errors import EdgevitError
 
@@ -27,9 +27,9 @@ TIMING_CACHE = KIT_DIR / "timing.cache"
 PENDING = "pending-device-build"
 
 
-def artifact_paths(name: str, precision: str) -> tuple[Path, Path]:
+def artifact_paths(name: str, candidate_id: str) -> tuple[Path, Path]:
     """(ONNX the engine is built from, engine file), relative to the bundle."""
-    return KIT_DIR / f"{name}.{precision}.onnx", ENGINE_DIR / f"{name}.{precision}.plan"
+    return KIT_DIR / f"{name}.{candidate_id}.onnx", ENGINE_DIR / f"{name}.{candidate_id}.plan"
 
 
 def write_artifact(fp32_onnx, out: Path, precision: str, calib, level, profile) -> dict:
@@ -109,7 +109,15 @@ class TensorRTRunner(Runner):
 class TensorRTBackend(Backend):
     name = "tensorrt"
     library = "tensorrt"
-    precisions = ("int8", "fp16", "fp32")
+
+    def recipes(self, precision, profile) -> list[Candidate]:
+        if precision == "int8":
+            return [Candidate("int8", "int8", "explicit Q/DQ", level=0),
+                    Candidate("int8-protected", "int8", "explicit Q/DQ (+ head, attention, selection in fp32)",
+                              level=1, escalates="int8")]
+        if precision in ("fp16", "fp32"):
+            return [Candidate(precision, precision, "strongly typed" if precision == "fp16" else "fp32")]
+        return super().recipes(precision, profile)
 
     def available(self) -> tuple[bool, str]:
         # The kit (explicit-precision ONNX validated on ORT, settings, trtexec lines) can be made anywhere;
@@ -125,26 +133,31 @@ class TensorRTBackend(Backend):
         ok, why = tensorrt_ready()
         return None if ok else why
 
-    def compile(self, onnx_path, out_dir, name, precision, calib, level, profile) -> EngineSpec:
+    def compile(self, onnx_path, out_dir, name, candidate, calib, profile) -> EngineSpec:
         """The kit entry for one preset: explicit-precision ONNX and build settings. The engine itself is built
         by ``edgevit.device_build`` (on this host at the end of the build when it can, else on the device),
         so engines built here and on a Jetson come from one code path."""
+        precision = candidate.precision
         settings = build_settings(profile, precision)
+        settings["recipe"] = candidate.recipe
         out_dir = Path(out_dir)
-        quant = self._artifact(onnx_path, out_dir, name, precision, calib, level, profile, settings)
+        quant = self._artifact(onnx_path, out_dir, name, candidate.id, precision, calib, candidate.level, profile,
+                               settings)
         extra = []
         if precision == "fp16" and profile.tensorrt.get("int8_if_faster"):
             # ARCHITECTURE §3: INT8 is not always faster than FP16 for ViTs on GPUs; the device measures both.
             cand = build_settings(profile, "int8")
-            cand["quantization"] = self._artifact(onnx_path, out_dir, name, "int8", calib, 0, profile, cand)
+            cand["recipe"] = "explicit Q/DQ"
+            cand["quantization"] = self._artifact(onnx_path, out_dir, name, "int8", "int8", calib, 0, profile, cand)
             settings["candidates"] = [cand]
             extra.append(cand["onnx"])
         return EngineSpec(self.name, precision, settings["onnx"], extra_files=extra, settings=settings,
                           quantization=quant, status=PENDING)
 
     @staticmethod
-    def _artifact(onnx_path, out_dir: Path, name, precision, calib, level, profile, settings: dict) -> dict:
-        onnx_rel, engine_rel = artifact_paths(name, precision)
+    def _artifact(onnx_path, out_dir: Path, name, candidate_id, precision, calib, level, profile,
+                  settings: dict) -> dict:
+        onnx_rel, engine_rel = artifact_paths(name, candidate_id)
         quant = write_artifact(onnx_path, out_dir / onnx_rel, precision, calib, level, profile)
         settings.update(onnx=onnx_rel.as_posix(), engine=engine_rel.as_posix(),
                         trtexec=shell_line(trtexec_command(settings, onnx_rel.as_posix(), engine_rel.as_posix(),

@@ -32,6 +32,7 @@ class PresetInfo:
     latency_ms: float | None    # build-host p50, when the build host matched the target
     pareto: bool
     latency_p90_ms: float | None = None   # build-host p90: what LatencyPolicy compares before live figures
+    backend: str = ""                     # the backend whose engine runs this preset
 
 
 @dataclass
@@ -87,6 +88,13 @@ class Runtime:
             if p.name == name:
                 return p
         raise EdgevitError(f"unknown preset {name!r}; this bundle has: {', '.join(p.name for p in self.presets)}")
+
+    def runner(self, name: str):
+        """The loaded engine of preset ``name`` (a ``Runner``: ``infer(batch)`` on the engine's static shape)."""
+        self.preset(name)
+        if name not in self._runners:
+            raise EdgevitError(f"preset {name} has no engine loaded (runtime closed, or opened with load_info)")
+        return self._runners[name]
 
     def warm(self, name: str) -> None:
         """One throw-away inference on ``name``: a model that has not run lately starts with cold CPU caches
@@ -146,59 +154,76 @@ class Runtime:
         self.close()
 
 
-def _preset_info(p: dict, entry: dict) -> PresetInfo:
-    """A manifest preset and its engine entry for one backend, as the runtime describes them."""
+def _preset_info(p: dict, entry: dict, backend: str, default: bool) -> PresetInfo:
+    """A manifest preset and its engine entry for one backend, as the runtime describes them. With the
+    bundle's default engines the Pareto flag is the preset's own (the front of the default engines)."""
+    pareto = p.get("pareto", False) if default else entry.get("pareto", p.get("pareto", False))
     return PresetInfo(p["name"], p["resolution"], p["keep_rate"], p["gflops"], entry["precision"], entry.get("top1"),
-                      (entry.get("latency_ms") or {}).get("p50"), entry.get("pareto", p.get("pareto", False)),
-                      (entry.get("latency_ms") or {}).get("p90"))
+                      (entry.get("latency_ms") or {}).get("p50"), pareto, (entry.get("latency_ms") or {}).get("p90"),
+                      backend)
+
+
+def default_backend(manifest: dict, preset: dict) -> str:
+    """The backend that runs ``preset`` when the caller names none: the build's measured choice, else the
+    target's primary backend (bundles built before the choice was recorded)."""
+    return (preset.get("default") or {}).get("backend") or manifest["backend"]
+
+
+def _backend_label(names: list[str]) -> str:
+    unique = list(dict.fromkeys(names))
+    return unique[0] if len(unique) == 1 else "default (" + ", ".join(unique) + ")"
 
 
 def load_info(bundle, backend: str | None = None) -> Runtime:
     """A runtime with the presets' metadata and no engines loaded: for dry simulations and planning."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
-    backend = backend or manifest["backend"]
-    infos = []
+    infos, used = [], []
     for p in manifest["presets"]:
-        entry = p["engines"].get(backend, {})
+        b = backend or default_backend(manifest, p)
+        entry = p["engines"].get(b, {})
         if entry.get("status") != "ok":
             continue
-        infos.append(_preset_info(p, entry))
+        infos.append(_preset_info(p, entry, b, backend is None))
+        used.append(b)
     if not infos:
-        statuses = sorted({p["engines"].get(backend, {}).get("status", "missing") for p in manifest["presets"]})
-        others = [b for b in manifest.get("backends", []) if b != backend]
-        raise EdgevitError(f"bundle {bundle}: no preset has a usable {backend} engine ({', '.join(statuses)})"
+        b = backend or manifest["backend"]
+        statuses = sorted({p["engines"].get(b, {}).get("status", "missing") for p in manifest["presets"]})
+        others = [x for x in manifest.get("backends", []) if x != b]
+        raise EdgevitError(f"bundle {bundle}: no preset has a usable {b} engine ({', '.join(statuses)})"
                            + (f"; choose another backend: {', '.join(others)}" if others else "")
                            + ("; build them on the device: edgevit engine build BUNDLE"
                               if "pending-device-build" in statuses else ""))
     infos.sort(key=lambda i: (i.gflops, -i.resolution))
-    return Runtime(bundle, manifest, backend, {}, infos)
+    return Runtime(bundle, manifest, _backend_label(used), {}, infos)
 
 
 def load(bundle, backend: str | None = None, presets: list[str] | None = None, verify: bool = True) -> Runtime:
-    """Open a bundle directory and load every preset's engine (or only ``presets``) for ``backend``
-    (default: the target's primary backend)."""
+    """Open a bundle directory and load every preset's engine (or only ``presets``).
+
+    With no ``backend``, each preset runs the engine the build measured fastest among its backends (the
+    manifest's per-preset ``default``); a backend's library is imported only if some preset uses it."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
-    backend = backend or manifest["backend"]
     chosen = manifest["presets"] if presets is None else [p for p in manifest["presets"] if p["name"] in presets]
     if presets is not None and len(chosen) != len(set(presets)):
         known = [p["name"] for p in manifest["presets"]]
         raise EdgevitError(f"unknown preset(s) {sorted(set(presets) - set(known))}; this bundle has: {', '.join(known)}")
-    runners, infos = {}, []
-    impl = get_backend(backend)
+    runners, infos, used = {}, [], []
     for p in chosen:
-        entry = p["engines"].get(backend)
+        b = backend or default_backend(manifest, p)
+        entry = p["engines"].get(b)
         if entry is None:
-            raise EdgevitError(f"bundle {bundle}: preset {p['name']} has no {backend} engine; it has "
+            raise EdgevitError(f"bundle {bundle}: preset {p['name']} has no {b} engine; it has "
                                f"{', '.join(p['engines']) or 'none'}")
         if entry.get("status") != "ok":
-            raise EdgevitError(f"bundle {bundle}: preset {p['name']} {backend} engine is {entry.get('status')}: "
+            raise EdgevitError(f"bundle {bundle}: preset {p['name']} {b} engine is {entry.get('status')}: "
                                f"{entry.get('reason', '')}")
         spec = EngineSpec(**entry["engine"])
         if verify:
             verify_files(bundle, manifest, spec.files)
-        runners[p["name"]] = impl.load(bundle, spec)
-        infos.append(_preset_info(p, entry))
+        runners[p["name"]] = get_backend(b).load(bundle, spec)
+        infos.append(_preset_info(p, entry, b, backend is None))
+        used.append(b)
     infos.sort(key=lambda i: (i.gflops, -i.resolution))
-    return Runtime(bundle, manifest, backend, runners, infos)
+    return Runtime(bundle, manifest, _backend_label(used), runners, infos)
