@@ -10,8 +10,12 @@ from edgevit.errors import EdgevitError  # noqa: E402
 __all__ = ["__version__", "EdgevitError", "load"]
 
 
-def load(bundle, backend=None, presets=None, verify=True):
-    """Open a bundle for inference: ``rt = edgevit.load("bundles/supervit-nano-x86-cpu")``."""
+def load(bundle, backend=None, presets=None, verify=True, cache=True):
+    """Open a bundle for inference: ``rt = edgevit.load("bundles/supervit-nano-x86-cpu")``.
+
+    ``backend`` pins one backend (default: each preset's fastest measured engine that this device can run);
+    ``presets`` loads a subset; ``verify`` checks the engines' sha256; ``cache`` keeps compiled engines in
+    a per-user cache so the next start is fast."""
     from edgevit.runtime import load as _load
 
-    return _load(bundle, backend=backend, presets=presets, verify=verify)
+    return _load(bundle, backend=backend, presets=presets, verify=verify, cache=cache)

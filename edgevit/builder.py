@@ -24,6 +24,7 @@ from edgevit.backends.base import EngineSpec, get_backend
 from edgevit.bundle import SCHEMA, SCHEMA_VERSION, BundleWriter, sha256_file
 from edgevit.cache import Cache, content_key
 from edgevit.errors import EdgevitError
+from edgevit.files import output_bundle
 from edgevit.host import host_info, matches_target, tool_versions
 from edgevit.profiles import Profile, load_profile
 from edgevit.selection import choose_backend, choose_candidate
@@ -69,7 +70,7 @@ def obtain(opts: BuildOptions, cache: Cache) -> Obtained:
     """Load ``--checkpoint`` or train the model (cached by its recipe and data split)."""
     from edgevit.checkpoints import load_checkpoint
     from edgevit.data.datasets import available_here, input_kind, load_dataset
-    from edgevit.data.scenes import preprocess_from_dict
+    from edgevit.data.preprocess import preprocess_from_dict
     from edgevit.models import create_model
     from edgevit.train import TrainConfig, data_overrides, recipe_for, train
 
@@ -78,6 +79,8 @@ def obtain(opts: BuildOptions, cache: Cache) -> Obtained:
         ck = load_checkpoint(opts.checkpoint, opts.model, trust=opts.trust_checkpoint)
         model = ck.model.with_resolutions(opts.resolutions) if opts.resolutions else ck.model
         data = opts.data or ck.meta.get("data", {}).get("name")
+        if opts.data and not available_here(opts.data):
+            raise EdgevitError(f"--data {opts.data} does not exist")
         if data is None:
             raise EdgevitError(f"checkpoint {opts.checkpoint} ({ck.layout} layout) records no data set; pass --data "
                                f"DIR with the images to calibrate and validate on")
@@ -371,10 +374,12 @@ def build(opts: BuildOptions) -> Path:
     t_start = time.perf_counter()
     log = opts.log
     profile = resolve_profile(opts)
+    if opts.out:
+        output_bundle(opts.out)          # before training or export, not after
     cache = Cache(opts.cache_dir)
     got = obtain(opts, cache)
     model, ds, pre = got.model.eval(), got.dataset, got.preprocess
-    out = Path(opts.out or Path("bundles") / f"{model.variant}-{profile.name}")
+    out = output_bundle(opts.out or Path("bundles") / f"{model.variant}-{profile.name}")
 
     presets = [model.preset(n) for n in opts.presets] if opts.presets else model.presets()
     log(f"[build] {model.variant} -> {profile.name} ({profile.backend}"

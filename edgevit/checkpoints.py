@@ -61,7 +61,9 @@ def save_checkpoint(path, model, **meta) -> Path:
 def read_checkpoint_file(path, trust: bool = False) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise EdgevitError(f"checkpoint {path} does not exist")
+        raise EdgevitError(f"checkpoint {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+    if path.stat().st_size == 0:
+        raise EdgevitError(f"checkpoint {path} is empty (0 bytes); expected a PyTorch checkpoint file")
     try:
         if trust:
             obj = torch.load(path, map_location="cpu", weights_only=False)
@@ -70,13 +72,16 @@ def read_checkpoint_file(path, trust: bool = False) -> dict:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if trust:   # full unpickling was already allowed: the file itself is not a checkpoint
+            raise EdgevitError(f"checkpoint {path} is not a PyTorch checkpoint (neither a torch zip file nor a "
+                               f"pickle): {str(e).splitlines()[0][:200]}") from None
         if found is None:
             raise EdgevitError(f"checkpoint {path} is not a readable PyTorch file (the weights-only loader "
                                f"refused it); if it is a full pickle you trust, pass {TRUST_FLAG}") from None
         raise EdgevitError(f"checkpoint {path} needs full pickle loading, which can run arbitrary code (it "
                            f"contains {found.group(1)}); pass {TRUST_FLAG} only if you trust where the file "
                            f"came from") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError) as e:
         raise EdgevitError(f"checkpoint {path} is not a readable PyTorch file: {str(e).splitlines()[0]}") from None
     except (ImportError, AttributeError) as e:  # a trusted full pickle naming code this environment lacks
         raise EdgevitError(f"checkpoint {path} refers to code that is not installed here ({e}); it was pickled "

@@ -14,14 +14,35 @@ from edgevit import __version__
 from edgevit.errors import EdgevitError
 
 
+# Which extra brings a library a command needs (`pip install edgevit` alone is the device runtime).
+EXTRAS = {"torch": "build", "onnx": "build", "onnxslim": "build", "nncf": "build", "sklearn": "build",
+          "scipy": "build", "rasterio": "map", "matplotlib": "build", "tqdm": "map",
+          "openvino": "openvino", "onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "cuda": "tensorrt"}
+
+
+def missing_extra(e: ImportError) -> str | None:
+    """One line naming the extra to install for a library that is not installed, else None."""
+    top = (getattr(e, "name", None) or "").split(".")[0]
+    if top not in EXTRAS:
+        return None
+    return f"this needs {top}, which is not installed: pip install 'edgevit[{EXTRAS[top]}]'"
+
+
 class _Group(click.Group):
-    """Turns ``EdgevitError`` (bad input) into one line on stderr and exit code 2, like a usage error."""
+    """Turns ``EdgevitError`` (bad input) and a missing optional library into one line on stderr and exit
+    code 2, like a usage error."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except EdgevitError as e:
             click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
+        except ImportError as e:
+            line = missing_extra(e)
+            if line is None:
+                raise
+            click.echo(f"Error: {line}", err=True)
             sys.exit(2)
 
 
@@ -134,7 +155,7 @@ def eval_cmd(checkpoint, data, model, presets, trust_checkpoint):
     """
     from edgevit.checkpoints import load_checkpoint
     from edgevit.data.datasets import input_kind, load_dataset
-    from edgevit.data.scenes import preprocess_from_dict
+    from edgevit.data.preprocess import preprocess_from_dict
     from edgevit.train import evaluate_presets, preset_table
 
     ck = load_checkpoint(checkpoint, model, trust=trust_checkpoint)
@@ -245,9 +266,13 @@ def map_cmd(bundle, scene, out, preview, tile, backend, preset):
       edgevit map bundles/wetmapformer-jetson-orin SA1.mat --out SA1-classes.tif --tile 256
     """
     import json
+    from pathlib import Path
 
     import edgevit
+    from edgevit.files import output_file
 
+    out = output_file(out, "--out", default_name=f"{Path(scene).stem}-classes.tif")
+    preview = output_file(preview, "--preview") if preview else None
     with edgevit.load(bundle, backend=backend, presets=[preset] if preset else None) as rt:
         summary = rt.map_scene(scene, out, tile=tile, preset=preset, preview=preview)
     click.echo(json.dumps(summary, indent=2))
@@ -327,8 +352,9 @@ def _names(value):
 @click.option("--json", "json_out", default=None, metavar="FILE", help="[default: bench/<bundle>.json]")
 @click.option("--md", "md_out", default=None, metavar="FILE", help="[default: bench/<bundle>.md]")
 @click.option("--plot", "plot_out", default=None, metavar="FILE.png", help="[default: bench/<bundle>.png]")
+@click.option("--no-plot", is_flag=True, help="Write no plot (also skipped, with a note, without matplotlib).")
 def bench_cmd(bundle, presets, backends, batches, threads, warmup, duration, iterations, repeats, accuracy, no_baseline,
-              power_modes, json_out, md_out, plot_out):
+              power_modes, json_out, md_out, plot_out, no_plot):
     """Latency, throughput, memory, accuracy and energy of every preset and backend, beside torch eager.
 
     \b
@@ -350,23 +376,43 @@ def bench_cmd(bundle, presets, backends, batches, threads, warmup, duration, ite
     from edgevit.bench.report import plot, to_markdown, to_text, write_json
     from edgevit.bench.run import BenchOptions, run_bench
 
+    from edgevit.bundle import read_manifest
+    from edgevit.files import output_file
+
     if duration is not None and iterations is not None:
         raise EdgevitError("give --duration or --iterations, not both")
+    name = read_manifest(bundle)["name"]
+    json_out, md_out, plot_out = (output_file(p if p else Path("bench") / f"{name}.{ext}", f"--{opt}",
+                                              default_name=f"{name}.{ext}")
+                                  for p, ext, opt in ((json_out, "json", "json"), (md_out, "md", "md"),
+                                                      (plot_out, "png", "plot")))
     result = run_bench(BenchOptions(
         bundle=bundle, presets=_names(presets), backends=_names(backends), batches=batches, threads=threads,
         warmup_s=warmup, duration_s=None if iterations else (duration or 1.5), iterations=iterations,
         repeats=repeats, accuracy=accuracy, baseline=not no_baseline, power_modes=_names(power_modes),
         log=lambda m: click.echo(m, err=True)))
-    name = result["bundle"]["name"]
-    json_out, md_out, plot_out = (Path(p) if p else Path("bench") / f"{name}.{ext}"
-                                  for p, ext in ((json_out, "json"), (md_out, "md"), (plot_out, "png")))
     for p in (json_out, md_out, plot_out):
         p.parent.mkdir(parents=True, exist_ok=True)
     click.echo(to_text(result))
     write_json(result, json_out)
     md_out.write_text(to_markdown(result))
-    plot(result, plot_out)
-    click.echo(f"\nwrote {json_out}, {md_out}, {plot_out}", err=True)
+    wrote = [str(json_out), str(md_out)]
+    if _can_plot(no_plot):
+        plot(result, plot_out)
+        wrote.append(str(plot_out))
+    click.echo(f"\nwrote {', '.join(wrote)}", err=True)
+
+
+def _can_plot(no_plot: bool) -> bool:
+    """Plots are an extra: without matplotlib the command still runs and says what it skipped."""
+    if no_plot:
+        return False
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        click.echo("note: plot skipped: matplotlib is not installed (pip install 'edgevit[build]')", err=True)
+        return False
+    return True
 
 
 
@@ -388,7 +434,8 @@ def bench_cmd(bundle, presets, backends, batches, threads, warmup, duration, ite
 @click.option("--backend", default=None, help="Engines to use (default: the bundle's primary backend).")
 @click.option("--plot", "plot_out", default=None, metavar="FILE.png", help="[default: bench/<bundle>-simulate.png]")
 @click.option("--json", "json_out", default=None, metavar="FILE", help="Write the whole result as JSON.")
-def simulate_cmd(bundle, trace, policy, dry, step, fps, power_w, min_dwell, backend, plot_out, json_out):
+@click.option("--no-plot", is_flag=True, help="Write no plot (also skipped, with a note, without matplotlib).")
+def simulate_cmd(bundle, trace, policy, dry, step, fps, power_w, min_dwell, backend, plot_out, json_out, no_plot):
     """Replay a battery/load/temperature trace against a bundle and a switching policy.
 
     Prints the timeline of switches with their reasons, the time spent on each preset, the mean accuracy
@@ -407,17 +454,23 @@ def simulate_cmd(bundle, trace, policy, dry, step, fps, power_w, min_dwell, back
     import json
     from pathlib import Path
 
+    from edgevit.bundle import read_manifest
+    from edgevit.files import output_file
     from edgevit.runtime.simulate import SimOptions, plot, simulate, summary_text
 
+    name = read_manifest(bundle)["name"]
+    plot_out = output_file(plot_out or Path("bench") / f"{name}-simulate.png", "--plot",
+                           default_name=f"{name}-simulate.png")
+    json_out = output_file(json_out, "--json", default_name=f"{name}-simulate.json") if json_out else None
     r = simulate(SimOptions(bundle=bundle, trace=trace, policy=policy, dry=dry, step_s=step, fps=fps,
                             power_w=power_w, min_dwell_s=min_dwell, backend=backend))
     click.echo(summary_text(r))
-    plot_out = Path(plot_out) if plot_out else Path("bench") / f"{r['bundle']}-simulate.png"
-    plot_out.parent.mkdir(parents=True, exist_ok=True)
-    plot(r, plot_out)
     if json_out:
-        Path(json_out).write_text(json.dumps(r, indent=2, default=str) + "\n")
-    click.echo(f"\nplot: {plot_out}", err=True)
+        json_out.write_text(json.dumps(r, indent=2, default=str) + "\n")
+    if _can_plot(no_plot):
+        plot_out.parent.mkdir(parents=True, exist_ok=True)
+        plot(r, plot_out)
+        click.echo(f"\nplot: {plot_out}", err=True)
 
 
 @cli.group("profiles", invoke_without_command=True)

@@ -233,11 +233,10 @@ def parse_profile(data: Any, source: str) -> Profile:
 def load_profile_file(path) -> Profile:
     import yaml
 
+    from edgevit.files import read_text
+
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise EdgevitError(f"profile {path}: cannot read it ({e.strerror})") from None
+    text = read_text(path, "profile")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

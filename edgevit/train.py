@@ -213,6 +213,10 @@ def _log(msg: str, dist: Dist) -> None:
 
 def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
     """Train ``cfg.model`` and write a checkpoint (rank 0). Returns a summary dict."""
+    from edgevit.files import output_file
+
+    # Checked before the long work: an existing folder takes the default file name inside it.
+    cfg.out = str(output_file(cfg.out, "--out", default_name=Path(default_checkpoint_path(cfg.model, cfg.data)).name))
     dist = setup_distributed()
     if cfg.threads and dist.world == 1:
         torch.set_num_threads(cfg.threads)

@@ -3,6 +3,20 @@ import pytest
 from edgevit.train import TrainConfig, train
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_compile_cache(tmp_path_factory):
+    """Compiled-engine caches of the tests stay out of the user's ~/.cache (subprocesses inherit this)."""
+    import os
+
+    old = os.environ.get("EDGEVIT_CACHE_DIR")
+    os.environ["EDGEVIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgevit-cache"))
+    yield
+    if old is None:
+        os.environ.pop("EDGEVIT_CACHE_DIR", None)
+    else:
+        os.environ["EDGEVIT_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def quick_checkpoint(tmp_path_factory):
     """SuperViT-nano after a few dozen steps on digits: far from converged, enough to build and compare."""

@@ -80,7 +80,7 @@ class Backend:
         try:
             importlib.import_module(self.library)
         except ImportError as e:
-            return False, f"{self.library} is not installed ({e})"
+            return False, f"{self.library} is not installed ({e}): pip install 'edgevit[{self.library}]'"
         return True, ""
 
     def recipes(self, precision: str, profile) -> list[Candidate]:

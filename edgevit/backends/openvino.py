@@ -28,6 +28,9 @@ def compile_config(settings: dict) -> dict:
            "NUM_STREAMS": str(settings.get("num_streams", 1))}
     if settings.get("threads"):
         cfg["INFERENCE_NUM_THREADS"] = int(settings["threads"])
+    if settings.get("cache_dir"):
+        # OpenVINO's model cache: a later load imports the compiled blob instead of compiling again.
+        cfg["CACHE_DIR"] = str(settings["cache_dir"])
     return cfg
 
 

@@ -127,6 +127,9 @@ def _torch_engines(bundle: Path, manifest: dict, presets: list[dict], threads: i
         return [], "skipped: torch is not installed on this host"
     from edgevit.checkpoints import load_checkpoint
 
+    # The baseline must be the model the engines were built from: a replaced model.pt would compare
+    # the engines with another network (and report its accuracy) without a word.
+    verify_files(bundle, manifest, [manifest["checkpoint"]])
     torch.set_num_threads(threads)
     before = _rss_mb()
     model = load_checkpoint(bundle / manifest["checkpoint"]).model.eval()
@@ -246,7 +249,7 @@ def attach_accuracy(results: list[dict], manifest: dict, engines: list[Engine], 
     data = None
     if remeasure:
         from edgevit.data.datasets import available_here, load_dataset
-        from edgevit.data.scenes import preprocess_from_dict
+        from edgevit.data.preprocess import preprocess_from_dict
         from edgevit.validate import run_engine
 
         name = manifest["data"]["name"]

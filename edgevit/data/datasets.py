@@ -139,7 +139,8 @@ def load_image_folder(root, crop: int, channels: int = 3, calib_fraction: float 
     from it, so the three splits stay disjoint) unless ``root/calib/<class>/*`` exists."""
     root = Path(root)
     if not root.is_dir():
-        raise EdgevitError(f"data folder {root} does not exist (expected {root}/train/<class>/*.jpg|png "
+        state = "is a file, not a folder" if root.exists() else "does not exist"
+        raise EdgevitError(f"data folder {root} {state} (expected {root}/train/<class>/*.jpg|png "
                            f"and {root}/val/<class>/...)")
     split_dirs = {k: root / k for k in ("train", "val", "calib")}
     for k in ("train", "val"):

@@ -1,4 +1,5 @@
-"""Preprocessing: one object from training to the device.
+"""Preprocessing: one object from training to the device (images: ``Preprocess``; scene patches:
+``PatchPreprocess``).
 
 ``Preprocess`` turns a PIL image or a uint8/float array into the model's normalised CHW float32 input using
 Pillow and numpy only, because the on-device runtime must not need torch. The same object is saved in
@@ -61,18 +62,12 @@ class Preprocess:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     # -- images ----------------------------------------------------------------------------------------
-    def to_image(self, x) -> Image.Image:
-        """Accept a PIL image, or an HxW / HxWxC array (uint8 0-255, or float in [0, 1])."""
-        if isinstance(x, Image.Image):
-            img = x
-        else:
-            a = np.asarray(x)
-            if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
-                raise EdgevitError(f"expected an HxW or HxWxC image array, got shape {a.shape}")
-            if a.dtype != np.uint8:
-                a = np.clip(a.astype(np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-            img = Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a)
+    def to_image(self, x, value_range=None) -> Image.Image:
+        """A PIL image from a file path, a PIL image of any mode, or one HxW / HxWxC array (see ``as_image``)."""
+        img = as_image(x, value_range)
         mode = "RGB" if self.channels == 3 else "L"
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):   # 16/32-bit grayscale: no direct RGB conversion
+            img = Image.fromarray(np.clip(np.asarray(img, np.float32), 0, 255).astype(np.uint8))
         return img if img.mode == mode else img.convert(mode)
 
     def _normalise(self, img: Image.Image) -> np.ndarray:
@@ -92,19 +87,35 @@ class Preprocess:
         left, top = (nw - self.crop) // 2, (nh - self.crop) // 2
         return self._normalise(img.crop((left, top, left + self.crop, top + self.crop)))
 
-    def batch(self, images) -> np.ndarray:
-        """NCHW float32 from a list of images, or an already-preprocessed CHW / NCHW float32 array."""
-        ready = (self.channels, self.crop, self.crop)
-        if isinstance(images, np.ndarray) and images.dtype == np.float32:
-            if images.ndim == 4 and images.shape[1:] == ready:
-                return images
-            if images.ndim == 3 and images.shape == ready:   # one preprocessed image, not C grayscale images
-                return images[None]
-        if isinstance(images, (Image.Image, np.ndarray)) and not _is_image_batch(images):
-            images = [images]
-        arrays = [self(im) for im in images]
-        return np.stack(arrays) if arrays else np.zeros((0, *ready), np.float32)
+    def batch(self, images, value_range=None, preprocessed: bool = False) -> np.ndarray:
+        """NCHW float32 model input from what ``Runtime.predict`` accepts (the input contract):
 
+        * file paths, PIL images of any mode, or a list of them or of arrays;
+        * one HxW or HxWxC array, or an NHWC stack (C = 1, 3 or 4);
+        * uint8 (0..255), other integers (0..255), floats in 0..1 or 0..255: ``value_range=(0, 1)`` or
+          ``(0, 255)`` says which, else the range is read from the values (above 1: 0..255), and checked;
+        * with ``preprocessed=True`` only: already-normalised CHW / NCHW float32 of the model's input size.
+
+        Anything else is an ``EdgevitError`` naming the expected shape, dtype and range."""
+        ready = (self.channels, self.crop, self.crop)
+        if preprocessed:
+            return _preprocessed(images, ready)
+        if images is None or isinstance(images, (bytes, dict)) or (np.isscalar(images) and not isinstance(images, str)):
+            raise EdgevitError(f"expected an image, a path, an array or a list of them, got {_describe(images)}")
+        if isinstance(images, (list, tuple)):
+            items = list(images)
+        elif isinstance(images, np.ndarray) and images.ndim == 4:
+            if images.shape[3] not in (1, 3, 4):
+                raise EdgevitError(f"a 4-D array must be NHWC images with 1, 3 or 4 channels (uint8 0..255 or float), "
+                                   f"got shape {images.shape} {images.dtype}"
+                                   + ("; for normalised NCHW input pass preprocessed=True" if
+                                      images.shape[1:] == ready else ""))
+            value_range = _check_array(images, value_range)   # the stack's range, so every image reads alike
+            items = list(images)
+        else:
+            items = [images]
+        arrays = [self(self.to_image(im, value_range)) for im in items]
+        return np.stack(arrays) if arrays else np.zeros((0, *ready), np.float32)
     def train(self, x, rng: random.Random) -> np.ndarray:
         """Training transform: random resized crop to ``crop`` (box sampled in source pixels) + flip."""
         img = self.to_image(x)
@@ -125,12 +136,150 @@ class Preprocess:
         return self._normalise(img)
 
 
-def _is_image_batch(x) -> bool:
-    # NHWC / NCHW stacks, or N grayscale HxW images (a 3-D array whose last axis is not a channel count).
-    return isinstance(x, np.ndarray) and (x.ndim == 4 or (x.ndim == 3 and x.shape[2] not in (1, 3, 4)))
+VALUE_RANGES = ((0, 1), (0, 255))
+
+
+def _describe(x) -> str:
+    if isinstance(x, np.ndarray):
+        return f"an array of shape {x.shape} {x.dtype}"
+    return f"{type(x).__name__} {x!r}"[:120]
+
+
+def _check_array(a: np.ndarray, value_range) -> tuple:
+    """Checks an image array's values and returns its value range (0, 1) or (0, 255)."""
+    if a.size == 0:
+        raise EdgevitError(f"empty image array of shape {a.shape}: expected HxW or HxWxC with H, W >= 1")
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise EdgevitError(f"image array of dtype {a.dtype}: expected uint8, an integer type, or float")
+    if value_range is not None and tuple(value_range) not in VALUE_RANGES:
+        raise EdgevitError(f"value_range={value_range!r}: expected (0, 1) or (0, 255)")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise EdgevitError(f"image array of shape {a.shape} holds NaN or inf: expected finite values in 0..1 or 0..255")
+    lo, hi = float(a.min()), float(a.max())
+    if value_range is None:
+        integer = np.issubdtype(a.dtype, np.integer)
+        value_range = (0, 255) if integer or hi > 1.0 else (0, 1)
+    if lo < value_range[0] or hi > value_range[1]:
+        raise EdgevitError(f"image array values span {lo:g}..{hi:g}, outside the {value_range[0]}..{value_range[1]} "
+                           f"range; images are uint8 0..255 or float "
+                           "0..1 / 0..255 (pass value_range), normalised input needs preprocessed=True")
+    return tuple(value_range)
+
+
+def as_image(x, value_range=None) -> Image.Image:
+    """One image as PIL: a path, a PIL image, or an HxW / HxWxC (C = 1, 3, 4) array whose values are checked."""
+    import os
+
+    if isinstance(x, Image.Image):
+        if x.width == 0 or x.height == 0:
+            raise EdgevitError(f"empty image ({x.width}x{x.height})")
+        return x
+    if isinstance(x, (str, os.PathLike)):
+        try:
+            with Image.open(x) as im:
+                im.load()
+                return as_image(im)
+        except (OSError, ValueError) as e:
+            raise EdgevitError(f"image {x}: cannot read it ({e})") from None
+    if x is None or np.isscalar(x) or not isinstance(x, (np.ndarray, list, tuple)):
+        raise EdgevitError(f"expected an image: a path, a PIL image or an HxW / HxWxC array, got {_describe(x)}")
+    a = np.asarray(x)
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+        raise EdgevitError(f"expected an HxW or HxWxC image array (C = 1, 3 or 4), got shape {a.shape} {a.dtype}"
+                           + ("; several images go in a list or an NHWC array" if a.ndim == 3 else ""))
+    vr = _check_array(a, value_range)
+    if a.dtype != np.uint8:
+        scale = 255.0 if vr == (0, 1) else 1.0
+        a = np.clip(a.astype(np.float64) * scale + 0.5, 0, 255).astype(np.uint8)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    return Image.fromarray(a)
+
+
+def _preprocessed(x, ready: tuple) -> np.ndarray:
+    a = np.asarray(x) if isinstance(x, np.ndarray) else None
+    if a is None or a.dtype != np.float32 or a.shape[-3:] != ready or a.ndim not in (3, 4):
+        raise EdgevitError(f"preprocessed=True takes normalised float32 CHW {ready} or NCHW (N, {ready[0]}, "
+                           f"{ready[1]}, {ready[2]}), got {_describe(x)}")
+    if not np.isfinite(a).all():
+        raise EdgevitError("preprocessed input holds NaN or inf")
+    return np.ascontiguousarray(a[None] if a.ndim == 3 else a)
 
 
 def imagenet_preprocess(crop: int, channels: int = 3) -> Preprocess:
     """DeiT's evaluation recipe: resize crop/0.875 bicubic, centre crop, ImageNet mean/std."""
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
     return Preprocess(resize=int(round(crop / 0.875)), crop=crop, mean=mean, std=std, channels=channels)
+
+
+@dataclass(frozen=True)
+class PatchPreprocess:
+    """Patches go to the model raw (filled): the per-band normalisation is inside the model. Carries the
+    statistics for the record, and the training augmentation (the reference's flip, rotation and zoom)."""
+
+    kind: str = "patches"
+    bands: int = 16
+    crop: int = 8
+    mean: tuple = ()
+    std: tuple = ()
+    hflip: float = 0.5
+    rotation: float = 0.02 * 360      # degrees, +-
+    zoom: float = 0.2
+    version: int = field(default=1, repr=False)
+
+    @property
+    def channels(self) -> int:
+        return self.bands
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PatchPreprocess":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise EdgevitError(f"preprocess: unknown field(s) {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def __call__(self, patch) -> np.ndarray:
+        from edgevit.data.rasters import fill_invalid
+
+        p = np.asarray(patch, dtype=np.float32)
+        if p.shape != (self.bands, self.crop, self.crop):
+            raise EdgevitError(f"expected a ({self.bands}, {self.crop}, {self.crop}) patch, got {p.shape}")
+        return fill_invalid(p)
+
+    def batch(self, patches, value_range=None, preprocessed: bool = False) -> np.ndarray:
+        """(N, bands, 8, 8) raw patches; NaN and fill values are expected (they are filled, as in training),
+        and the normalisation is inside the model, so ``value_range`` and ``preprocessed`` change nothing."""
+        if patches is None or np.isscalar(patches):
+            raise EdgevitError(f"expected (N, {self.bands}, {self.crop}, {self.crop}) patches, got {patches!r}")
+        a = np.asarray(patches, dtype=np.float32)
+        if a.ndim == 3:
+            a = a[None]
+        if a.ndim != 4 or a.shape[1:] != (self.bands, self.crop, self.crop):
+            raise EdgevitError(f"expected (N, {self.bands}, {self.crop}, {self.crop}) patches, got {a.shape}")
+        from edgevit.data.rasters import fill_invalid
+
+        return fill_invalid(a)
+
+    def train(self, patch, rng: random.Random) -> np.ndarray:
+        from scipy.ndimage import affine_transform
+
+        p = np.asarray(patch, dtype=np.float32)
+        if self.hflip and rng.random() < self.hflip:
+            p = p[:, :, ::-1]
+        angle = np.deg2rad(rng.uniform(-self.rotation, self.rotation))
+        scale = 1.0 + rng.uniform(-self.zoom, self.zoom)
+        c, s = np.cos(angle) * scale, np.sin(angle) * scale
+        m = np.array([[c, -s], [s, c]])
+        centre = (self.crop - 1) / 2
+        offset = centre - m @ np.array([centre, centre])
+        return np.stack([affine_transform(b, m, offset, order=1, mode="reflect") for b in p]).astype(np.float32)
+
+
+def preprocess_from_dict(d: dict):
+    """The preprocessing a checkpoint or bundle records: images (``Preprocess``) or patches."""
+    if d.get("kind") == "patches":
+        return PatchPreprocess.from_dict(d)
+    return Preprocess.from_dict(d)

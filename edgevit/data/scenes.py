@@ -20,79 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from edgevit.data.datasets import Dataset, _stratified
+from edgevit.data.preprocess import PatchPreprocess, preprocess_from_dict  # noqa: F401 - re-exported
 from edgevit.data.rasters import CUBE_SUFFIXES, fill_invalid, open_raster, read_labels, write_geotiff
 from edgevit.errors import EdgevitError
 
 MARGIN = 4
 SPLIT_SEED = 345                 # the reference's train_test_split random_state
 SPLIT = {"train": 0.6, "calib": 0.1, "val": 0.3}
-
-
-@dataclass(frozen=True)
-class PatchPreprocess:
-    """Patches go to the model raw (filled): the per-band normalisation is inside the model. Carries the
-    statistics for the record, and the training augmentation (the reference's flip, rotation and zoom)."""
-
-    kind: str = "patches"
-    bands: int = 16
-    crop: int = 8
-    mean: tuple = ()
-    std: tuple = ()
-    hflip: float = 0.5
-    rotation: float = 0.02 * 360      # degrees, +-
-    zoom: float = 0.2
-    version: int = field(default=1, repr=False)
-
-    @property
-    def channels(self) -> int:
-        return self.bands
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PatchPreprocess":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise EdgevitError(f"preprocess: unknown field(s) {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-    def __call__(self, patch) -> np.ndarray:
-        p = np.asarray(patch, dtype=np.float32)
-        if p.shape != (self.bands, self.crop, self.crop):
-            raise EdgevitError(f"expected a ({self.bands}, {self.crop}, {self.crop}) patch, got {p.shape}")
-        return fill_invalid(p)
-
-    def batch(self, patches) -> np.ndarray:
-        a = np.asarray(patches, dtype=np.float32)
-        if a.ndim == 3:
-            a = a[None]
-        if a.ndim != 4 or a.shape[1:] != (self.bands, self.crop, self.crop):
-            raise EdgevitError(f"expected (N, {self.bands}, {self.crop}, {self.crop}) patches, got {a.shape}")
-        return fill_invalid(a)
-
-    def train(self, patch, rng: random.Random) -> np.ndarray:
-        from scipy.ndimage import affine_transform
-
-        p = np.asarray(patch, dtype=np.float32)
-        if self.hflip and rng.random() < self.hflip:
-            p = p[:, :, ::-1]
-        angle = np.deg2rad(rng.uniform(-self.rotation, self.rotation))
-        scale = 1.0 + rng.uniform(-self.zoom, self.zoom)
-        c, s = np.cos(angle) * scale, np.sin(angle) * scale
-        m = np.array([[c, -s], [s, c]])
-        centre = (self.crop - 1) / 2
-        offset = centre - m @ np.array([centre, centre])
-        return np.stack([affine_transform(b, m, offset, order=1, mode="reflect") for b in p]).astype(np.float32)
-
-
-def preprocess_from_dict(d: dict):
-    """The preprocessing a checkpoint or bundle records: images (``Preprocess``) or patches."""
-    if d.get("kind") == "patches":
-        return PatchPreprocess.from_dict(d)
-    from edgevit.data.preprocess import Preprocess
-
-    return Preprocess.from_dict(d)
 
 
 @dataclass

@@ -53,10 +53,7 @@ def map_scene(runtime, scene, out, tile: int = 128, preset: str | None = None, p
     if raster.bands != pre.bands:
         raise EdgevitError(f"scene {scene} has {raster.bands} bands; the bundle's model takes {pre.bands}")
     name = preset or runtime.current
-    runner = runtime._runners.get(name)
-    if runner is None:
-        runtime.preset(name)
-        raise EdgevitError(f"preset {name} has no engine loaded")
+    runner = runtime.runner(name)
     if len(runtime.labels) > 254:
         raise EdgevitError(f"{len(runtime.labels)} classes do not fit a uint8 class map")
     out = Path(out)

@@ -31,6 +31,10 @@ def _level_index(level: int, levels: int, n: int) -> int:
 class Policy:
     name = "policy"
 
+    def signals(self) -> set[str]:
+        """The signal names this policy reads (``edgevit.runtime.signals.SIGNALS``)."""
+        return set()
+
     def propose(self, signals: dict, ladder: list, current: int) -> Proposal:  # pragma: no cover
         raise NotImplementedError
 
@@ -63,6 +67,10 @@ class ThresholdPolicy(Policy):
     higher_is_worse = True
 
     def __init__(self, thresholds: list[float], hysteresis: float):
+        from edgevit.runtime.signals import SIGNALS
+
+        if self.signal not in SIGNALS:   # a misspelt signal would read as "unavailable" forever
+            raise EdgevitError(f"policy {self.name}: unknown signal {self.signal!r}; known signals: {', '.join(SIGNALS)}")
         if not thresholds:
             raise EdgevitError(f"policy {self.name}: thresholds must not be empty")
         if hysteresis < 0:
@@ -70,6 +78,9 @@ class ThresholdPolicy(Policy):
         self.thresholds = sorted(float(t) for t in thresholds)
         self.hysteresis = float(hysteresis)
         self.level = 0
+
+    def signals(self) -> set[str]:
+        return {self.signal}
 
     def _crossed(self, value: float, margin: float) -> int:
         if self.higher_is_worse:
@@ -145,6 +156,9 @@ class LatencyPolicy(Policy):
         self.deadline_ms, self.margin, self.queue_limit = float(deadline_ms), float(margin), int(queue_limit)
         self.hysteresis = hysteresis_pct / 100.0
 
+    def signals(self) -> set[str]:
+        return {"latency_p90_ms", "queue_depth"}
+
     def propose(self, signals, ladder, current):
         live = signals.get("latency_p90_ms") or {}
         budget = self.deadline_ms * self.margin
@@ -164,6 +178,10 @@ class LatencyPolicy(Policy):
             best, why = 0, f"no preset meets {budget:.2f} ms: cheapest"
         else:
             why = f"p90 {p90s[best]:.2f} ms <= {budget:.2f} ms (deadline {self.deadline_ms:g} x {self.margin:g})"
+        if best < current < len(p90s) and p90s[current] is not None:
+            # The measurement that forces the move: the current preset's own p90.
+            src = "measured" if ladder[current].name in live else "build-host"
+            why = f"{ladder[current].name} {src} p90 {p90s[current]:.2f} ms > {budget:.2f} ms budget; " + why
         queue = int(signals.get("queue_depth") or 0)
         if queue > self.queue_limit:
             best = max(0, best - (queue - self.queue_limit))
@@ -180,6 +198,9 @@ class CompositePolicy(Policy):
         if not policies:
             raise EdgevitError("policy composite: needs at least one member policy")
         self.policies = policies
+
+    def signals(self) -> set[str]:
+        return set().union(*(p.signals() for p in self.policies))
 
     def propose(self, signals, ladder, current):
         proposals = [(p, p.propose(signals, ladder, current)) for p in self.policies]

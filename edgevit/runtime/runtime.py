@@ -6,6 +6,7 @@ checked against the manifest's sha256 before they are loaded.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import defaultdict, deque
@@ -16,9 +17,11 @@ import numpy as np
 
 from edgevit.backends.base import EngineSpec, get_backend
 from edgevit.bundle import read_manifest, verify_files
-from edgevit.data.scenes import preprocess_from_dict
+from edgevit.data.preprocess import preprocess_from_dict
 from edgevit.errors import EdgevitError
 from edgevit.validate import run_engine
+
+log = logging.getLogger("edgevit.runtime")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,22 @@ class Prediction:
     indices: np.ndarray          # (N,) class indices
     labels: list                 # (N,) class names
     logits: np.ndarray           # (N, classes)
+    probabilities: np.ndarray = None    # (N, classes): softmax of the logits
+    top_k: np.ndarray = None            # (N, k) class indices, most probable first
+
+    def top(self, k: int = 5, names: list | None = None) -> list[list[tuple]]:
+        """Per image, the k most probable ``(label, probability)`` pairs."""
+        order = np.argsort(-self.probabilities, axis=-1)[:, :k]
+        names = names or self._names
+        return [[(names[j], float(self.probabilities[i, j])) for j in row] for i, row in enumerate(order)]
+
+    _names: list = None
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 class Runtime:
@@ -111,8 +130,13 @@ class Runtime:
         with self._lock:
             self._current = name
 
-    def predict(self, images, preset: str | None = None) -> Prediction:
-        """Class predictions for a PIL image, an image array, a list of them, or a preprocessed NCHW array."""
+    def predict(self, images, preset: str | None = None, *, value_range=None, preprocessed: bool = False,
+                top_k: int = 5) -> Prediction:
+        """Class predictions, with probabilities and the ``top_k`` classes, for: a file path, a PIL image (any
+        mode), an HxW / HxWxC array, an NHWC array, or a list of these. uint8 arrays are 0..255; float arrays
+        are 0..1 or 0..255 (``value_range``, else read from the values and checked). Already-normalised NCHW
+        float32 input needs ``preprocessed=True``. Anything else raises ``EdgevitError`` naming what is
+        expected. The bundle's own preprocessing is applied."""
         name = preset or self._current          # read once: the whole request runs on this preset
         if name not in self._runners:
             self.preset(name)
@@ -120,19 +144,24 @@ class Runtime:
         runner = self._runners[name]
         with self._lock:
             self._in_flight += 1
-        t0 = time.perf_counter()
+        n = 0
         try:
-            return self._predict(runner, name, images)
+            x = self.preprocess.batch(images, value_range=value_range, preprocessed=preprocessed)
+            n = len(x)
+            t0 = time.perf_counter()       # the engine's time: bad input and decoding are not the preset's cost
+            logits = run_engine(runner, x) if n else np.zeros((0, len(self.labels)), np.float32)
         finally:
-            self._latency[name].append((time.monotonic(), (time.perf_counter() - t0) * 1e3))
+            if n:
+                # Per image: an 8-image call is 8 requests of its per-image time, not one slow request.
+                per_image = (time.perf_counter() - t0) * 1e3 / n
+                self._latency[name].append((time.monotonic(), per_image))
             with self._lock:
                 self._in_flight -= 1
-
-    def _predict(self, runner, name: str, images) -> Prediction:
-        x = self.preprocess.batch(images)
-        logits = run_engine(runner, x) if len(x) else np.zeros((0, len(self.labels)), np.float32)
         idx = logits.argmax(-1)
-        return Prediction(name, idx, [self.labels[i] for i in idx], logits)
+        probs = softmax(logits) if n else np.zeros_like(logits)
+        k = max(1, min(int(top_k), logits.shape[-1]))
+        top = np.argsort(-probs, axis=-1)[:, :k]
+        return Prediction(name, idx, [self.labels[i] for i in idx], logits, probs, top, self.labels)
 
     def map_scene(self, scene, out, tile: int = 128, preset: str | None = None, preview=None,
                   progress: bool = True) -> dict:
@@ -163,10 +192,50 @@ def _preset_info(p: dict, entry: dict, backend: str, default: bool) -> PresetInf
                       backend)
 
 
-def default_backend(manifest: dict, preset: dict) -> str:
+def default_backend(manifest: dict, preset: dict, installed=None) -> str:
     """The backend that runs ``preset`` when the caller names none: the build's measured choice, else the
-    target's primary backend (bundles built before the choice was recorded)."""
-    return (preset.get("default") or {}).get("backend") or manifest["backend"]
+    target's primary backend (bundles built before the choice was recorded). With ``installed`` (a
+    predicate), a backend whose library this device lacks gives way to the next of the bundle's backends
+    with a usable engine, so a device with only ONNX Runtime still runs a bundle whose fastest engines
+    were OpenVINO's."""
+    first = (preset.get("default") or {}).get("backend") or manifest["backend"]
+    if installed is None or installed(first):
+        return first
+    for b in [first, *manifest.get("backends", [])]:
+        if preset["engines"].get(b, {}).get("status") == "ok" and installed(b):
+            return b
+    return first
+
+
+def compile_cache_dir(backend: str, sha256: str) -> str | None:
+    """A per-user directory for ``backend``'s compiled form of the engine whose file has ``sha256``
+    ($EDGEVIT_CACHE_DIR, else $XDG_CACHE_HOME/edgevit, else ~/.cache/edgevit); None if it cannot be made.
+    Keyed by the engine's content, so a rebuilt engine never meets a stale blob."""
+    import os
+
+    root = os.environ.get("EDGEVIT_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgevit"
+    path = Path(root) / "compiled" / backend / sha256[:24]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        log.info("no compile cache for %s engines: cannot create %s (%s)", backend, path, e.strerror)
+        return None
+    return str(path)
+
+
+class _Installed:
+    """Whether a backend's library imports here, asked once per backend."""
+
+    def __init__(self):
+        self.known: dict[str, bool] = {}
+
+    def __call__(self, backend: str) -> bool:
+        if backend not in self.known:
+            try:
+                self.known[backend] = get_backend(backend).available()[0]
+            except EdgevitError:
+                self.known[backend] = False
+        return self.known[backend]
 
 
 def _backend_label(names: list[str]) -> str:
@@ -198,11 +267,15 @@ def load_info(bundle, backend: str | None = None) -> Runtime:
     return Runtime(bundle, manifest, _backend_label(used), {}, infos)
 
 
-def load(bundle, backend: str | None = None, presets: list[str] | None = None, verify: bool = True) -> Runtime:
+def load(bundle, backend: str | None = None, presets: list[str] | None = None, verify: bool = True,
+         cache: bool = True) -> Runtime:
     """Open a bundle directory and load every preset's engine (or only ``presets``).
 
     With no ``backend``, each preset runs the engine the build measured fastest among its backends (the
     manifest's per-preset ``default``); a backend's library is imported only if some preset uses it."""
+    import psutil
+
+    t0, rss0 = time.perf_counter(), psutil.Process().memory_info().rss
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     chosen = manifest["presets"] if presets is None else [p for p in manifest["presets"] if p["name"] in presets]
@@ -210,8 +283,14 @@ def load(bundle, backend: str | None = None, presets: list[str] | None = None, v
         known = [p["name"] for p in manifest["presets"]]
         raise EdgevitError(f"unknown preset(s) {sorted(set(presets) - set(known))}; this bundle has: {', '.join(known)}")
     runners, infos, used = {}, [], []
+    installed = _Installed()
     for p in chosen:
-        b = backend or default_backend(manifest, p)
+        b = backend or default_backend(manifest, p, installed)
+        if not installed(b):
+            raise EdgevitError(f"bundle {bundle}: preset {p['name']} runs on {b}, which is not installed here: "
+                               f"pip install 'edgevit[{b}]'" + ("" if backend else
+                                                               " (or install any backend the bundle has: "
+                                                               + ", ".join(manifest.get("backends", [])) + ")"))
         entry = p["engines"].get(b)
         if entry is None:
             raise EdgevitError(f"bundle {bundle}: preset {p['name']} has no {b} engine; it has "
@@ -222,8 +301,14 @@ def load(bundle, backend: str | None = None, presets: list[str] | None = None, v
         spec = EngineSpec(**entry["engine"])
         if verify:
             verify_files(bundle, manifest, spec.files)
+        sha = manifest["files"].get(spec.file)
+        if cache and b == "openvino" and sha:
+            spec.settings = {**spec.settings, "cache_dir": compile_cache_dir(b, sha)}
         runners[p["name"]] = get_backend(b).load(bundle, spec)
         infos.append(_preset_info(p, entry, b, backend is None))
         used.append(b)
     infos.sort(key=lambda i: (i.gflops, -i.resolution))
-    return Runtime(bundle, manifest, _backend_label(used), runners, infos)
+    rt = Runtime(bundle, manifest, _backend_label(used), runners, infos)
+    log.info("loaded %s: %d presets on %s in %.2f s, +%.0f MB resident", bundle, len(runners), rt.backend,
+             time.perf_counter() - t0, (psutil.Process().memory_info().rss - rss0) / 2 ** 20)
+    return rt

@@ -198,11 +198,10 @@ class TraceSource(Source):
 
 
 def load_trace(path) -> list[dict]:
+    from edgevit.files import read_text
+
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise EdgevitError(f"trace {path}: cannot read it ({e.strerror})") from None
+    text = read_text(path, "trace")
     reader = csv.DictReader(text.splitlines())
     if reader.fieldnames is None or "time_s" not in reader.fieldnames:
         raise EdgevitError(f"trace {path}: the header must start with time_s; expected columns "
@@ -211,7 +210,13 @@ def load_trace(path) -> list[dict]:
     if unknown:
         raise EdgevitError(f"trace {path}: unknown column {unknown[0]!r}; expected {', '.join(TRACE_COLUMNS)}")
     rows, last_t = [], float("-inf")
+    width = len(reader.fieldnames)
     for n, raw in enumerate(reader, start=2):
+        cells = len(raw) - (1 if None in raw else 0) + len(raw.get(None) or [])
+        missing = [k for k, v in raw.items() if k is not None and v is None]
+        if None in raw or missing:   # csv fills short rows with None and collects extra cells under None
+            raise EdgevitError(f"trace {path}, line {n}: {cells - len(missing)} cells, the header has {width} "
+                               f"(leave a cell empty, not out, when a signal was not measured)")
         row = {}
         for col in TRACE_COLUMNS:
             v = (raw.get(col) or "").strip()
@@ -238,13 +243,13 @@ def load_trace(path) -> list[dict]:
         last_t = row["time_s"]
         if row["battery_pct"] is not None and not 0 <= row["battery_pct"] <= 100:
             raise EdgevitError(f"trace {path}, line {n}, battery_pct: {row['battery_pct']} is outside 0..100")
+        if row["cpu_load"] is not None and not 0 <= row["cpu_load"] <= 100:
+            raise EdgevitError(f"trace {path}, line {n}, cpu_load: {row['cpu_load']:g} is outside 0..1 (fraction) "
+                               f"or 0..100 (percent)")
         rows.append(row)
     if not rows:
         raise EdgevitError(f"trace {path}: no rows after the header")
     loads = [r["cpu_load"] for r in rows if r["cpu_load"] is not None]
-    if loads and (min(loads) < 0 or max(loads) > 100.0):
-        raise EdgevitError(f"trace {path}, cpu_load: {min(loads) if min(loads) < 0 else max(loads)} is outside "
-                           f"0..1 (fraction) or 0..100 (percent)")
     if loads and max(loads) > 1.0:
         for r in rows:
             if r["cpu_load"] is not None:

@@ -38,10 +38,11 @@ def load_policy(policy: str, runtime_section: dict) -> tuple[Policy, dict]:
     if path.suffix in (".yaml", ".yml") or path.is_file():
         import yaml
 
+        from edgevit.files import read_text
+
+        text = read_text(path, "policy file")
         try:
-            spec = yaml.safe_load(path.read_text())
-        except OSError as e:
-            raise EdgevitError(f"policy file {path}: cannot read it ({e.strerror})") from None
+            spec = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise EdgevitError(f"policy file {path}: not valid YAML ({getattr(e, 'problem', e)})") from None
         pol = build_policy(spec, f"policy file {path}")
@@ -102,7 +103,13 @@ def simulate(opts: SimOptions) -> dict:
         t += opts.step_s
     rt.close()
     ladder = [p.name for p in rt.candidates]
+    # A policy whose signal the trace never carries abstained throughout: say so, or the run looks fine.
+    measured = {"latency_p90_ms", "queue_depth"}
+    seen = {k for row in timeline for k, v in row.items() if v is not None}
+    notes = [f"{s} is absent from the whole trace: the policies that read it abstained throughout"
+             for s in sorted(policy.signals() - measured - seen)]
     return {
+        "notes": notes,
         "bundle": manifest["name"], "policy": policy.describe(), "dry": opts.dry, "settings": settings,
         "ladder": ladder, "switches": [e.__dict__ | {"signals": {k: v for k, v in e.signals.items()
                                                                  if k != "latency_p90_ms"}} for e in sw.events],
@@ -126,6 +133,7 @@ def summary_text(r: dict) -> str:
         if name in r["time_per_preset_s"]:
             s = r["time_per_preset_s"][name]
             lines.append(f"  {name:<12} {s:9.1f} s  {100 * s / max(1e-9, sum(r['time_per_preset_s'].values())):5.1f}%")
+    lines += [f"note: {n}" for n in r.get("notes", [])]
     lines += ["", f"mean top-1 over {r['frames']:.0f} frames: {100 * r['mean_top1']:.2f}%",
               f"estimated energy: {r['energy_j_estimate']:.1f} J (inference time x {r['power_w_assumed']} W assumed)"]
     return "\n".join(lines)

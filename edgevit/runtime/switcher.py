@@ -17,6 +17,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
+from edgevit.errors import EdgevitError
 from edgevit.runtime.policies import Policy
 
 log = logging.getLogger("edgevit.switcher")
@@ -64,12 +65,20 @@ class Switcher:
         self.callbacks.append(fn)
 
     def read_signals(self, now: float) -> dict:
+        from edgevit.runtime.signals import SIGNALS
+
         readings = {}
         for s in self.sources:
             try:
-                readings.update(s.read(now))
+                got = s.read(now)
             except Exception as e:  # a flaky sensor must not stop the device program
                 log.warning("signal source %s failed: %s", s.name, e)
+                continue
+            unknown = sorted(set(got) - set(SIGNALS))
+            if unknown:   # a misspelt name would leave its policy "unavailable" forever: say so instead
+                raise EdgevitError(f"signal source {s.name} reports unknown signal(s) {', '.join(unknown)}; "
+                                   f"known signals: {', '.join(SIGNALS)}")
+            readings.update(got)
         return readings
 
     def _debounced(self, readings: dict) -> dict:
