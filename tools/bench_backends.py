@@ -104,6 +104,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=20, help="round-robin rounds (each times every engine)")
     ap.add_argument("--reps", type=int, default=5, help="inferences per engine per round")
     ap.add_argument("--bundle", default=None, help="measure this bundle instead of building one")
+    ap.add_argument("--work", default=None, help="build in this folder and keep it (default: a temporary one)")
     ap.add_argument("--json", default=None, help="write the figures here")
     ap.add_argument("--md", default=None, help="write the Markdown table here")
     args = ap.parse_args()
@@ -118,6 +119,9 @@ def main() -> int:
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     names = [p.strip() for p in args.presets.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
+        if args.work:
+            tmp = args.work
+            Path(tmp).mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         bundle = Path(args.bundle) if args.bundle else build_bundle(args.model, names, Path(tmp), log)
         build_s = time.perf_counter() - t0
