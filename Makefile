@@ -22,7 +22,7 @@ demo: setup
 	$(VENV)/bin/edgevit inspect bundles/supervit-nano-x86-cpu
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

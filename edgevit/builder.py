@@ -48,6 +48,7 @@ class BuildOptions:
     max_top1_drop: float | None = None
     min_agreement: float | None = None
     calib_samples: int | None = None
+    shared_weights: bool | None = None   # one engine per backend for every preset (SuperViT)
     cache_dir: str = ".edgevit-cache"
     trust_checkpoint: bool = False
     include_checkpoint: bool = True
@@ -313,7 +314,8 @@ def resolve_profile(opts: BuildOptions) -> Profile:
     return profile.with_overrides(**{"batch": opts.batch, "precision": opts.precision,
                                      "accuracy.max_top1_drop": opts.max_top1_drop,
                                      "accuracy.min_agreement": opts.min_agreement,
-                                     "calibration.samples": opts.calib_samples})
+                                     "calibration.samples": opts.calib_samples,
+                                     "shared_weights": opts.shared_weights})
 
 
 def available_backends(profile: Profile, log) -> tuple[list, dict]:
@@ -333,6 +335,15 @@ def available_backends(profile: Profile, log) -> tuple[list, dict]:
     if not backends:
         raise EdgevitError(f"none of the target's backends ({', '.join(profile.backends)}) is available here")
     return backends, unavailable
+
+
+def _preset_record(p, onnx_rel: str, export_report: dict, ref: np.ndarray, vy: np.ndarray) -> dict:
+    """A preset's manifest record before its engines are chosen."""
+    return {"name": p.name, "resolution": p.resolution, "keep_rate": p.keep_rate, "flops": p.flops,
+            "gflops": round(p.gflops, 6), "params": p.params, "onnx": onnx_rel, "export": export_report,
+            "torch": {"top1": float((ref.argmax(-1) == vy).mean()), "kappa": cohen_kappa(ref.argmax(-1), vy),
+                      "samples": int(len(vy))},
+            "engines": {}}
 
 
 def engine_mix(entries: list[dict]) -> dict:
@@ -400,9 +411,22 @@ def build(opts: BuildOptions) -> Path:
     scene = getattr(model, "input_kind", "images") == "patches"
     acc = "OA" if scene else "top-1"     # per-pixel mapping reports overall accuracy and Cohen's kappa
     calib_digest = array_digest(cx)
+    shared = profile.shared_weights
+    if shared and (not hasattr(model, "pos_embed_list") or "tensorrt" in [b.name for b in backends]):
+        raise EdgevitError(f"--shared-weights (profile shared_weights) is built for SuperViT models on OpenVINO and "
+                           f"ONNX Runtime; {model.variant} on {', '.join(b.name for b in backends)} is not")
     with BundleWriter(out) as writer:
         tmp = writer.tmp
         entries, refs, work = [], {}, {}
+        if shared:
+            from edgevit import shared_build
+
+            shared_src, shared_report, shared_hit = shared_build.export_cached(
+                model, weights, vx[:max(64, profile.batch)], profile, cache)
+            shared_build.copy_into(shared_src, tmp)
+            shared_build.write_inputs(model, tmp)
+            log(f"[export] every preset in one graph {'(cached)' if shared_hit else 'done'}: parity "
+                f"{shared_report['parity_max_abs']:.1e} over {shared_report['presets_checked']} presets")
         for i, p in enumerate(presets, 1):
             t0 = time.perf_counter()
             with torch.inference_mode():
@@ -410,6 +434,10 @@ def build(opts: BuildOptions) -> Path:
                                       for j in range(0, len(vx), 256)])
             torch_top1 = float((ref.argmax(-1) == vy).mean())
             refs[p.name] = ref
+            if shared:
+                entries.append(_preset_record(p, shared_build.ONNX_FILE, shared_report, ref, vy))
+                log(f"[{i:>2}/{len(presets)}] {p.name:<10} torch {acc} {100 * torch_top1:.2f}%")
+                continue
             onnx_src, export_report, hit = export_cached(model, p, weights, vx[:max(64, profile.batch)], profile,
                                                         cache)
             onnx_rel = Path("onnx") / f"{p.name}.onnx"
@@ -423,21 +451,24 @@ def build(opts: BuildOptions) -> Path:
                                                               torch_top1, cache, tmp, calib_digest)
                 line.append(_candidates_line(b.name, c, acc, scene))
             log(" | ".join(line) + f"  ({time.perf_counter() - t0:.1f} s)")
-            entries.append({"name": p.name, "resolution": p.resolution, "keep_rate": p.keep_rate, "flops": p.flops,
-                            "gflops": round(p.gflops, 6), "params": p.params, "onnx": onnx_rel.as_posix(),
-                            "export": export_report, "torch": {"top1": torch_top1, "kappa": cohen_kappa(ref.argmax(-1), vy),
-                                                               "samples": int(len(vy))},
-                            "engines": {}})
+            entries.append(_preset_record(p, onnx_rel.as_posix(), export_report, ref, vy))
 
-        if measure:
+        if shared:
+            chosen = shared_build.build_shared(model, presets, backends, profile, cx, vx, vy, refs,
+                                               tmp / shared_build.ONNX_FILE, cache, tmp, measure, calib_digest, log)
+        elif measure:
             measure_candidates(backends, tmp, work, vx, log)
         for e in entries:
             for b in backends:
-                e["engines"][b.name] = engine_entry(work[(e["name"], b.name)], tmp, profile, measure)
+                e["engines"][b.name] = (chosen[e["name"]][b.name] if shared else
+                                        engine_entry(work[(e["name"], b.name)], tmp, profile, measure))
             for name, why in unavailable.items():
                 e["engines"][name] = {"status": "unavailable", "reason": why}
-            default, why = choose_backend(e["engines"], [b.name for b in backends], measure)
-            e["default"] = {"backend": default, "why": why}
+            if shared:
+                e["default"] = chosen[e["name"]]["default"]
+            else:
+                default, why = choose_backend(e["engines"], [b.name for b in backends], measure)
+                e["default"] = {"backend": default, "why": why}
             log(_choice_line(e, backends))
 
         device = _tensorrt_engines(backends, tmp, entries, profile, vx, vy, refs, opts.measure, log)

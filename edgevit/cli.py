@@ -199,11 +199,14 @@ def eval_cmd(checkpoint, data, model, presets, trust_checkpoint):
               help="Gate: smallest top-1 agreement with torch FP32, as a fraction (profile default 0.99).")
 @click.option("--calib-samples", default=None, type=click.IntRange(1),
               help="Calibration images for INT8 (profile default 512; the split may hold fewer).")
+@click.option("--shared-weights/--per-preset-engines", "shared_weights", default=None,
+              help="SuperViT: one engine per backend serving every preset, so all presets are resident for "
+                   "about the memory of one (default: the profile's shared_weights, false).")
 @click.option("--no-latency", is_flag=True,
               help="Skip the latency pass: the profile's preference order then picks each engine.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow full pickle loading of --checkpoint (trusted files only).")
 def build_cmd(target, model, checkpoint, data, out, presets, resolutions, batch, cache_dir, no_checkpoint, precision,
-              max_top1_drop, min_agreement, calib_samples, no_latency, trust_checkpoint):
+              max_top1_drop, min_agreement, calib_samples, shared_weights, no_latency, trust_checkpoint):
     """Export, quantize, validate, measure and bundle every preset for a target.
 
     \b
@@ -238,7 +241,7 @@ def build_cmd(target, model, checkpoint, data, out, presets, resolutions, batch,
                        resolutions=resolutions, batch=batch, cache_dir=cache_dir,
                        trust_checkpoint=trust_checkpoint, include_checkpoint=not no_checkpoint,
                        measure=not no_latency, max_top1_drop=max_top1_drop, min_agreement=min_agreement,
-                       calib_samples=calib_samples,
+                       calib_samples=calib_samples, shared_weights=shared_weights,
                        precision=[x.strip() for x in precision.split(",") if x.strip()] if precision else None))
 
 

@@ -261,6 +261,7 @@ def engine_build(bundle, presets: list[str] | None = None, force: bool = False, 
 
 def record_device_build(manifest: dict, summary: dict | None, bundle_reason: str | None) -> None:
     """The manifest's ``device_build`` section, the Pareto flags and tool versions after (not) building."""
+    from edgevit.selection import choose_backend
     from edgevit.validate import mark_pareto
 
     pending = pending_summary(manifest["presets"])
@@ -275,4 +276,7 @@ def record_device_build(manifest: dict, summary: dict | None, bundle_reason: str
             if note not in (manifest.get("latency_note") or ""):
                 manifest["latency_note"] = f"{manifest.get('latency_note') or 'other backends not measured'}; {note}"
     manifest["device_build"] = section
+    for p in manifest["presets"]:   # built engines now run by default, in the profile's order
+        backend, why = choose_backend(p["engines"], manifest["backends"], measured=False)
+        p["default"] = {"backend": backend, "why": why}
     mark_pareto(manifest["presets"], manifest["backend"])

@@ -86,6 +86,78 @@ def export_preset(model, preset, out_path, sample: np.ndarray, opset: int = 17, 
                         simplifier, max_abs, int(max(len(sample), batch) // batch * batch))
 
 
+def export_shared(model, out_path, sample: np.ndarray, opset: int = 17, batch: int = 1,
+                  parity_tol: float = 1e-3) -> dict:
+    """Every preset of ``model`` in one ONNX graph (``SharedPresets``): one copy of the weights; a preset is
+    chosen by its inputs. Checked like ``export_preset``, with ONNX Runtime against torch at every preset."""
+    import onnx
+    import torch
+
+    from edgevit.models.supervit import SHARED_INPUTS, SharedPresets
+
+    if not hasattr(model, "pos_embed_list"):
+        raise EdgevitError(f"{model.variant}: shared-weight engines are built for SuperViT models only; build "
+                           f"this model without --shared-weights")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # eval() on the wrapper: the exporter restores the wrapper's mode afterwards, and a wrapper left in
+    # training mode would switch the model's drop-path on for every later torch reference.
+    module = SharedPresets(model).eval()
+    presets = model.presets()
+    c, h, w = sample.shape[1:]
+    dummy = torch.from_numpy(np.ascontiguousarray(np.resize(sample, (batch, c, h, w))))
+    first = SharedPresets.preset_inputs(model, presets[0].resolution, presets[0].keep_rate)
+    args = (dummy,) + tuple(torch.from_numpy(first[k]) for k in SHARED_INPUTS[1:])
+    fd, raw = tempfile.mkstemp(suffix=".onnx", dir=out_path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, raw, input_names=list(SHARED_INPUTS), output_names=[OUTPUT_NAME],
+                              dynamic_axes=SharedPresets.dynamic_axes(), opset_version=opset,
+                              do_constant_folding=True, dynamo=False)
+        proto = onnx.load(raw)
+        onnx.checker.check_model(proto, full_check=True)
+        before = len(proto.graph.node)
+        proto, simplifier = _simplify(proto)
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(out_path))
+    finally:
+        if os.path.exists(raw):
+            os.unlink(raw)
+    model.eval()
+    worst, scale = _shared_parity(model, out_path, sample[: max(batch, min(len(sample), 16))], batch)
+    if worst > parity_tol * scale:
+        raise EdgevitError(f"the shared-weight ONNX export differs from torch by {worst:.2e} (tolerance "
+                           f"{parity_tol * scale:.2e}); the exported graph is not faithful")
+    return {"path": str(out_path), "opset": opset, "input_shape": [batch, c, h, w], "inputs": list(SHARED_INPUTS),
+            "nodes_before": before, "nodes_after": len(proto.graph.node), "simplifier": simplifier,
+            "parity_max_abs": worst, "presets_checked": len(presets)}
+
+
+def _shared_parity(model, onnx_path, sample: np.ndarray, batch: int) -> tuple[float, float]:
+    import onnxruntime as ort
+    import torch
+
+    from edgevit.models.supervit import SharedPresets
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    if len(sample) < batch:
+        sample = np.resize(sample, (batch,) + sample.shape[1:])
+    worst, scale = 0.0, 1.0
+    for p in model.presets():
+        feeds = SharedPresets.preset_inputs(model, p.resolution, p.keep_rate)
+        for i in range(0, len(sample) - batch + 1, batch):
+            xb = np.ascontiguousarray(sample[i:i + batch])
+            got = sess.run(None, {k: v for k, v in {INPUT_NAME: xb, **feeds}.items() if k in names})[0]
+            with torch.inference_mode():
+                ref = model(torch.from_numpy(xb), p.resolution, p.keep_rate).numpy()
+            worst = max(worst, float(np.abs(got - ref).max()))
+            scale = max(scale, float(np.abs(ref).max()))
+    return worst, scale
+
+
 def _simplify(proto):
     try:
         import onnxslim

@@ -62,6 +62,8 @@ SCHEMA: dict = {
     # backend's candidates for these precisions and ships the fastest that passes the gate (FP32 the floor).
     "precision": F((str, list), ["int8", "fp32"], items=PRECISIONS),
     "batch": F(int, 1, min=1, max=1024),
+    # SuperViT: one engine per backend serves every preset (weights resident once) instead of one per preset.
+    "shared_weights": F(bool, False),
     "opset": F(int, 17, min=13, max=21),
     "calibration": {
         "samples": F(int, 512, min=1),

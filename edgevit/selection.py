@@ -66,13 +66,17 @@ def choose_candidate(cands: list[dict], measured: bool) -> tuple[dict | None, st
 def choose_backend(engines: dict[str, dict], order: list[str], measured: bool) -> tuple[str | None, str]:
     """The backend whose chosen engine runs a preset by default: the primary unless another backend's engine is
     faster beyond the noise (fewer libraries loaded on a tie)."""
-    usable = [b for b in order if engines.get(b, {}).get("status") == "ok"]
+    present = [b for b in order if engines.get(b, {}).get("status") not in (None, "unavailable")]
+    usable = [b for b in present if engines[b].get("status") == "ok"]
+    if not measured and present and engines[present[0]].get("status") in ("ok", "pending-device-build"):
+        # Not measured here: the profile's order decides, a primary still to be built on the device included
+        # (loading it then says so and how to finish it, rather than silently running something else).
+        return present[0], "the profile's primary backend (latency not measured here)"
     if not usable:
-        pending = [b for b in order if b in engines and engines[b].get("status") != "unavailable"]
-        return (pending[0] if pending else None), "no engine of this preset is built yet"
+        return (present[0] if present else None), "no engine of this preset is built yet"
     primary = usable[0]
     if not measured or not engines[primary].get("latency_ms"):
-        return primary, "the profile's primary backend (latency not measured here)"
+        return primary, "the profile's first backend with a built engine (latency not measured here)"
     best, why = primary, "the primary backend; no other was faster beyond the noise"
     for b in usable[1:]:
         ok, figures = faster_beyond_noise(engines[b].get("latency_ms"), engines[best].get("latency_ms"))

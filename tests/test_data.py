@@ -49,7 +49,9 @@ def test_preprocess_accepts_pil_float_and_batches():
     assert pre.batch([rgb, rgb]).shape == (2, 3, 32, 32)
     assert pre.batch(np.stack([rgb, rgb])).shape == (2, 3, 32, 32)
     ready = pre.batch([rgb])
-    assert pre.batch(ready) is ready
+    assert pre.batch(ready, preprocessed=True) is ready
+    with pytest.raises(EdgevitError, match="preprocessed=True"):   # normalised input is never guessed
+        pre.batch(ready)
 
 
 def test_preprocess_roundtrip_and_bad_fields():
@@ -110,7 +112,9 @@ def test_image_folder_errors_name_the_problem(tmp_path):
 def test_single_preprocessed_chw_array_is_one_image():
     pre = Preprocess(resize=32, crop=32)
     chw = np.zeros((3, 32, 32), np.float32)
-    assert pre.batch(chw).shape == (1, 3, 32, 32)
+    assert pre.batch(chw, preprocessed=True).shape == (1, 3, 32, 32)
+    with pytest.raises(EdgevitError, match="expected an HxW or HxWxC image array"):
+        pre.batch(chw)          # 3 x 32 x 32 is not an image: said, not guessed
 
 
 def test_calib_folder_checked_like_val(tmp_path):

@@ -256,7 +256,7 @@ def test_pending_engines_refuse_to_load_and_onnxruntime_still_runs(orin_bundle):
     with pytest.raises(EdgevitError, match="pending-device-build.*edgevit engine build"):
         edgevit.load(out)
     with edgevit.load(out, backend="onnxruntime") as rt:
-        assert rt.predict(np.zeros((2, 3, 32, 32), np.float32)).indices.shape == (2,)
+        assert rt.predict(np.zeros((2, 3, 32, 32), np.float32), preprocessed=True).indices.shape == (2,)
 
 
 def test_engine_build_without_tensorrt_says_where_to_run(orin_bundle):

@@ -191,6 +191,9 @@ class _Runtime:
     def preset(self, name):
         return name
 
+    def runner(self, name):
+        return self._runners[name]
+
 
 def test_map_scene_is_tile_independent_and_keeps_the_georeference(tmp_path):
     import rasterio

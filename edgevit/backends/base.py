@@ -8,7 +8,11 @@ alike. Nothing here imports torch: runners run on devices that do not have it.
 from __future__ import annotations
 
 import importlib
+import json
+import threading
 from dataclasses import asdict, dataclass, field, replace
+
+from pathlib import Path
 
 import numpy as np
 
@@ -61,6 +65,10 @@ class Runner:
     def infer(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def run(self, feeds: dict) -> np.ndarray:  # pragma: no cover - interface
+        """Several named inputs (shared-weight engines); the first output."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -69,6 +77,58 @@ class Runner:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class SharedRunner(Runner):
+    """One preset of a shared-weight engine (``SharedPresets``): the one loaded engine, fed the inputs that
+    select this preset. Switching presets is choosing another ``SharedRunner``: a reference swap."""
+
+    def __init__(self, base, feeds: dict, release):
+        self.base, self.feeds, self._release = base, feeds, release
+        self.input_name, self.input_shape, self.output_shape = base.input_name, base.input_shape, base.output_shape
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.base.run({self.input_name: batch, **self.feeds})
+
+    def close(self) -> None:
+        if self._release is not None:
+            self._release()
+            self._release = None
+
+
+_SHARED_LOCK = threading.Lock()
+_SHARED: dict = {}          # (engine path, settings) -> [runner, users]: one engine however many presets
+
+
+def shared_runner(bundle_dir, spec: EngineSpec, make) -> SharedRunner:
+    """A preset's runner on the shared engine of ``spec``, loading that engine only once per process."""
+    shared = spec.settings["shared"]
+    key = (str((Path(bundle_dir) / spec.file).resolve()),
+           json.dumps({k: v for k, v in spec.settings.items() if k != "shared"}, sort_keys=True, default=str))
+    with _SHARED_LOCK:
+        entry = _SHARED.get(key)
+        if entry is None:
+            entry = _SHARED[key] = [make(), 0]
+        entry[1] += 1
+
+    def release():
+        with _SHARED_LOCK:
+            entry[1] -= 1
+            if entry[1] == 0 and _SHARED.get(key) is entry:
+                del _SHARED[key]
+                entry[0].close()
+
+    return SharedRunner(entry[0], preset_feeds(bundle_dir, shared), release)
+
+
+def preset_feeds(bundle_dir, shared: dict) -> dict:
+    """The inputs that select one preset of a shared engine, from the bundle's shared-inputs file."""
+    with np.load(Path(bundle_dir) / shared["inputs"], allow_pickle=False) as z:
+        rows = z[f"r{shared['resolution']}/resize_rows"]
+        pos = z[f"r{shared['resolution']}/pos_embed"]
+    feeds = {"resize_rows": rows, "resize_cols": np.ascontiguousarray(rows.T), "pos_embed": pos}
+    feeds.update({f"keep{i + 1}": np.zeros(int(k), np.float32) for i, k in enumerate(shared["keep"])})
+    return feeds
 
 
 class Backend:
@@ -89,13 +149,22 @@ class Backend:
             return [Candidate("fp32", "fp32", "fp32")]
         return [Candidate(precision, precision, precision, skip=f"{self.name} does not build {precision} engines")]
 
-    def candidates(self, profile) -> list[Candidate]:
+    def shared_recipes(self, precision: str, profile) -> list[Candidate]:
+        """Recipes for a shared-weight engine (every preset in one graph, dynamic shapes inside): FP32 unless
+        a backend offers more. Calibrated INT8 is fitted to one preset's activations, so it is not one."""
+        if precision == "fp32":
+            return self.recipes(precision, profile)
+        return [Candidate(precision, precision, precision, skip=f"{self.name} builds no {precision} shared-weight "
+                                                                f"engine")]
+
+    def candidates(self, profile, shared: bool = False) -> list[Candidate]:
         """The candidates for ``profile``: its precisions in preference order, each backend recipe, FP32 last
         as the floor when the profile does not list it."""
         order = list(profile.precision) + ([] if "fp32" in profile.precision else ["fp32"])
+        recipes = self.shared_recipes if shared else self.recipes
         out = []
         for precision in order:
-            for c in self.recipes(precision, profile):
+            for c in recipes(precision, profile):
                 out.append(replace(c, floor=True) if c.precision == "fp32" and c.skip is None else c)
         return out
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.backends.base import Backend, Candidate, EngineSpec, Runner
+from edgevit.backends.base import Backend, Candidate, EngineSpec, Runner, shared_runner
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -65,6 +65,10 @@ class OrtRunner(Runner):
         # InferenceSession.run is thread-safe, so one session serves every caller.
         return self.session.run(None, {self.input_name: batch})[0]
 
+    def run(self, feeds: dict) -> np.ndarray:
+        names = self._names = getattr(self, "_names", None) or {i.name for i in self.session.get_inputs()}
+        return self.session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
+
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
@@ -86,6 +90,11 @@ class OnnxRuntimeBackend(Backend):
         if precision == "fp32":
             return [Candidate("fp32", "fp32", "fp32 (ORT_ENABLE_ALL graph optimizations)")]
         return super().recipes(precision, profile)
+
+    def shared_recipes(self, precision, profile) -> list[Candidate]:
+        if precision == "int8":   # weight-only: nothing fitted to one preset's activations
+            return [c for c in self.recipes(precision, profile) if c.id == "int8-dynamic"]
+        return super().shared_recipes(precision, profile)
 
     def compile(self, onnx_path, out_dir, name, candidate, calib, profile) -> EngineSpec:
         from edgevit.quantize import convert_fp16, quantize_onnxruntime, quantize_onnxruntime_dynamic
@@ -112,8 +121,11 @@ class OnnxRuntimeBackend(Backend):
         return EngineSpec(self.name, candidate.precision, rel.as_posix(), settings=settings, quantization=quant)
 
     def load(self, bundle_dir, spec: EngineSpec) -> Runner:
-        return OrtRunner(Path(bundle_dir) / spec.file, spec.settings.get("providers"), spec.settings.get("threads", 0),
-                         spec.settings.get("provider_options"))
+        def make():
+            return OrtRunner(Path(bundle_dir) / spec.file, spec.settings.get("providers"),
+                             spec.settings.get("threads", 0), spec.settings.get("provider_options"))
+
+        return shared_runner(bundle_dir, spec, make) if spec.settings.get("shared") else make()
 
 
 BACKEND = OnnxRuntimeBackend()

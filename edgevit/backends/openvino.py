@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.backends.base import Backend, Candidate, EngineSpec, Runner
+from edgevit.backends.base import Backend, Candidate, EngineSpec, Runner, shared_runner
 
 _CORE = None
 
@@ -42,7 +42,8 @@ class OvRunner(Runner):
         self.inference_precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
         i, o = self.compiled.inputs[0], self.compiled.outputs[0]
         self.input_name = i.get_any_name()
-        self.input_shape, self.output_shape = tuple(i.get_shape()), tuple(o.get_shape())
+        self.input_shape, self.output_shape = _shape(i), _shape(o)
+        self._names = {n for port in self.compiled.inputs for n in port.get_names()}
         self._local = threading.local()
 
     def _request(self):
@@ -56,6 +57,17 @@ class OvRunner(Runner):
         req = self._request()
         req.infer({0: batch})
         return req.get_output_tensor(0).data.copy()
+
+    def run(self, feeds: dict) -> np.ndarray:
+        req = self._request()
+        req.infer({k: v for k, v in feeds.items() if k in self._names})
+        return req.get_output_tensor(0).data.copy()
+
+
+def _shape(port) -> tuple:
+    """A port's shape, -1 for a dynamic dimension (shared-weight engines have some inside)."""
+    ps = port.get_partial_shape()
+    return tuple(d.get_length() if d.is_static else -1 for d in ps)
 
 
 def bf16_support() -> str | None:
@@ -83,13 +95,22 @@ class OpenVINOBackend(Backend):
             return [Candidate("fp32", "fp32", "convert_model")]
         return super().recipes(precision, profile)
 
+    def shared_recipes(self, precision, profile) -> list[Candidate]:
+        if precision == "int8":   # weight-only: nothing fitted to one preset's activations
+            return [Candidate("int8-weights", "int8", "nncf.compress_weights INT8 (weights only)")]
+        if precision == "bf16":
+            return self.recipes(precision, profile)
+        return super().shared_recipes(precision, profile)
+
     def compile(self, onnx_path, out_dir, name, candidate, calib, profile) -> EngineSpec:
-        from edgevit.quantize import convert_openvino_fp32, quantize_openvino
+        from edgevit.quantize import compress_openvino_weights, convert_openvino_fp32, quantize_openvino
 
         settings = dict(profile.openvino)
         rel = Path("engines") / self.name / f"{name}.{candidate.id}.xml"
         out = Path(out_dir) / rel
-        if candidate.precision == "int8":
+        if candidate.id == "int8-weights":
+            quant = compress_openvino_weights(onnx_path, out)
+        elif candidate.precision == "int8":
             drop = min(profile.accuracy["max_top1_drop"], 1 - profile.accuracy["min_agreement"])
             quant = quantize_openvino(onnx_path, out, calib, candidate.level, profile.batch, max_drop=drop,
                                       inference_precision=settings["inference_precision"])
@@ -103,7 +124,10 @@ class OpenVINOBackend(Backend):
                           settings=settings, quantization=quant)
 
     def load(self, bundle_dir, spec: EngineSpec) -> Runner:
-        return OvRunner(Path(bundle_dir) / spec.file, spec.settings)
+        def make():
+            return OvRunner(Path(bundle_dir) / spec.file, {k: v for k, v in spec.settings.items() if k != "shared"})
+
+        return shared_runner(bundle_dir, spec, make) if spec.settings.get("shared") else make()
 
 
 BACKEND = OpenVINOBackend()

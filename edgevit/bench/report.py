@@ -50,6 +50,9 @@ def host_lines(result: dict) -> list[str]:
              f"{result['peak']['int8_gflops'] or 'n/a'} GOP/s (1 multiply-add = 1 op)",
              f"energy: {result['energy']['sensor'] or 'n/a: ' + (result['energy']['note'] or '')}",
              f"baseline: {result['baseline']}",
+             "resident memory with all presets loaded: " + (", ".join(
+                 f"{b} {r['mb']:.0f} MB for {r['presets']} presets" + (" (shared weights)" if r["shared_weights"] else "")
+                 for b, r in result.get("resident_mb", {}).items()) or "n/a"),
              f"settings: warm-up {result['settings']['warmup_s']} s, "
              + (f"{result['settings']['duration_s']} s" if result['settings']['duration_s'] is not None
                 else f"{result['settings']['iterations']} iterations")

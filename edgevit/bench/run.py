@@ -94,9 +94,10 @@ def load_engines(bundle: Path, manifest: dict, opts: BenchOptions, threads: int)
     for b in backends:
         if b not in manifest["backends"] and b not in manifest.get("unavailable_backends", {}):
             raise EdgevitError(f"backend {b!r} is not in this bundle; it has: {', '.join(manifest['backends'])}")
-    engines, skipped = [], {}
-    for p in chosen:
-        for b in backends:
+    engines, skipped, resident = [], {}, {}
+    for b in backends:            # backend by backend, so each one's resident memory with all presets is clear
+        rss_before, loaded = _rss_mb(), 0
+        for p in chosen:
             entry = p["engines"].get(b, {})
             if entry.get("status") != "ok":
                 skipped[f"{p['name']}/{b}"] = entry.get("reason", entry.get("status", "missing"))
@@ -109,13 +110,17 @@ def load_engines(bundle: Path, manifest: dict, opts: BenchOptions, threads: int)
             engines.append(Engine(p, b, spec.precision, runner.infer, runner.input_shape[0],
                                   _files_mb(bundle, spec.files), _rss_mb() - before,
                                   getattr(runner, "inference_precision", None), runner))
+            loaded += 1
+        if loaded:
+            resident[b] = {"presets": loaded, "mb": round(_rss_mb() - rss_before, 1),
+                           "shared_weights": any(p["engines"].get(b, {}).get("shared") for p in chosen)}
     baseline_note = None
     if opts.baseline:
         engines_torch, baseline_note = _torch_engines(bundle, manifest, chosen, threads)
         engines = engines_torch + engines
     else:
         baseline_note = "skipped (--no-baseline)"
-    return engines, {"skipped": skipped, "baseline": baseline_note}
+    return engines, {"skipped": skipped, "baseline": baseline_note, "resident": resident}
 
 
 def _torch_engines(bundle: Path, manifest: dict, presets: list[dict], threads: int):
@@ -387,5 +392,6 @@ def run_bench(opts: BenchOptions) -> dict:
         "energy": {"sensor": None if sensor is None else sensor.name, "note": energy_note or None},
         "baseline": notes["baseline"],
         "skipped": notes["skipped"],
+        "resident_mb": notes["resident"],
         "results": runs,
     }

@@ -11,7 +11,7 @@ RESULT = {
                  "gflops", "engine_batch", "power_mode", "warning"],
     "properties": {
         "preset": {"type": "string"}, "backend": {"type": "string"},
-        "precision": {"enum": ["int8", "fp16", "fp32"]},
+        "precision": {"enum": ["int8", "bf16", "fp16", "fp32"]},
         "latency_ms": _LAT,
         "throughput_ips": {"type": "object", "additionalProperties": _NUM},
         "speedup_vs_torch": _NUM, "top1": _NUM, "top1_source": {"enum": ["manifest", "measured"]},

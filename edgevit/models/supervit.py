@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -256,6 +257,76 @@ class PresetModule(nn.Module):
 
     def forward(self, x):
         return self.model(x, self.img_size, self.keep_rate)
+
+
+def interpolation_matrix(src: int, dst: int) -> np.ndarray:
+    """(dst, src) weights of 1-D linear interpolation with align_corners=True: ``W @ x`` resizes rows, and
+    ``W @ x @ W.T`` is exactly F.interpolate(bilinear, align_corners=True), which is separable."""
+    w = np.zeros((dst, src), np.float32)
+    if dst == 1 or src == 1:
+        w[:, 0] = 1.0
+        return w
+    for i in range(dst):
+        pos = i * (src - 1) / (dst - 1)
+        i0 = min(int(math.floor(pos)), src - 1)
+        i1 = min(i0 + 1, src - 1)
+        frac = pos - i0
+        w[i, i0] += 1.0 - frac
+        w[i, i1] += frac
+    return w
+
+
+SHARED_INPUTS = ("input", "resize_rows", "resize_cols", "pos_embed", "keep1", "keep2", "keep3")
+
+
+class SharedPresets(nn.Module):
+    """Every preset in one graph, so one set of weights serves them all in an engine (issue: 12 resident
+    presets for the memory of one). The preset is chosen by inputs, not constants:
+
+    * ``resize_rows`` (R, S) and ``resize_cols`` (S, R): the bilinear resize as two matmuls
+      (``interpolation_matrix``; the identity at full size);
+    * ``pos_embed`` (1, 1 + (R/p)^2, D): that resolution's position table;
+    * ``keep1..3``: zero vectors whose *lengths* are the patch tokens kept by the three pruning blocks (a
+      shape, so the exported TopK takes a run-time K; keep rate 1.0 keeps all, in score order, which changes
+      nothing a ViT computes).
+    """
+
+    def __init__(self, model: SuperViT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, resize_rows, resize_cols, pos_embed, keep1, keep2, keep3):
+        m = self.model
+        x = torch.matmul(torch.matmul(resize_rows, x), resize_cols)
+        x = m.patch_embed(x)
+        x = torch.cat([m.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + pos_embed
+        keeps = iter((keep1, keep2, keep3))
+        for blk in m.blocks:
+            if not blk.prunes:
+                x = blk(x)
+                continue
+            a, scores = blk.attn(blk.norm1(x), cls_scores=True)
+            x = x + a
+            idx = scores.topk(next(keeps).shape[0], dim=1, sorted=True).indices + 1     # skip CLS
+            x = torch.cat([x[:, :1], x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))], dim=1)
+            x = x + blk.mlp(blk.norm2(x))
+        return m.forward_head(x)
+
+    @staticmethod
+    def dynamic_axes() -> dict:
+        return {"resize_rows": {0: "R"}, "resize_cols": {1: "R"}, "pos_embed": {1: "tokens"},
+                "keep1": {0: "k1"}, "keep2": {0: "k2"}, "keep3": {0: "k3"}}
+
+    @staticmethod
+    def preset_inputs(model: SuperViT, img_size: int, keep_rate: float) -> dict[str, np.ndarray]:
+        """The inputs that select one preset (everything but ``input``)."""
+        model.check_preset(img_size, keep_rate)
+        rows = interpolation_matrix(model.img_size, img_size)
+        counts = model.token_counts(img_size, keep_rate)
+        kept = [counts[i] - 1 for i in model.prune_at]
+        table = model.pos_embed_list[model.resolutions.index(img_size)].detach().cpu().numpy().astype(np.float32)
+        return {"resize_rows": rows, "resize_cols": np.ascontiguousarray(rows.T), "pos_embed": table,
+                **{f"keep{i + 1}": np.zeros(k, np.float32) for i, k in enumerate(kept)}}
 
 
 def _supervit(defaults: dict, overrides: dict) -> SuperViT:

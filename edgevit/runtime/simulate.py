@@ -91,7 +91,7 @@ def simulate(opts: SimOptions) -> dict:
         if opts.dry:
             latency = info[name].latency_ms * slow
         else:
-            pred = rt.predict(sample)
+            pred = rt.predict(sample, preprocessed=True)
             latency = rt.recent_p90(min_samples=1).get(pred.preset, 0.0)
         frames = opts.fps * opts.step_s
         frames_total += frames

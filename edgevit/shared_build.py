@@ -1,0 +1,207 @@
+"""Shared-weight bundles (``edgevit build --shared-weights``): every SuperViT preset served by one engine per
+backend, so all presets are resident for about the memory of one.
+
+The presets' static engines each hold a copy of the same weights (12 presets: 10.6x one preset's memory).
+Here one graph holds every preset (``SharedPresets``: the resize, the position table and the three kept-token
+counts are inputs), each backend loads it once (``edgevit.backends.base.shared_runner``), and a preset is a
+small set of inputs (``engines/shared-inputs.npz``: a resize matrix and a position table per resolution).
+
+Stages as in the per-preset build: export once, candidates per backend (FP32, weight-only INT8; calibrated
+INT8 is fitted to one preset's activations and is not a candidate), every candidate validated and gated at
+every preset (a candidate passes only if it passes at all of them), one interleaved latency pass, then one
+choice per backend for all presets by the geometric mean over presets, with the selection's noise rule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgevit import __version__
+from edgevit.backends.base import EngineSpec
+from edgevit.cache import content_key
+from edgevit.host import tool_versions
+from edgevit.selection import choose_backend, choose_candidate
+from edgevit.validate import gate, measure_latencies_interleaved, validate
+
+ONNX_FILE = "onnx/shared.onnx"
+INPUTS_FILE = "engines/shared-inputs.npz"
+
+
+def binding(model, preset) -> dict:
+    """What selects ``preset`` on the shared engine (recorded in each preset's engine settings)."""
+    counts = model.token_counts(preset.resolution, preset.keep_rate)
+    return {"inputs": INPUTS_FILE, "resolution": preset.resolution, "keep": [counts[i] - 1 for i in model.prune_at]}
+
+
+def write_inputs(model, bundle_dir: Path) -> None:
+    from edgevit.models.supervit import SharedPresets
+
+    arrays = {}
+    for r in model.resolutions:
+        feeds = SharedPresets.preset_inputs(model, r, 1.0)
+        arrays[f"r{r}/resize_rows"] = feeds["resize_rows"]
+        arrays[f"r{r}/pos_embed"] = feeds["pos_embed"]
+    path = bundle_dir / INPUTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+
+
+def export_cached(model, weights: str, sample, profile, cache) -> tuple[Path, dict, bool]:
+    from edgevit.export import export_shared
+
+    v = tool_versions()
+    key = content_key("export-shared", weights, model.variant, model.config, profile.opset, profile.batch,
+                      v["torch"], v["onnx"], v["onnxslim"], __version__)
+    hit = cache.get("export", key)
+    if hit:
+        return hit / "model.onnx", json.loads((hit / "report.json").read_text()), True
+    with cache.put("export", key) as tmp:
+        report = export_shared(model, tmp / "model.onnx", sample, opset=profile.opset, batch=profile.batch)
+        (tmp / "report.json").write_text(json.dumps({**report, "path": None}))
+    return cache.path("export", key) / "model.onnx", {**report, "path": None}, False
+
+
+def _geomean(values) -> float:
+    values = [v for v in values if v and v > 0]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else 0.0
+
+
+def _aggregate(records: list[dict]) -> dict | None:
+    """One latency record for a candidate over all presets: geometric means of the p50s and of each round."""
+    lats = [r["latency_ms"] for r in records if r.get("latency_ms")]
+    if len(lats) != len(records) or not lats:
+        return None
+    rounds = list(zip(*(lat["rounds"] for lat in lats)))
+    return {"p50": _geomean(lat["p50"] for lat in lats), "rounds": [_geomean(r) for r in rounds],
+            "over": f"geometric mean over {len(lats)} presets"}
+
+
+class _Candidate:
+    def __init__(self, cand, spec: EngineSpec, seconds: float, cached: bool):
+        self.cand, self.spec, self.seconds, self.cached = cand, spec, seconds, cached
+        self.per_preset: dict[str, dict] = {}
+
+    @property
+    def passed(self) -> bool:
+        return self.cand.floor or all(r["gate"]["passed"] for r in self.per_preset.values())
+
+
+def _preset_spec(spec: EngineSpec, model, preset) -> EngineSpec:
+    return EngineSpec(**{**spec.to_dict(), "settings": {**spec.settings, "shared": binding(model, preset)}})
+
+
+def build_shared(model, presets, backends, profile, cx, vx, vy, refs: dict, onnx_path: Path, cache, bundle_dir: Path,
+                 measure: bool, calib_digest, log) -> dict[str, dict]:
+    """Engines entries ``{preset: {backend: entry}}`` and each preset's ``default``, for a shared bundle."""
+    from edgevit.builder import compile_cached
+
+    out: dict[str, dict] = {p.name: {} for p in presets}
+    work: dict[str, list[_Candidate]] = {}
+    for b in backends:
+        work[b.name], skipped = [], []
+        for cand in b.candidates(profile, shared=True):
+            if cand.skip:
+                skipped.append({**cand.record(), "passed": False, "skipped": True, "reason": cand.skip,
+                                "latency_ms": None})
+                continue
+            t0 = time.perf_counter()
+            spec, cached = compile_cached(b, onnx_path, "shared", cand, cx, calib_digest, profile, cache, bundle_dir)
+            c = _Candidate(cand, spec, 0.0, cached)
+            runners = {p.name: b.load(bundle_dir, _preset_spec(spec, model, p)) for p in presets}
+            try:
+                for p in presets:
+                    v = validate(runners[p.name], vx, vy, refs[p.name])
+                    g = gate(v, float((refs[p.name].argmax(-1) == vy).mean()), profile.accuracy)
+                    c.per_preset[p.name] = {**cand.record(), "gate": g.to_dict(), "reason": g.reason,
+                                            "latency_ms": None, **v.to_dict()}
+            finally:
+                for r in runners.values():
+                    r.close()
+            c.seconds = round(time.perf_counter() - t0, 2)
+            failing = [n for n, r in c.per_preset.items() if not r["gate"]["passed"]]
+            for r in c.per_preset.values():
+                r["passed"] = c.passed
+                if failing and not cand.floor:
+                    r["reason"] = r["reason"] or f"fails the gate at {', '.join(failing)}"
+            log(f"[shared] {b.name} {cand.id}: " + ("passes at every preset" if not failing else
+                                                     f"fails the gate at {', '.join(failing)}")
+                + f" ({c.seconds:.1f} s{', cached' if cached else ''})")
+            if c.passed:
+                work[b.name].append(c)
+            else:
+                for rel in spec.files:
+                    (bundle_dir / rel).unlink(missing_ok=True)
+        work[b.name + "/skipped"] = skipped
+
+    if measure:
+        _measure(model, presets, backends, work, bundle_dir, vx, log)
+    chosen: dict[str, _Candidate] = {}
+    for b in backends:
+        cands = work[b.name]
+        aggs = [{**c.cand.record(), "passed": c.passed, "latency_ms": _aggregate(list(c.per_preset.values()))}
+                for c in cands]
+        pick, why = choose_candidate(aggs, measure)
+        chosen[b.name] = cands[aggs.index(pick)]
+        for c in cands:
+            if c is not chosen[b.name]:
+                keep = set(chosen[b.name].spec.files)
+                for rel in c.spec.files:
+                    if rel not in keep:
+                        (bundle_dir / rel).unlink(missing_ok=True)
+        for p in presets:
+            records = [c.per_preset[p.name] for c in cands] + work[b.name + "/skipped"]
+            out[p.name][b.name] = _entry(chosen[b.name], records, model, p, profile, why, measure)
+    totals = {b: {"status": "ok", "latency_ms": _aggregate([chosen[b].per_preset[p.name] for p in presets])}
+              for b in chosen}
+    default, why = choose_backend(totals, [b.name for b in backends], measure)
+    for p in presets:   # one backend for every preset: two shared engines resident would double the memory
+        out[p.name]["default"] = {"backend": default, "why": f"for every preset (shared weights): {why}"}
+    return out
+
+
+def _measure(model, presets, backends, work, bundle_dir: Path, vx, log) -> None:
+    runners, where = {}, {}
+    t0 = time.perf_counter()
+    try:
+        for b in backends:
+            for c in work[b.name]:
+                for p in presets:
+                    key = f"{p.name}/{b.name}/{c.cand.id}"
+                    runners[key] = b.load(bundle_dir, _preset_spec(c.spec, model, p))
+                    where[key] = c.per_preset[p.name]
+        lat = measure_latencies_interleaved(runners, vx) if runners else {}
+    finally:
+        for r in runners.values():
+            r.close()
+    for key, rec in where.items():
+        rec["latency_ms"] = lat[key]
+    log(f"[latency] {len(runners)} preset x candidate runners on shared engines measured interleaved "
+        f"({time.perf_counter() - t0:.1f} s)")
+
+
+def _entry(c: _Candidate, records: list[dict], model, preset, profile, why: str, measured: bool) -> dict:
+    mine = c.per_preset[preset.name]
+    spec = _preset_spec(c.spec, model, preset)
+    figures = {k: mine[k] for k in ("top1", "agreement", "mean_abs_dlogit", "max_abs_dlogit", "samples",
+                                    "predictions_sha256", "kappa", "discordant", "gate", "latency_ms")}
+    entry = {"status": "ok", "engine": spec.to_dict(), "precision": c.cand.precision, "recipe": c.cand.recipe,
+             "shared": True, **figures,
+             "chosen": {"id": c.cand.id, "precision": c.cand.precision, "recipe": c.cand.recipe, "why": why},
+             "candidates": records, "fallback": None}
+    if not measured:
+        entry["latency_note"] = "not measured here"
+    if c.cand.precision != profile.preferred:
+        entry["fallback"] = {"from": profile.preferred, "to": c.cand.precision, "reason": why}
+    return entry
+
+
+def copy_into(onnx_src: Path, bundle_dir: Path) -> None:
+    dst = bundle_dir / ONNX_FILE
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx_src, dst)

@@ -1,0 +1,203 @@
+#!/usr/bin/env python
+"""Shared-weight engines against per-preset static engines: memory, disk, latency and switch cost.
+
+    python tools/bench_shared.py                       # supervit-deit-s, random weights, all 12 presets
+    python tools/bench_shared.py --model supervit-nano --md docs/benchmarks/shared-nano.md
+
+For each backend (OpenVINO FP32, ONNX Runtime FP32, ONNX Runtime dynamic INT8: the engine the x86 build
+chooses on AVX2 hosts) it writes the 12 static engines `edgevit build` makes per preset and the one
+shared-weight engine `edgevit build --shared-weights` makes (``SharedPresets``), then:
+
+* disk: the engine files of one preset, of all 12, and of the shared engine (+ its per-preset inputs);
+* memory: resident-set growth of a fresh process that loads one preset, then of one that loads all 12
+  (each preset run once, so lazily allocated buffers count), static and shared;
+* latency: every static and shared preset runner in one process, interleaved, batch 1, p50 per preset;
+* switching: requests that alternate between random presets on the shared engine, each one's latency
+  minus that preset's p50, p99 of that excess (a switch is choosing another set of inputs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CHILD = r"""
+import json, sys, psutil, numpy as np
+spec = json.loads(sys.argv[1])
+proc = psutil.Process()
+from edgevit.backends.base import SharedRunner
+from edgevit.backends.onnxruntime import OrtRunner
+from edgevit.backends.openvino import OvRunner
+import onnxruntime, openvino   # the libraries' own import cost is not the engines'
+before = proc.memory_info().rss
+make = (lambda p: OvRunner(p, {"inference_precision": "f32"})) if spec["backend"] == "openvino" else OrtRunner
+x = np.zeros(spec["shape"], np.float32)
+runners = []
+if spec["shared"]:
+    base = make(spec["files"][0])
+    z = np.load(spec["inputs"])
+    for name in spec["presets"]:
+        feeds = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith(name + "/")}
+        feeds = {k: (np.zeros(int(v), np.float32) if k.startswith("keep") else v) for k, v in feeds.items()}
+        runners.append(SharedRunner(base, feeds, None))
+else:
+    runners = [make(f) for f in spec["files"]]
+for r in runners:
+    r.infer(x)
+print(json.dumps({"rss_mb": (proc.memory_info().rss - before) / 2 ** 20}))
+"""
+
+
+def child_rss(spec: dict) -> float:
+    r = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise SystemExit(r.stderr[-3000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])["rss_mb"]
+
+
+def mb(paths) -> float:
+    return sum(Path(p).stat().st_size for p in paths) / 2 ** 20
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="supervit-deit-s")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--switches", type=int, default=300)
+    ap.add_argument("--md", default=None)
+    args = ap.parse_args()
+
+    import torch
+
+    from edgevit.backends.base import SharedRunner
+    from edgevit.backends.onnxruntime import OrtRunner
+    from edgevit.backends.openvino import OvRunner
+    from edgevit.export import export_preset, export_shared
+    from edgevit.host import cpu_info, tool_versions
+    from edgevit.models import create_model
+    from edgevit.models.supervit import SharedPresets
+    from edgevit.quantize import convert_openvino_fp32, quantize_onnxruntime_dynamic
+    from edgevit.validate import measure_latencies_interleaved
+
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    torch.manual_seed(0)
+    model = create_model(args.model).eval()
+    presets = model.presets()
+    size = model.img_size
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        files = {"openvino fp32": [], "onnxruntime fp32": [], "onnxruntime int8-dynamic": []}
+        aux = {k: [] for k in files}       # files loaded beside the engine (.bin), for disk figures
+        for p in presets:
+            log(f"[export] {p.name}")
+            onnx_path = tmp / f"{p.name}.onnx"
+            export_preset(model, p, onnx_path, x, opset=17, batch=1)
+            convert_openvino_fp32(onnx_path, tmp / f"{p.name}.xml")
+            quantize_onnxruntime_dynamic(onnx_path, tmp / f"{p.name}.int8.onnx")
+            files["onnxruntime fp32"].append(onnx_path)
+            files["openvino fp32"].append(tmp / f"{p.name}.xml")
+            aux["openvino fp32"].append(tmp / f"{p.name}.bin")
+            files["onnxruntime int8-dynamic"].append(tmp / f"{p.name}.int8.onnx")
+        log("[export] shared")
+        export_shared(model, tmp / "shared.onnx", x, opset=17, batch=1)
+        convert_openvino_fp32(tmp / "shared.onnx", tmp / "shared.xml")
+        quantize_onnxruntime_dynamic(tmp / "shared.onnx", tmp / "shared.int8.onnx")
+        shared = {"openvino fp32": (tmp / "shared.xml", [tmp / "shared.bin"]),
+                  "onnxruntime fp32": (tmp / "shared.onnx", []),
+                  "onnxruntime int8-dynamic": (tmp / "shared.int8.onnx", [])}
+        feeds = {p.name: SharedPresets.preset_inputs(model, p.resolution, p.keep_rate) for p in presets}
+        # The bundle stores a resize matrix and a position table per resolution; keep lengths are integers.
+        inputs = tmp / "inputs.npz"
+        np.savez(inputs, **{f"{n}/{k}": (np.asarray(len(v)) if k.startswith("keep") else v)
+                            for n, f in feeds.items() for k, v in f.items()})
+        per_res = sum(feeds[p.name]["resize_rows"].nbytes + feeds[p.name]["pos_embed"].nbytes
+                      for p in presets if p.keep_rate == 1.0) / 2 ** 20
+
+        rows = []
+        for kind in files:
+            backend = kind.split()[0]
+            names = [p.name for p in presets]
+            one = child_rss({"backend": backend, "shared": False, "files": [str(files[kind][-1])],
+                             "shape": list(x.shape)})
+            all_ = child_rss({"backend": backend, "shared": False, "files": [str(f) for f in files[kind]],
+                              "shape": list(x.shape)})
+            s_one = child_rss({"backend": backend, "shared": True, "files": [str(shared[kind][0])],
+                               "inputs": str(inputs), "presets": names[-1:], "shape": list(x.shape)})
+            s_all = child_rss({"backend": backend, "shared": True, "files": [str(shared[kind][0])],
+                               "inputs": str(inputs), "presets": names, "shape": list(x.shape)})
+            disk_one = mb([files[kind][-1], *aux[kind][-1:]])
+            disk_all = mb(files[kind] + aux[kind])
+            disk_shared = mb([shared[kind][0], *shared[kind][1]]) + per_res
+            rows.append((kind, one, all_, s_one, s_all, disk_one, disk_all, disk_shared))
+            log(f"[memory] {kind}: static 1 {one:.0f} MB, 12 {all_:.0f} MB; shared 1 {s_one:.0f} MB, "
+                f"12 {s_all:.0f} MB")
+
+        lat_rows, switch_rows = [], []
+        for kind in files:
+            backend = kind.split()[0]
+            make = (lambda f: OvRunner(f, {"inference_precision": "f32"})) if backend == "openvino" else OrtRunner
+            static = {p.name: make(f) for p, f in zip(presets, files[kind])}
+            base = make(shared[kind][0])
+            shared_r = {p.name: SharedRunner(base, feeds[p.name], None) for p in presets}
+            runners = {**{f"static/{n}": r for n, r in static.items()}, **{f"shared/{n}": r for n, r in shared_r.items()}}
+            log(f"[latency] {kind}: {len(runners)} runners, interleaved")
+            lat = measure_latencies_interleaved(runners, x, rounds=args.rounds)
+            ratios = {p.name: lat[f"shared/{p.name}"]["p50"] / lat[f"static/{p.name}"]["p50"] for p in presets}
+            lat_rows.append((kind, {p.name: (lat[f"static/{p.name}"]["p50"], lat[f"shared/{p.name}"]["p50"], ratios[p.name])
+                                    for p in presets}))
+            rng = np.random.default_rng(1)
+            names = [p.name for p in presets]
+            excess, cur = [], names[0]
+            for _ in range(args.switches):
+                nxt = names[int(rng.integers(len(names)))]
+                if nxt == cur:
+                    continue
+                t0 = time.perf_counter()
+                shared_r[nxt].infer(x)          # the first request after the switch
+                excess.append((time.perf_counter() - t0) * 1e3 - lat[f"shared/{nxt}"]["p50"])
+                cur = nxt
+            switch_rows.append((kind, float(np.percentile(excess, 50)), float(np.percentile(excess, 99)), len(excess)))
+            for r in static.values():
+                r.close()
+            base.close()
+
+    cpu, v = cpu_info(), tool_versions()
+    out = [f"# Shared-weight engines vs per-preset static engines: {args.model} (random weights), batch 1", "",
+           f"host: {cpu['model']} ({', '.join(cpu['features'])}), {cpu['cores']} cores; onnxruntime "
+           f"{v['onnxruntime']}, openvino {v['openvino']}", "",
+           f"`python tools/bench_shared.py --model {args.model}`", "",
+           "| engine | RSS 1 preset static | RSS 12 static | RSS 1 shared | RSS 12 shared | 12 shared / 1 static "
+           "| disk 1 static | disk 12 static | disk shared | shared / 1 static |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for kind, one, all_, s_one, s_all, d1, d12, ds in rows:
+        out.append(f"| {kind} | {one:.0f} MB | {all_:.0f} MB | {s_one:.0f} MB | {s_all:.0f} MB | **{s_all / one:.2f}x** | "
+                   f"{d1:.1f} MB | {d12:.1f} MB | {ds:.1f} MB | **{ds / d1:.2f}x** |")
+    out += ["", "p50 latency per preset, ms (static / shared, ratio); interleaved in one process:", "",
+            "| preset | " + " | ".join(k for k, _ in lat_rows) + " |", "|---|" + "---|" * len(lat_rows)]
+    for p in presets:
+        cells = [f"{d[p.name][0]:.2f} / {d[p.name][1]:.2f} ({d[p.name][2]:.2f}x)" for _, d in lat_rows]
+        out.append(f"| {p.name} | " + " | ".join(cells) + " |")
+    worst = {k: max(r for _, _, r in d.values()) for k, d in lat_rows}
+    gmean = {k: float(np.exp(np.mean(np.log([r for _, _, r in d.values()])))) for k, d in lat_rows}
+    out.append("| worst / geomean | " + " | ".join(f"{worst[k]:.2f}x / {gmean[k]:.2f}x" for k, _ in lat_rows) + " |")
+    out += ["", "A switch (another preset's inputs on the same engine) followed by the first result, minus that "
+            "preset's p50:", "", "| engine | p50 excess ms | p99 excess ms | switches |", "|---|---|---|---|"]
+    out += [f"| {k} | {a:.3f} | {b:.3f} | {n} |" for k, a, b, n in switch_rows]
+    text = "\n".join(out) + "\n"
+    print(text)
+    if args.md:
+        Path(args.md).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.md).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
