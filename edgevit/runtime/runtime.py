@@ -253,7 +253,7 @@ def load_info(bundle, backend: str | None = None) -> Runtime:
         entry = p["engines"].get(b, {})
         if entry.get("status") != "ok":
             continue
-        infos.append(_preset_info(p, entry, b, backend is None))
+        infos.append(_preset_info(p, entry, b, backend is None and b == (p.get("default") or {}).get("backend")))
         used.append(b)
     if not infos:
         b = backend or manifest["backend"]
@@ -305,7 +305,7 @@ def load(bundle, backend: str | None = None, presets: list[str] | None = None, v
         if cache and b == "openvino" and sha:
             spec.settings = {**spec.settings, "cache_dir": compile_cache_dir(b, sha)}
         runners[p["name"]] = get_backend(b).load(bundle, spec)
-        infos.append(_preset_info(p, entry, b, backend is None))
+        infos.append(_preset_info(p, entry, b, backend is None and b == (p.get("default") or {}).get("backend")))
         used.append(b)
     infos.sort(key=lambda i: (i.gflops, -i.resolution))
     rt = Runtime(bundle, manifest, _backend_label(used), runners, infos)
