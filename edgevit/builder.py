@@ -28,7 +28,7 @@ from edgevit.files import output_bundle
 from edgevit.host import host_info, matches_target, tool_versions
 from edgevit.profiles import Profile, load_profile
 from edgevit.selection import choose_backend, choose_candidate
-from edgevit.validate import cohen_kappa, gate, mark_pareto, measure_latencies_interleaved, validate
+from edgevit.validate import cohen_kappa, gate, mark_pareto, measure_into_records, validate
 
 DEFAULT_MODEL = "supervit-nano"
 
@@ -239,25 +239,16 @@ def measure_candidates(backends, bundle_dir: Path, work: dict, vx, log) -> None:
     """Latency of every passing candidate of every preset and backend, in one interleaved pass, so that the
     choice between precisions, between backends and between presets (the Pareto front) rests on figures
     taken under the same conditions. Writes ``latency_ms`` into the candidates' records."""
-    runners, records = {}, {}
+    loads = {}
     t0 = time.perf_counter()
-    try:
-        for (preset, bname), cands in work.items():
-            backend = next(b for b in backends if b.name == bname)
-            for rec in cands.records:
-                spec = cands.specs.get(rec["id"])
-                if spec is None or spec.status != "ok":
-                    continue
-                key = f"{preset}/{bname}/{rec['id']}"
-                runners[key] = backend.load(bundle_dir, spec)
-                records[key] = rec
-        lat = measure_latencies_interleaved(runners, vx) if runners else {}
-    finally:
-        for r in runners.values():
-            r.close()
-    for key, rec in records.items():
-        rec["latency_ms"] = lat[key]
-    log(f"[latency] {len(runners)} passing candidates measured interleaved ({time.perf_counter() - t0:.1f} s)")
+    for (preset, bname), cands in work.items():
+        backend = next(b for b in backends if b.name == bname)
+        for rec in cands.records:
+            spec = cands.specs.get(rec["id"])
+            if spec is not None and spec.status == "ok":
+                loads[f"{preset}/{bname}/{rec['id']}"] = (lambda b=backend, s=spec: b.load(bundle_dir, s), rec)
+    n = measure_into_records(loads, vx)
+    log(f"[latency] {n} passing candidates measured interleaved ({time.perf_counter() - t0:.1f} s)")
 
 
 _ENGINE_FIGURES = ("top1", "agreement", "mean_abs_dlogit", "max_abs_dlogit", "samples", "predictions_sha256",

@@ -27,7 +27,7 @@ from edgevit.backends.base import EngineSpec
 from edgevit.cache import content_key
 from edgevit.host import tool_versions
 from edgevit.selection import choose_backend, choose_candidate
-from edgevit.validate import gate, measure_latencies_interleaved, validate
+from edgevit.validate import gate, measure_into_records, validate
 
 ONNX_FILE = "onnx/shared.onnx"
 INPUTS_FILE = "engines/shared-inputs.npz"
@@ -166,22 +166,12 @@ def build_shared(model, presets, backends, profile, cx, vx, vy, refs: dict, onnx
 
 
 def _measure(model, presets, backends, work, bundle_dir: Path, vx, log) -> None:
-    runners, where = {}, {}
+    loads = {f"{p.name}/{b.name}/{c.cand.id}": (lambda b=b, s=_preset_spec(c.spec, model, p): b.load(bundle_dir, s),
+                                                 c.per_preset[p.name])
+             for b in backends for c in work[b.name] for p in presets}
     t0 = time.perf_counter()
-    try:
-        for b in backends:
-            for c in work[b.name]:
-                for p in presets:
-                    key = f"{p.name}/{b.name}/{c.cand.id}"
-                    runners[key] = b.load(bundle_dir, _preset_spec(c.spec, model, p))
-                    where[key] = c.per_preset[p.name]
-        lat = measure_latencies_interleaved(runners, vx) if runners else {}
-    finally:
-        for r in runners.values():
-            r.close()
-    for key, rec in where.items():
-        rec["latency_ms"] = lat[key]
-    log(f"[latency] {len(runners)} preset x candidate runners on shared engines measured interleaved "
+    n = measure_into_records(loads, vx)
+    log(f"[latency] {n} preset x candidate runners on shared engines measured interleaved "
         f"({time.perf_counter() - t0:.1f} s)")
 
 

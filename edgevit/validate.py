@@ -199,6 +199,22 @@ def measure_latencies_interleaved(runners: dict, sample: np.ndarray, rounds: int
     return out
 
 
+def measure_into_records(loads: dict, sample: np.ndarray) -> int:
+    """``loads``: key -> (a function that loads a runner, the record to write its ``latency_ms`` into). Loads
+    them all, times them in one interleaved pass, closes them; returns how many were measured."""
+    runners = {}
+    try:
+        for key, (load, _) in loads.items():
+            runners[key] = load()
+        lat = measure_latencies_interleaved(runners, sample) if runners else {}
+    finally:
+        for r in runners.values():
+            r.close()
+    for key, (_, record) in loads.items():
+        record["latency_ms"] = lat[key]
+    return len(runners)
+
+
 def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
     """Names whose (cost, accuracy) no other point beats: cost no higher and accuracy no lower, one strictly."""
     front = set()
