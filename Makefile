@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 STAMP   = $(VENV)/.edgevit-installed
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast test-full clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,11 +21,17 @@ demo: setup
 	$(VENV)/bin/edgevit build --target x86-cpu
 	$(VENV)/bin/edgevit inspect bundles/supervit-nano-x86-cpu
 
+# The suite CI runs: everything but the demo-scale runs (under 15 min on 2 cores).
 test: setup
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 -m "not full"
 
+# No training, no builds (under 2 min).
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not full"
+
+# Adds the demo-scale runs: the default training and every preset of the default models (about 35 min).
+test-full: setup
+	$(PY) -m pytest -q --durations=15
 
 clean:
 	rm -rf runs bundles .edgevit-cache .pytest_cache

@@ -27,8 +27,9 @@ from edgevit.errors import EdgevitError
 from edgevit.files import output_bundle
 from edgevit.host import host_info, matches_target, tool_versions
 from edgevit.profiles import Profile, load_profile
-from edgevit.selection import choose_backend, choose_candidate
-from edgevit.validate import cohen_kappa, gate, mark_pareto, measure_into_records, validate
+from edgevit.selection import choose_backend, choose_candidate, faster_beyond_noise
+from edgevit.validate import (cohen_kappa, gate, mark_pareto, measure_into_records, measure_latencies_interleaved,
+                              validate)
 
 DEFAULT_MODEL = "supervit-nano"
 
@@ -171,57 +172,138 @@ def array_digest(a: np.ndarray | None) -> str | None:
 @dataclass
 class Candidates:
     """One preset on one backend after validation: every candidate's record, and the specs of those that
-    passed (their files are in the bundle until the choice)."""
+    passed (their files are in the bundle until the choice). ``slower``: candidates the probe found slower
+    than the floor on this preset, with why (``build_candidates(probe=True)``)."""
 
     records: list[dict]
     specs: dict[str, EngineSpec]
+    slower: dict[str, str] = field(default_factory=dict)
 
 
 def build_candidates(backend, onnx_path, preset, profile: Profile, calib, vx, vy, ref_logits, torch_top1,
-                     cache: Cache, bundle_dir: Path, calib_digest: str | None = None) -> Candidates:
+                     cache: Cache, bundle_dir: Path, calib_digest: str | None = None, measured: bool = False,
+                     compile_cache: str | None = None, not_built: dict | None = None,
+                     probe: bool = False) -> Candidates:
     """Build, validate and gate each of the backend's candidates for one preset, in preference order.
 
-    A candidate that escalates another (INT8 with more layers in FP32) is only tried where that one failed
-    the gate; a candidate the host cannot build is recorded with the reason; FP32 is the floor and always
-    passes. Failed candidates' files are removed at once."""
+    - A candidate that escalates another (INT8 with more layers in FP32) is only tried where that one failed
+      the gate, and, when this host is the target (``measured``), only where that one was faster than the
+      floor: keeping more layers in FP32 cannot beat full INT8 that already loses to FP32.
+    - ``not_built``: candidate id -> why it is not built (the probe of a larger preset found it slower).
+    - ``probe``: time every built candidate against the floor afterwards (this is the largest preset) and
+      return those slower beyond the noise in ``Candidates.slower``.
+    - A candidate the host cannot build is recorded with the reason; FP32 is the floor and always passes.
+      Failed candidates' files leave the bundle."""
     calib_digest = calib_digest or array_digest(calib)
-    records, specs, failed = [], {}, set()
-    for cand in backend.candidates(profile):
-        rec = cand.record()
-        if cand.skip:
-            records.append({**rec, "passed": False, "skipped": True, "reason": cand.skip, "latency_ms": None})
+    cands = backend.candidates(profile)
+    floor = next((c for c in cands if c.floor), None)
+    done: dict[str, tuple[dict, EngineSpec]] = {}
+
+    def attempt(cand):
+        if cand.id not in done:
+            done[cand.id] = _attempt(backend, cand, onnx_path, preset, profile, calib, calib_digest, vx, vy,
+                                     ref_logits, torch_top1, cache, bundle_dir, compile_cache)
+        return done[cand.id]
+
+    records, specs = [], {}
+    for cand in cands:
+        why = cand.skip or (not_built or {}).get(cand.id)
+        if cand.escalates and not why:
+            base = done.get(cand.escalates)
+            if base is None or base[0]["passed"]:
+                continue
+            why = (_cannot_win(backend, base, attempt(floor), bundle_dir, vx, compile_cache)
+                   if measured and floor is not None else None)
+        if why:
+            records.append({**cand.record(), "passed": False, "skipped": True, "reason": why, "latency_ms": None})
             continue
-        if cand.escalates and cand.escalates not in failed:
-            continue
-        t0 = time.perf_counter()
-        spec, cached = compile_cached(backend, onnx_path, preset.name, cand, calib, calib_digest, profile, cache,
-                                      bundle_dir)
-        runner = backend.validation_runner(bundle_dir, spec)
-        try:
-            v = validate(runner, vx, vy, ref_logits)
-            inference_precision = getattr(runner, "inference_precision", None)
-        finally:
-            runner.close()
-        g = gate(v, torch_top1, profile.accuracy)
-        passed = g.passed or cand.floor
-        reason = g.reason if g.passed or not cand.floor else f"the floor ships regardless ({g.reason})"
-        rec.update(passed=passed, reason=reason, gate=g.to_dict(), cached=cached,
-                   seconds=round(time.perf_counter() - t0, 2), latency_ms=None, **v.to_dict())
-        if inference_precision:
-            rec["inference_precision"] = inference_precision
-        if spec.status != "ok":
-            # Validated as the device will build it; the engine's own figures replace these there.
-            rec["validated_with"] = f"onnxruntime CPU ({spec.file}, the ONNX the engine is built from)"
-            rec["device_candidates"] = [_validate_candidate(bundle_dir, c, vx, vy, ref_logits, torch_top1, profile)
-                                        for c in spec.settings.get("candidates", [])]
+        rec, spec = attempt(cand)
         records.append(rec)
-        if passed:
+        if rec["passed"]:
             specs[cand.id] = spec
-        else:
-            failed.add(cand.id)
-            for rel in spec.files:  # a failed candidate does not ship
+    slower = _slower_than_floor(backend, done, floor.id, preset, bundle_dir, vx, compile_cache) if (
+        probe and measured and floor is not None) else {}
+    for rec, spec in done.values():
+        if not rec["passed"]:   # a failed candidate does not ship
+            for rel in spec.files:
                 (bundle_dir / rel).unlink(missing_ok=True)
-    return Candidates(records, specs)
+    return Candidates(records, specs, slower)
+
+
+def _attempt(backend, cand, onnx_path, preset, profile: Profile, calib, calib_digest, vx, vy, ref_logits,
+             torch_top1, cache: Cache, bundle_dir: Path, compile_cache) -> tuple[dict, EngineSpec]:
+    """Compile one candidate and validate it on the gate: its record and spec."""
+    rec = cand.record()
+    t0 = time.perf_counter()
+    spec, cached = compile_cached(backend, onnx_path, preset.name, cand, calib, calib_digest, profile, cache,
+                                  bundle_dir)
+    runner = backend.validation_runner(bundle_dir, backend.with_compile_cache(spec, compile_cache))
+    try:
+        v = validate(runner, vx, vy, ref_logits)
+        inference_precision = getattr(runner, "inference_precision", None)
+    finally:
+        runner.close()
+    g = gate(v, torch_top1, profile.accuracy)
+    passed = g.passed or cand.floor
+    reason = g.reason if g.passed or not cand.floor else f"the floor ships regardless ({g.reason})"
+    rec.update(passed=passed, reason=reason, gate=g.to_dict(), cached=cached,
+               seconds=round(time.perf_counter() - t0, 2), latency_ms=None, **v.to_dict())
+    if inference_precision:
+        rec["inference_precision"] = inference_precision
+    if spec.status != "ok":
+        # Validated as the device will build it; the engine's own figures replace these there.
+        rec["validated_with"] = f"onnxruntime CPU ({spec.file}, the ONNX the engine is built from)"
+        rec["device_candidates"] = [_validate_candidate(bundle_dir, c, vx, vy, ref_logits, torch_top1, profile)
+                                    for c in spec.settings.get("candidates", [])]
+    return rec, spec
+
+
+def _probe(backend, specs: dict, bundle_dir: Path, vx, compile_cache) -> dict:
+    """A short interleaved latency probe of ``specs`` (id -> spec): id -> latency record."""
+    runners = {}
+    try:
+        for cid, spec in specs.items():
+            runners[cid] = backend.load(bundle_dir, backend.with_compile_cache(spec, compile_cache))
+        return measure_latencies_interleaved(runners, vx, rounds=5, budget_s=0.05, max_iters=20)
+    finally:
+        for r in runners.values():
+            r.close()
+
+
+def _cannot_win(backend, base, floor, bundle_dir: Path, vx, compile_cache) -> str | None:
+    """Why escalating ``base`` (a candidate that failed the gate) cannot pay: it was not faster than the floor
+    beyond the noise in a short interleaved probe. None where it was, or where neither runs on this host."""
+    (brec, bspec), (frec, fspec) = base, floor
+    if bspec.status != "ok" or fspec.status != "ok":
+        return None
+    lat = _probe(backend, {"base": bspec, "floor": fspec}, bundle_dir, vx, compile_cache)
+    faster, figures = faster_beyond_noise(lat["base"], lat["floor"])
+    if faster:
+        return None
+    return (f"not tried: {brec['id']}, with every layer it quantizes, was not faster than {frec['id']} here "
+            f"({figures}, probe), so keeping more layers in {frec['precision']} cannot win")
+
+
+def _slower_than_floor(backend, done: dict, floor_id: str, preset, bundle_dir: Path, vx,
+                       compile_cache) -> dict[str, str]:
+    """The candidates built for ``preset`` (the largest: the most compute for a reduced precision to gain on)
+    that ran slower than the floor beyond the noise, whether or not they passed the gate, with why. Smaller
+    presets do not build them: on every host measured, a reduced precision's gain over FP32 grew with the
+    preset's FLOPs (docs/benchmarks/build-time-avx2.md)."""
+    specs = {cid: spec for cid, (_, spec) in done.items() if spec.status == "ok"}
+    if floor_id not in specs or len(specs) < 2:
+        return {}
+    lat = _probe(backend, specs, bundle_dir, vx, compile_cache)
+    out = {}
+    for cid in specs:
+        slower, _ = faster_beyond_noise(lat[floor_id], lat[cid]) if cid != floor_id else (False, "")
+        if slower:
+            ratio = lat[cid]["p50"] / lat[floor_id]["p50"]
+            rounds = sum(a > b for a, b in zip(lat[cid]["rounds"], lat[floor_id]["rounds"]))
+            out[cid] = (f"not built: at {preset.name} ({preset.flops / 1e6:.1f} MFLOPs, the preset with the most "
+                        f"compute to gain on) {cid} took {ratio:.2f}x the time of {floor_id}, slower in {rounds}/"
+                        f"{len(lat[cid]['rounds'])} rounds of an interleaved probe on this host")
+    return out
 
 
 def _validate_candidate(bundle_dir, settings, vx, vy, ref_logits, torch_top1, profile: Profile) -> dict:
@@ -235,7 +317,7 @@ def _validate_candidate(bundle_dir, settings, vx, vy, ref_logits, torch_top1, pr
             "gate": g.to_dict(), **v.to_dict()}
 
 
-def measure_candidates(backends, bundle_dir: Path, work: dict, vx, log) -> None:
+def measure_candidates(backends, bundle_dir: Path, work: dict, vx, log, compile_cache: str | None = None) -> None:
     """Latency of every passing candidate of every preset and backend, in one interleaved pass, so that the
     choice between precisions, between backends and between presets (the Pareto front) rests on figures
     taken under the same conditions. Writes ``latency_ms`` into the candidates' records."""
@@ -246,6 +328,7 @@ def measure_candidates(backends, bundle_dir: Path, work: dict, vx, log) -> None:
         for rec in cands.records:
             spec = cands.specs.get(rec["id"])
             if spec is not None and spec.status == "ok":
+                spec = backend.with_compile_cache(spec, compile_cache)   # validation compiled it: import it
                 loads[f"{preset}/{bname}/{rec['id']}"] = (lambda b=backend, s=spec: b.load(bundle_dir, s), rec)
     n = measure_into_records(loads, vx)
     log(f"[latency] {n} passing candidates measured interleaved ({time.perf_counter() - t0:.1f} s)")
@@ -285,7 +368,7 @@ def _candidates_line(name: str, cands: Candidates, acc: str, scene: bool) -> str
     parts = []
     for r in cands.records:
         if r.get("skipped"):
-            parts.append(f"{r['id']} skipped")
+            parts.append(f"{r['id']} {'not ' + r['reason'].split()[1].rstrip(':') if r['reason'].startswith('not ') else 'skipped'}")
             continue
         mark = "ok" if r["passed"] else "FAILS GATE"
         kappa = f" kappa {r['kappa']:.4f}" if scene else ""
@@ -406,7 +489,7 @@ def build(opts: BuildOptions) -> Path:
     if shared and (not hasattr(model, "pos_embed_list") or "tensorrt" in [b.name for b in backends]):
         raise EdgevitError(f"--shared-weights (profile shared_weights) is built for SuperViT models on OpenVINO and "
                            f"ONNX Runtime; {model.variant} on {', '.join(b.name for b in backends)} is not")
-    with BundleWriter(out) as writer:
+    with BundleWriter(out) as writer, cache.scratch("compiled") as compiled:
         tmp = writer.tmp
         entries, refs, work = [], {}, {}
         if shared:
@@ -418,7 +501,10 @@ def build(opts: BuildOptions) -> Path:
             shared_build.write_inputs(model, tmp)
             log(f"[export] every preset in one graph {'(cached)' if shared_hit else 'done'}: parity "
                 f"{shared_report['parity_max_abs']:.1e} over {shared_report['presets_checked']} presets")
-        for i, p in enumerate(presets, 1):
+        # Largest first: its probe tells which reduced precisions the smaller presets need not build.
+        order = presets if shared else sorted(presets, key=lambda p: -p.flops)
+        not_built = {b.name: {} for b in backends}
+        for i, p in enumerate(order, 1):
             t0 = time.perf_counter()
             with torch.inference_mode():
                 ref = np.concatenate([model(torch.from_numpy(vx[j:j + 256]), p.resolution, p.keep_rate).numpy()
@@ -438,17 +524,23 @@ def build(opts: BuildOptions) -> Path:
             line = [f"[{i:>2}/{len(presets)}] {p.name:<10} export {'(cached)' if hit else 'done'} "
                     f"parity {export_report['parity_max_abs']:.1e}  torch {acc} {100 * torch_top1:.2f}%{kappa}"]
             for b in backends:
-                work[(p.name, b.name)] = c = build_candidates(b, tmp / onnx_rel, p, profile, cx, vx, vy, ref,
-                                                              torch_top1, cache, tmp, calib_digest)
+                work[(p.name, b.name)] = c = build_candidates(
+                    b, tmp / onnx_rel, p, profile, cx, vx, vy, ref, torch_top1, cache, tmp, calib_digest, measure,
+                    str(compiled), not_built[b.name], probe=i == 1 and len(order) > 1)
                 line.append(_candidates_line(b.name, c, acc, scene))
+                not_built[b.name].update(c.slower)
             log(" | ".join(line) + f"  ({time.perf_counter() - t0:.1f} s)")
+            for b in backends:
+                for cid, why in work[(p.name, b.name)].slower.items():
+                    log(f"[probe] {b.name} {cid}: {why.removeprefix('not built: ')}; not built for smaller presets")
             entries.append(_preset_record(p, onnx_rel.as_posix(), export_report, ref, vy))
+        entries.sort(key=lambda e: [q.name for q in presets].index(e["name"]))
 
         if shared:
             chosen = shared_build.build_shared(model, presets, backends, profile, cx, vx, vy, refs,
                                                tmp / shared_build.ONNX_FILE, cache, tmp, measure, calib_digest, log)
         elif measure:
-            measure_candidates(backends, tmp, work, vx, log)
+            measure_candidates(backends, tmp, work, vx, log, str(compiled))
         for e in entries:
             for b in backends:
                 e["engines"][b.name] = (chosen[e["name"]][b.name] if shared else

@@ -35,6 +35,18 @@ class Cache:
         return p if (p / ".complete").exists() else None
 
     @contextmanager
+    def scratch(self, prefix: str):
+        """A directory for one build's throw-away files (compiled-engine blobs), removed when it ends."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}.", dir=self.root))
+        cleanup.register(tmp)
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            cleanup.unregister(tmp)
+
+    @contextmanager
     def put(self, stage: str, key: str):
         """Yields a scratch directory; on success it becomes the entry ``stage/key``."""
         final = self.path(stage, key)

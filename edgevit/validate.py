@@ -160,7 +160,7 @@ def measure_latency(runner, sample: np.ndarray, warmup: int = 10, iters: int = 5
 
 
 def measure_latencies_interleaved(runners: dict, sample: np.ndarray, rounds: int = 5, budget_s: float = 0.15,
-                                  max_iters: int = 40, pause_s: float = 0.05) -> dict[str, dict]:
+                                  max_iters: int = 40, pause_s: float = 0.03) -> dict[str, dict]:
     """Latency of several engines measured round-robin, so drift on a busy host hits them all alike.
 
     A preset's figures are measured once per build and seed the Pareto front the switcher chooses from; timed

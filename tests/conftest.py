@@ -2,6 +2,34 @@ import pytest
 
 from edgevit.train import TrainConfig, train
 
+# Fixtures that train a model or build a bundle. A test that uses one is marked slow, so `make test-fast`
+# (-m "not slow") trains and builds nothing; `_fast_tests_train_nothing` below holds the rest to it.
+TRAINS_OR_BUILDS = {"quick_checkpoint", "default_training", "built", "bench_result", "orin_bundle",
+                    "default_checkpoint", "quick_vvt", "wmf_bundle"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("full") or TRAINS_OR_BUILDS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_train_nothing(request, monkeypatch):
+    """A test not marked slow that reaches a training step or a model export fails, naming itself."""
+    if request.node.get_closest_marker("slow"):
+        return
+    import edgevit.builder
+    import edgevit.shared_build
+    import edgevit.train
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} trains or builds: mark it @pytest.mark.slow")
+
+    for module, name in ((edgevit.train, "supervit_step"), (edgevit.train, "plain_step"),
+                         (edgevit.builder, "export_cached"), (edgevit.shared_build, "export_cached")):
+        monkeypatch.setattr(module, name, refuse)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_compile_cache(tmp_path_factory):

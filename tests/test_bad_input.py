@@ -26,6 +26,7 @@ def test_train_out_is_checked_before_training(tmp_path):
     assert "--out" in line and "cannot write" in line
 
 
+@pytest.mark.slow
 def test_train_out_naming_a_folder_writes_the_default_name_inside(tmp_path):
     from edgevit.train import TrainConfig, train
 

@@ -1,4 +1,5 @@
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -235,6 +236,55 @@ def test_a_passing_candidate_slower_than_fp32_does_not_ship(tmp_path):
     assert sorted(p.name for p in bundle.iterdir()) == ["r32-k1.fp32"]
 
 
+def _fake_candidates(tmp_path, latency, **kwargs):
+    """build_candidates on the fake backend as on a host that is the target (``measured``)."""
+    from edgevit.builder import build_candidates
+    from edgevit.models import create_model
+    from edgevit.profiles import load_profile
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(100, 10)).astype(np.float32)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
+    (tmp_path / "p.yaml").write_text("name: fake\ndevice: {kind: cpu}\nbackend: onnxruntime\n"
+                                     "precision: [int8, bf16, fp32]\n")
+    backend = _FakeBackend(ref, latency)
+    bundle = tmp_path / "b"
+    bundle.mkdir(exist_ok=True)
+    cands = build_candidates(backend, tmp_path / "m.onnx", create_model("supervit-nano").preset("r32-k1"),
+                             load_profile(str(tmp_path / "p.yaml")), np.zeros((4, 3, 32, 32), np.float32),
+                             np.zeros((100, 3, 32, 32), np.float32), ref.argmax(-1), ref, 1.0, Cache(tmp_path / "c"),
+                             bundle, **{"measured": True, **kwargs})
+    return backend, cands, {r["id"]: r for r in cands.records}
+
+
+def test_an_escalation_is_tried_only_where_the_failed_candidate_was_faster_than_the_floor(tmp_path):
+    fast = {"int8": 0.0005, "int8-mixed": 0.0005, "bf16": 0.001, "fp32": 0.003}
+    backend, _, _ = _fake_candidates(tmp_path / "a", fast)
+    assert backend.calls == ["int8", "fp32", "int8-mixed", "bf16"]   # the floor is built first, for the probe
+    slow = {"int8": 0.004, "int8-mixed": 0.004, "bf16": 0.001, "fp32": 0.002}
+    backend, cands, by_id = _fake_candidates(tmp_path / "b", slow)
+    assert backend.calls == ["int8", "fp32", "bf16"]
+    assert by_id["int8-mixed"]["skipped"] and by_id["int8-mixed"]["reason"].startswith("not tried: int8")
+    assert "faster in 0/5 rounds" in by_id["int8-mixed"]["reason"]
+    assert [r["id"] for r in cands.records] == ["int8", "int8-mixed", "bf16", "fp32"]   # preference order
+
+
+def test_a_precision_slower_than_the_floor_on_the_largest_preset_is_not_built_for_the_others(tmp_path):
+    latency = {"int8": 0.004, "int8-mixed": 0.004, "bf16": 0.001, "fp32": 0.002}
+    _, largest, _ = _fake_candidates(tmp_path / "a", latency, probe=True)
+    # int8 failed the gate and was slower; bf16 passed and was faster: only int8 is ruled out.
+    assert set(largest.slower) == {"int8"} and re.search(r"int8 took \d+\.\d\dx the time of fp32", largest.slower["int8"])
+    assert "slower in 5/5 rounds" in largest.slower["int8"]
+    backend, cands, by_id = _fake_candidates(tmp_path / "b", latency, not_built=largest.slower)
+    assert backend.calls == ["bf16", "fp32"]
+    assert by_id["int8"]["skipped"] and by_id["int8"]["reason"] == largest.slower["int8"]
+    assert "int8-mixed" not in by_id and set(cands.specs) == {"bf16", "fp32"}
+    # Without a measurement (the build host is not the target) nothing is probed or ruled out.
+    _, unmeasured, _ = _fake_candidates(tmp_path / "c", latency, probe=True, measured=False)
+    assert unmeasured.slower == {}
+
+
 def test_a_candidate_the_host_cannot_run_is_recorded_with_why(tmp_path):
     from edgevit.backends.openvino import BACKEND as OV
     from edgevit.profiles import load_profile
@@ -289,7 +339,7 @@ def test_next_build_removes_only_the_partials_of_dead_builds(tmp_path):
     assert not stale.exists() and live.exists() and other.exists()
 
 
-@pytest.mark.slow
+@pytest.mark.full
 def test_default_build_ships_the_fastest_engine_that_passes_the_gate(default_training, tmp_path):
     """Every preset and backend of the embedded default: the chosen engine passes the gate and is not slower
     than the preset's FP32 candidate measured in the same pass. Which precision wins is the host's business."""

@@ -61,6 +61,7 @@ def test_lr_schedule_warms_up_then_decays_to_floor():
     assert lr_at(100, 100, 10, 1e-3, 1e-5) == pytest.approx(1e-5)
 
 
+@pytest.mark.slow
 def test_short_training_writes_complete_checkpoint(tmp_path):
     out = tmp_path / "m.pt"
     r = train(TrainConfig(epochs=1, max_steps=3, batch_size=16, out=str(out)))
@@ -77,6 +78,7 @@ def test_short_training_writes_complete_checkpoint(tmp_path):
     assert not torch.equal(init.head.weight, ck.model.head.weight)
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_ranks_stay_identical(tmp_path):
     out = tmp_path / "ddp.pt"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -93,7 +95,7 @@ def test_torchrun_two_gloo_ranks_stay_identical(tmp_path):
     assert r.stderr.count("checkpoint written") == 1
 
 
-@pytest.mark.slow
+@pytest.mark.full
 def test_default_training_meets_accuracy_targets(default_training):
     """The issue's bar: >= 95% at (32, 1.0) and >= 85% at (16, 0.5) with the CLI defaults."""
     _, r = default_training

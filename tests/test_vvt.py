@@ -185,7 +185,7 @@ def test_build_refuses_a_resolution_vvt_cannot_take(quick_vvt, tmp_path):
     assert r.exit_code == 2 and "[48] not allowed" in r.output and "multiples of 32" in r.output
 
 
-@pytest.mark.slow
+@pytest.mark.full
 def test_default_vvt_build_x86_cpu(tmp_path):
     """`edgevit build --model vvt --target x86-cpu`: top-1 >= 95% at 64 px, and every shipped engine passes the
     gate and is not slower than its FP32 candidate (which precision wins is the host's business)."""

@@ -134,6 +134,7 @@ def preset_feeds(bundle_dir, shared: dict) -> dict:
 class Backend:
     name: str = ""
     library: str = ""          # the Python package the backend needs
+    compile_cache: bool = False  # whether loads can import a cached compiled form (``with_compile_cache``)
 
     def available(self) -> tuple[bool, str]:
         """Whether this host can compile and run the backend, and if not, why."""
@@ -174,6 +175,11 @@ class Backend:
 
     def load(self, bundle_dir, spec: EngineSpec) -> Runner:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def with_compile_cache(self, spec: EngineSpec, cache_dir: str | None) -> EngineSpec:
+        """``spec`` loading through a compiled-model cache in ``cache_dir``, where the backend has one (a later
+        load imports the compiled engine instead of compiling it again). Default: no such cache."""
+        return spec
 
     def cache_tag(self):
         """What, besides the inputs, decides the compiled output on this host (part of the cache key)."""

@@ -76,9 +76,10 @@ class OnnxRuntimeBackend(Backend):
 
     def recipes(self, precision, profile) -> list[Candidate]:
         if precision == "int8":
+            # No escalated static recipe (more layers in FP32): on the AVX2 host measured, wherever the plain one
+            # failed the gate (12 of 12 demo presets) the escalated one failed too, and cost 22 s of the build;
+            # dynamic INT8 is the recipe that keeps activations in FP32.
             return [Candidate("int8", "int8", "qdq-static", level=0),
-                    Candidate("int8-protected", "int8", "qdq-static (+ head, attention, selection in fp32)", level=1,
-                              escalates="int8"),
                     # ONNX Runtime's recommendation for transformers: int8 weights, activations quantized per call.
                     Candidate("int8-dynamic", "int8", "dynamic (MatMul/Gemm weights)")]
         if precision == "fp16":

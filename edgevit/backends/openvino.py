@@ -84,6 +84,7 @@ def bf16_support() -> str | None:
 class OpenVINOBackend(Backend):
     name = "openvino"
     library = "openvino"
+    compile_cache = True
 
     def recipes(self, precision, profile) -> list[Candidate]:
         if precision == "int8":
@@ -122,6 +123,11 @@ class OpenVINOBackend(Backend):
             raise ValueError(f"openvino backend builds int8, bf16 or fp32, not {candidate.precision}")
         return EngineSpec(self.name, candidate.precision, rel.as_posix(), [rel.with_suffix(".bin").as_posix()],
                           settings=settings, quantization=quant)
+
+    def with_compile_cache(self, spec: EngineSpec, cache_dir: str | None) -> EngineSpec:
+        if not cache_dir:
+            return spec
+        return EngineSpec(**{**spec.to_dict(), "settings": {**spec.settings, "cache_dir": str(cache_dir)}})
 
     def load(self, bundle_dir, spec: EngineSpec) -> Runner:
         def make():

@@ -302,9 +302,10 @@ def load(bundle, backend: str | None = None, presets: list[str] | None = None, v
         if verify:
             verify_files(bundle, manifest, spec.files)
         sha = manifest["files"].get(spec.file)
-        if cache and b == "openvino" and sha:
-            spec.settings = {**spec.settings, "cache_dir": compile_cache_dir(b, sha)}
-        runners[p["name"]] = get_backend(b).load(bundle, spec)
+        backend_impl = get_backend(b)
+        if cache and sha and backend_impl.compile_cache:
+            spec = backend_impl.with_compile_cache(spec, compile_cache_dir(b, sha))
+        runners[p["name"]] = backend_impl.load(bundle, spec)
         infos.append(_preset_info(p, entry, b, backend is None and b == (p.get("default") or {}).get("backend")))
         used.append(b)
     infos.sort(key=lambda i: (i.gflops, -i.resolution))
