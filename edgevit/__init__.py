@@ -10,12 +10,13 @@ from edgevit.errors import EdgevitError  # noqa: E402
 __all__ = ["__version__", "EdgevitError", "load"]
 
 
-def load(bundle, backend=None, presets=None, verify=True, cache=True):
+def load(bundle, backend=None, presets=None, verify=True, cache=True, background=True):
     """Open a bundle for inference: ``rt = edgevit.load("bundles/supervit-nano-x86-cpu")``.
 
     ``backend`` pins one backend (default: each preset's fastest measured engine that this device can run);
     ``presets`` loads a subset; ``verify`` checks the engines' sha256; ``cache`` keeps compiled engines in
-    a per-user cache so the next start is fast."""
+    a per-user cache so the next start is fast; ``background`` returns once the starting preset is loaded
+    and loads the others in a background thread (``rt.wait_loaded()`` waits for them)."""
     from edgevit.runtime import load as _load
 
-    return _load(bundle, backend=backend, presets=presets, verify=verify, cache=cache)
+    return _load(bundle, backend=backend, presets=presets, verify=verify, cache=cache, background=background)

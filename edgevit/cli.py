@@ -214,9 +214,11 @@ def build_cmd(target, model, checkpoint, data, out, presets, resolutions, batch,
     ONNX Runtime against torch -> candidates per backend, in the profile's precision preference
       OpenVINO:     NNCF INT8 (transformer) | mixed INT8 (NNCF accuracy control, where INT8 fails the gate)
                     | BF16 (CPUs with AVX512-BF16/AMX) | FP32
-      ONNX Runtime: static QDQ INT8 (| more layers in FP32, where it fails) | dynamic INT8 | FP32
+      ONNX Runtime: static QDQ INT8 | dynamic INT8 | FP32
     -> validation of every candidate (top-1, agreement with torch FP32 with its n and confidence bound)
     -> the gate drops candidates that lose accuracy beyond the noise.
+    Presets go largest first: a candidate slower than FP32 there (interleaved probe) is not built for
+    the smaller ones, and the manifest says why.
     Then every passing candidate of every preset and backend is timed in one interleaved pass, and each
     preset ships the fastest: a reduced precision only where it beats FP32 beyond the noise. Each preset
     runs by default on the backend measured fastest. When this host is not the target, the profile's

@@ -85,6 +85,43 @@ def test_load_runs_each_presets_default_engine(built):
         assert d <= primary
 
 
+def test_load_returns_with_the_starting_preset_and_loads_the_others_behind_it(built, monkeypatch):
+    """``load`` returns once the preset the runtime starts on is resident. A preset asked for before the
+    background loader reached it is waited for, and answers as a fully loaded runtime does."""
+    import edgevit
+    from edgevit.backends.onnxruntime import OnnxRuntimeBackend
+
+    out, _, _ = built
+    x = list(np.random.default_rng(0).integers(0, 256, (4, 8, 8), dtype=np.uint8))
+    with edgevit.load(out, background=False) as ref:
+        expected = {p.name: ref.predict(x, preset=p.name).indices.tolist() for p in ref.presets}
+    with edgevit.load(out) as rt:
+        got = {p.name: rt.predict(x, preset=p.name).indices.tolist() for p in rt.presets}
+        assert rt.wait_loaded() is rt
+    assert got == expected
+    edgevit.load(out).close()        # closing while the loader runs stops it cleanly
+
+    # A preset that fails to load in the background says so, naming it, to whoever asks for it.
+    from edgevit.runtime.runtime import load_info
+
+    start = load_info(out, "onnxruntime").current
+    other = next(p for p in ("r32-k1", "r16-k0.5") if p != start)   # the fixture's two presets
+    real = OnnxRuntimeBackend.load
+
+    def broken(self, bundle_dir, spec):
+        if f"{other}." in spec.file:
+            raise RuntimeError("engine damaged")
+        return real(self, bundle_dir, spec)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "load", broken)
+    with edgevit.load(out, backend="onnxruntime") as rt:
+        assert rt.current == start and rt.predict(x).preset == start
+        with pytest.raises(EdgevitError, match=f"preset {other} failed to load: engine damaged"):
+            rt.predict(x, preset=other)
+        with pytest.raises(EdgevitError, match=f"{other} failed to load"):
+            rt.wait_loaded()
+
+
 def test_runtime_labels_equal_manifest_validation(built):
     """The device runtime, on the validation images, reproduces the predictions the build recorded."""
     import edgevit

@@ -75,6 +75,52 @@ class Runtime:
         self._in_flight = 0
         self._latency: dict[str, deque] = defaultdict(lambda: deque(maxlen=64))
         self._current = self.candidates[-1].name
+        self._pending: dict[str, threading.Event] = {}   # presets the background loader has yet to load
+        self._load_errors: dict[str, BaseException] = {}
+        self._loader: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    def _load_rest(self, loads: dict, log_done) -> None:
+        """Load ``loads`` (preset -> function returning its runner) in a background thread, so that ``load``
+        returns once the first preset is resident. A preset asked for before its turn is waited for."""
+        self._pending = {name: threading.Event() for name in loads}
+
+        def work():
+            for name, make in loads.items():
+                if self._closing.is_set():
+                    break
+                try:
+                    self._runners[name] = make()
+                except BaseException as e:   # raised to whoever asks for the preset
+                    self._load_errors[name] = e
+                self._pending[name].set()
+            for event in self._pending.values():
+                event.set()
+            if not self._closing.is_set():
+                log_done()
+
+        self._loader = threading.Thread(target=work, name="edgevit-load", daemon=True)
+        self._loader.start()
+
+    def wait_loaded(self, timeout: float | None = None) -> "Runtime":
+        """Block until every preset's engine is resident (``load`` returns once the first one is)."""
+        if self._loader is not None:
+            self._loader.join(timeout)
+        if self._load_errors:
+            name, e = next(iter(self._load_errors.items()))
+            raise EdgevitError(f"bundle {self.bundle}: preset {name} failed to load: {e}")
+        return self
+
+    def _runner(self, name: str):
+        event = self._pending.get(name)
+        if event is not None and not event.is_set():
+            event.wait()
+        if name in self._load_errors:
+            raise EdgevitError(f"bundle {self.bundle}: preset {name} failed to load: {self._load_errors[name]}")
+        runner = self._runners.get(name)
+        if runner is None:
+            raise EdgevitError(f"preset {name} has no engine loaded (runtime closed, or opened with load_info)")
+        return runner
 
     @property
     def candidates(self) -> list[PresetInfo]:
@@ -111,16 +157,14 @@ class Runtime:
     def runner(self, name: str):
         """The loaded engine of preset ``name`` (a ``Runner``: ``infer(batch)`` on the engine's static shape)."""
         self.preset(name)
-        if name not in self._runners:
-            raise EdgevitError(f"preset {name} has no engine loaded (runtime closed, or opened with load_info)")
-        return self._runners[name]
+        return self._runner(name)
 
     def warm(self, name: str) -> None:
         """One throw-away inference on ``name``: a model that has not run lately starts with cold CPU caches
         (measured: +0.5 ms on the first request after a switch, with 1 or 2 threads alike). The switcher calls
         this off the request path, before the swap."""
         self.preset(name)
-        runner = self._runners.get(name)
+        runner = self._runner(name) if name in self._runners or name in self._pending else None
         if runner is not None:
             runner.infer(np.zeros(tuple(runner.input_shape), np.float32))
 
@@ -138,10 +182,9 @@ class Runtime:
         float32 input needs ``preprocessed=True``. Anything else raises ``EdgevitError`` naming what is
         expected. The bundle's own preprocessing is applied."""
         name = preset or self._current          # read once: the whole request runs on this preset
-        if name not in self._runners:
+        if name not in self._runners and name not in self._pending:
             self.preset(name)
-            raise EdgevitError(f"preset {name} has no engine loaded (runtime closed, or opened with load_info)")
-        runner = self._runners[name]
+        runner = self._runner(name)
         with self._lock:
             self._in_flight += 1
         n = 0
@@ -172,7 +215,10 @@ class Runtime:
         return map_scene(self, scene, out, tile=tile, preset=preset, preview=preview, progress=progress)
 
     def close(self) -> None:
-        for r in self._runners.values():
+        self._closing.set()
+        if self._loader is not None:
+            self._loader.join()
+        for r in list(self._runners.values()):
             r.close()
         self._runners.clear()
 
@@ -268,11 +314,17 @@ def load_info(bundle, backend: str | None = None) -> Runtime:
 
 
 def load(bundle, backend: str | None = None, presets: list[str] | None = None, verify: bool = True,
-         cache: bool = True) -> Runtime:
+         cache: bool = True, background: bool = True) -> Runtime:
     """Open a bundle directory and load every preset's engine (or only ``presets``).
 
     With no ``backend``, each preset runs the engine the build measured fastest among its backends (the
-    manifest's per-preset ``default``); a backend's library is imported only if some preset uses it."""
+    manifest's per-preset ``default``); a backend's library is imported only if some preset uses it.
+
+    Every engine file is checked against the manifest first. The preset the runtime starts on is loaded
+    before ``load`` returns; with ``background`` (the default) the others follow in a background thread,
+    most accurate first, so a device serves its first request without waiting for all of them (a preset
+    asked for earlier than its turn is waited for; ``rt.wait_loaded()`` waits for all). OpenVINO engines
+    go through a compile cache (``cache``), so later boots import them instead of compiling them."""
     import psutil
 
     t0, rss0 = time.perf_counter(), psutil.Process().memory_info().rss
@@ -282,34 +334,53 @@ def load(bundle, backend: str | None = None, presets: list[str] | None = None, v
     if presets is not None and len(chosen) != len(set(presets)):
         known = [p["name"] for p in manifest["presets"]]
         raise EdgevitError(f"unknown preset(s) {sorted(set(presets) - set(known))}; this bundle has: {', '.join(known)}")
-    runners, infos, used = {}, [], []
+    loads, infos, used = {}, [], []
     installed = _Installed()
     for p in chosen:
         b = backend or default_backend(manifest, p, installed)
-        if not installed(b):
-            raise EdgevitError(f"bundle {bundle}: preset {p['name']} runs on {b}, which is not installed here: "
-                               f"pip install 'edgevit[{b}]'" + ("" if backend else
-                                                               " (or install any backend the bundle has: "
-                                                               + ", ".join(manifest.get("backends", [])) + ")"))
-        entry = p["engines"].get(b)
-        if entry is None:
-            raise EdgevitError(f"bundle {bundle}: preset {p['name']} has no {b} engine; it has "
-                               f"{', '.join(p['engines']) or 'none'}")
-        if entry.get("status") != "ok":
-            raise EdgevitError(f"bundle {bundle}: preset {p['name']} {b} engine is {entry.get('status')}: "
-                               f"{entry.get('reason', '')}")
+        entry = _usable_entry(bundle, p, b, installed, backend is None, manifest)
         spec = EngineSpec(**entry["engine"])
         if verify:
             verify_files(bundle, manifest, spec.files)
+        impl = get_backend(b)
         sha = manifest["files"].get(spec.file)
-        backend_impl = get_backend(b)
-        if cache and sha and backend_impl.compile_cache:
-            spec = backend_impl.with_compile_cache(spec, compile_cache_dir(b, sha))
-        runners[p["name"]] = backend_impl.load(bundle, spec)
+        if cache and sha and impl.compile_cache:
+            spec = impl.with_compile_cache(spec, compile_cache_dir(b, sha))
+        loads[p["name"]] = lambda impl=impl, spec=spec: impl.load(bundle, spec)
         infos.append(_preset_info(p, entry, b, backend is None and b == (p.get("default") or {}).get("backend")))
         used.append(b)
     infos.sort(key=lambda i: (i.gflops, -i.resolution))
-    rt = Runtime(bundle, manifest, _backend_label(used), runners, infos)
-    log.info("loaded %s: %d presets on %s in %.2f s, +%.0f MB resident", bundle, len(runners), rt.backend,
-             time.perf_counter() - t0, (psutil.Process().memory_info().rss - rss0) / 2 ** 20)
+    rt = Runtime(bundle, manifest, _backend_label(used), {}, infos)
+    first = rt.current if rt.current in loads else next(iter(loads), None)
+    if first is not None:
+        rt._runners[first] = loads.pop(first)()
+
+    def loaded():
+        log.info("loaded %s: %d presets on %s in %.2f s, +%.0f MB resident", bundle, len(rt._runners), rt.backend,
+                 time.perf_counter() - t0, (psutil.Process().memory_info().rss - rss0) / 2 ** 20)
+
+    rest = dict(sorted(loads.items(), key=lambda kv: -rt.preset(kv[0]).gflops))   # the switcher steps down
+    if background and rest:
+        rt._load_rest(rest, loaded)
+    else:
+        for name, make in rest.items():
+            rt._runners[name] = make()
+        loaded()
     return rt
+
+
+def _usable_entry(bundle: Path, p: dict, b: str, installed, default: bool, manifest: dict) -> dict:
+    """Preset ``p``'s engine entry on backend ``b``, or an error saying what is missing and how to get it."""
+    if not installed(b):
+        raise EdgevitError(f"bundle {bundle}: preset {p['name']} runs on {b}, which is not installed here: "
+                           f"pip install 'edgevit[{b}]'" + (" (or install any backend the bundle has: "
+                                                            + ", ".join(manifest.get("backends", [])) + ")"
+                                                            if default else ""))
+    entry = p["engines"].get(b)
+    if entry is None:
+        raise EdgevitError(f"bundle {bundle}: preset {p['name']} has no {b} engine; it has "
+                           f"{', '.join(p['engines']) or 'none'}")
+    if entry.get("status") != "ok":
+        raise EdgevitError(f"bundle {bundle}: preset {p['name']} {b} engine is {entry.get('status')}: "
+                           f"{entry.get('reason', '')}")
+    return entry
