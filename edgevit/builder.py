@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from edgevit import __version__
-from edgevit.backends.base import EngineSpec, get_backend
+from edgevit.backends.base import PENDING, EngineSpec, get_backend
 from edgevit.bundle import SCHEMA, SCHEMA_VERSION, BundleWriter, sha256_file
 from edgevit.cache import Cache, content_key
 from edgevit.errors import EdgevitError
@@ -141,7 +141,7 @@ def export_cached(model, preset, weights: str, sample, profile: Profile, cache: 
 def compile_cached(backend, onnx_path: Path, name: str, candidate, calib, calib_digest: str, profile: Profile,
                    cache: Cache, bundle_dir: Path) -> tuple[EngineSpec, bool]:
     """Compile (quantize) one candidate into ``bundle_dir``, reusing a cached one with the same inputs."""
-    section = getattr(profile, backend.name, {}) if backend.name in ("openvino", "onnxruntime", "tensorrt") else {}
+    section = getattr(profile, backend.name, None) or {}   # the backend's own profile section, if it has one
     calib_digest = calib_digest if candidate.precision == "int8" else None   # only INT8 reads the calibration set
     key = content_key("engine", sha256_file(onnx_path), backend.name, name, candidate.id, candidate.precision,
                       candidate.recipe, candidate.level, calib_digest, section, profile.calibration,
@@ -449,169 +449,248 @@ def _choice_line(e: dict, backends) -> str:
 
 
 
-def build(opts: BuildOptions) -> Path:
-    import torch
+@dataclass
+class Plan:
+    """What one build works on, fixed before any export; the stages read it and never change it."""
 
-    from edgevit.checkpoints import save_checkpoint
-    from edgevit.models import model_family
+    opts: BuildOptions
+    profile: Profile
+    got: Obtained
+    out: Path
+    presets: list
+    backends: list
+    unavailable: dict
+    measure: bool            # this host is the target: latencies are measured and decide
+    host_why: str | None
+    weights: str
+    cx: np.ndarray           # calibration inputs
+    vx: np.ndarray           # validation inputs and labels
+    vy: np.ndarray
+
+    @property
+    def model(self):
+        return self.got.model
+
+    @property
+    def scene(self) -> bool:  # per-pixel mapping reports overall accuracy and Cohen's kappa
+        return getattr(self.model, "input_kind", "images") == "patches"
+
+    @property
+    def acc(self) -> str:
+        return "OA" if self.scene else "top-1"
+
+
+def plan_build(opts: BuildOptions, cache: Cache) -> Plan:
+    """Profile, model (loaded or trained), data splits, backends and whether this host is the target."""
     from edgevit.train import weight_digest
 
-    t_start = time.perf_counter()
     log = opts.log
     profile = resolve_profile(opts)
     if opts.out:
         output_bundle(opts.out)          # before training or export, not after
-    cache = Cache(opts.cache_dir)
     got = obtain(opts, cache)
-    model, ds, pre = got.model.eval(), got.dataset, got.preprocess
+    got.model.eval()
+    model, ds, pre = got.model, got.dataset, got.preprocess
     out = output_bundle(opts.out or Path("bundles") / f"{model.variant}-{profile.name}")
-
     presets = [model.preset(n) for n in opts.presets] if opts.presets else model.presets()
     log(f"[build] {model.variant} -> {profile.name} ({profile.backend}"
         f"{', fallbacks ' + ', '.join(profile.fallbacks) if profile.fallbacks else ''}; precision preference "
         f"{' > '.join(profile.precision)}); {len(presets)} presets -> {out}")
-
     vx, vy = ds.val.arrays(pre)
     cx, _ = ds.calib.arrays(pre, limit=profile.calibration["samples"])
     log(f"[data] {ds.summary()}; calibrating on {len(cx)}, validating on {len(vx)} images")
-
     backends, unavailable = available_backends(profile, log)
     host_ok, host_why = matches_target(profile)
-    measure = opts.measure and host_ok
     if not host_ok:
         log(f"[build] latencies are not measured: {host_why}; the profile's preference order decides")
-
-    weights = weight_digest(model)
-    scene = getattr(model, "input_kind", "images") == "patches"
-    acc = "OA" if scene else "top-1"     # per-pixel mapping reports overall accuracy and Cohen's kappa
-    calib_digest = array_digest(cx)
-    shared = profile.shared_weights
-    if shared and (not hasattr(model, "pos_embed_list") or "tensorrt" in [b.name for b in backends]):
+    if profile.shared_weights and (not hasattr(model, "pos_embed_list") or any(b.deferred_build for b in backends)):
         raise EdgevitError(f"--shared-weights (profile shared_weights) is built for SuperViT models on OpenVINO and "
                            f"ONNX Runtime; {model.variant} on {', '.join(b.name for b in backends)} is not")
-    with BundleWriter(out) as writer, cache.scratch("compiled") as compiled:
+    return Plan(opts, profile, got, out, presets, backends, unavailable, opts.measure and host_ok, host_why,
+                weight_digest(model), cx, vx, vy)
+
+
+def references(plan: Plan) -> dict[str, np.ndarray]:
+    """Torch FP32 logits of every preset on the validation split: what every engine is compared with."""
+    import torch
+
+    refs = {}
+    with torch.inference_mode():
+        for p in plan.presets:
+            refs[p.name] = np.concatenate([plan.model(torch.from_numpy(plan.vx[j:j + 256]), p.resolution,
+                                                      p.keep_rate).numpy() for j in range(0, len(plan.vx), 256)])
+    return refs
+
+
+@dataclass
+class Engines:
+    """The engines stage's result: each preset's record, and per (preset, backend) its candidates (static
+    engines) or the shared-weight build's choice (``shared``)."""
+
+    entries: list[dict]
+    work: dict = field(default_factory=dict)
+    shared: dict | None = None
+
+
+def static_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path, compiled: str) -> Engines:
+    """Per preset, largest first (its probe tells which reduced precisions the smaller presets need not
+    build): export, then every backend's candidates, built, validated and gated."""
+    log, profile, vx, vy = plan.opts.log, plan.profile, plan.vx, plan.vy
+    order = sorted(plan.presets, key=lambda p: -p.flops)
+    calib_digest = array_digest(plan.cx)
+    not_built = {b.name: {} for b in plan.backends}
+    entries, work = [], {}
+    for i, p in enumerate(order, 1):
+        t0 = time.perf_counter()
+        ref = refs[p.name]
+        torch_top1 = float((ref.argmax(-1) == vy).mean())
+        onnx_src, report, hit = export_cached(plan.model, p, plan.weights, vx[:max(64, profile.batch)], profile,
+                                              cache)
+        onnx_rel = Path("onnx") / f"{p.name}.onnx"
+        (tmp / onnx_rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(onnx_src, tmp / onnx_rel)
+        kappa = f" kappa {cohen_kappa(ref.argmax(-1), vy):.4f}" if plan.scene else ""
+        line = [f"[{i:>2}/{len(order)}] {p.name:<10} export {'(cached)' if hit else 'done'} "
+                f"parity {report['parity_max_abs']:.1e}  torch {plan.acc} {100 * torch_top1:.2f}%{kappa}"]
+        for b in plan.backends:
+            work[(p.name, b.name)] = c = build_candidates(
+                b, tmp / onnx_rel, p, profile, plan.cx, vx, vy, ref, torch_top1, cache, tmp, calib_digest,
+                plan.measure, compiled, not_built[b.name], probe=i == 1 and len(order) > 1)
+            line.append(_candidates_line(b.name, c, plan.acc, plan.scene))
+            not_built[b.name].update(c.slower)
+        log(" | ".join(line) + f"  ({time.perf_counter() - t0:.1f} s)")
+        for b in plan.backends:
+            for cid, why in work[(p.name, b.name)].slower.items():
+                log(f"[probe] {b.name} {cid}: {why.removeprefix('not built: ')}; not built for smaller presets")
+        entries.append(_preset_record(p, onnx_rel.as_posix(), report, ref, vy))
+    entries.sort(key=lambda e: [q.name for q in plan.presets].index(e["name"]))
+    return Engines(entries, work)
+
+
+def shared_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path) -> Engines:
+    """Every preset in one graph per backend (``--shared-weights``): export once, then build and choose."""
+    from edgevit import shared_build
+
+    log, profile = plan.opts.log, plan.profile
+    src, report, hit = shared_build.export_cached(plan.model, plan.weights, plan.vx[:max(64, profile.batch)],
+                                                  profile, cache)
+    shared_build.copy_into(src, tmp)
+    shared_build.write_inputs(plan.model, tmp)
+    log(f"[export] every preset in one graph {'(cached)' if hit else 'done'}: parity "
+        f"{report['parity_max_abs']:.1e} over {report['presets_checked']} presets")
+    entries = []
+    for i, p in enumerate(plan.presets, 1):
+        entries.append(_preset_record(p, shared_build.ONNX_FILE, report, refs[p.name], plan.vy))
+        log(f"[{i:>2}/{len(plan.presets)}] {p.name:<10} torch {plan.acc} {100 * entries[-1]['torch']['top1']:.2f}%")
+    chosen = shared_build.build_shared(plan.model, plan.presets, plan.backends, profile, plan.cx, plan.vx, plan.vy,
+                                       refs, tmp / shared_build.ONNX_FILE, cache, tmp, plan.measure,
+                                       array_digest(plan.cx), log)
+    return Engines(entries, shared=chosen)
+
+
+def choose(plan: Plan, engines: Engines, tmp: Path, compiled: str) -> list[dict]:
+    """Measure every passing candidate (static engines, on the target), then per preset the engine of each
+    backend and the default backend. Returns the preset records with their engines."""
+    backends = plan.backends
+    if engines.shared is None and plan.measure:
+        measure_candidates(backends, tmp, engines.work, plan.vx, plan.opts.log, compiled)
+    for e in engines.entries:
+        for b in backends:
+            e["engines"][b.name] = (engines.shared[e["name"]][b.name] if engines.shared is not None else
+                                    engine_entry(engines.work[(e["name"], b.name)], tmp, plan.profile, plan.measure))
+        for name, why in plan.unavailable.items():
+            e["engines"][name] = {"status": "unavailable", "reason": why}
+        if engines.shared is not None:
+            e["default"] = engines.shared[e["name"]]["default"]
+        else:
+            default, why = choose_backend(e["engines"], [b.name for b in backends], plan.measure)
+            e["default"] = {"backend": default, "why": why}
+        plan.opts.log(_choice_line(e, backends))
+    return engines.entries
+
+
+def assemble(plan: Plan, entries: list[dict], checkpoint: str | None, seconds: float) -> dict:
+    """The bundle's manifest."""
+    from edgevit.models import model_family
+
+    model, ds, pre, profile = plan.model, plan.got.dataset, plan.got.preprocess, plan.profile
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "edgevit_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "name": plan.out.name,
+        "model": {"name": model.variant, "family": model_family(model.variant), "config": model.config,
+                  "params": sum(t.numel() for t in model.parameters()), "source": plan.got.source,
+                  "layout": plan.got.layout, "weights_digest": plan.weights},
+        "target": profile.to_dict(), "profile_file": profile.path,
+        "backend": plan.backends[0].name, "backends": [b.name for b in plan.backends],
+        "unavailable_backends": plan.unavailable,
+        "precision": profile.precision, "opset": profile.opset, "engine_mix": engine_mix(entries),
+        "input": {"name": "input", "shape": [profile.batch, model.in_chans, model.img_size, model.img_size],
+                  "dtype": "float32", "layout": "NCHW"},
+        "output": {"name": "logits", "shape": [profile.batch, model.num_classes], "dtype": "float32"},
+        "preprocess": pre.to_dict(), "labels": list(ds.classes),
+        "data": {"name": ds.name, "split_hash": ds.split_hash(), "calibration_samples": int(len(plan.cx)),
+                 "validation_samples": int(len(plan.vx)),
+                 "sizes": {"train": len(ds.train), "calib": len(ds.calib), "val": len(ds.val)}},
+        "tools": tool_versions(), "host": host_info(),
+        "latency_measured_here": plan.measure, "latency_note": None if plan.measure else plan.host_why,
+        "checkpoint": checkpoint,
+        "build_seconds": round(seconds, 1),
+        "presets": entries,
+    }
+
+
+def build(opts: BuildOptions) -> Path:
+    """profile + model -> references -> export and candidates -> measure and choose -> device engines ->
+    manifest -> bundle, renamed into place only when complete."""
+    from edgevit.checkpoints import save_checkpoint
+    from edgevit.report import manifest_report
+
+    t_start, log = time.perf_counter(), opts.log
+    cache = Cache(opts.cache_dir)
+    plan = plan_build(opts, cache)
+    refs = references(plan)
+    with BundleWriter(plan.out) as writer, cache.scratch("compiled") as compiled:
         tmp = writer.tmp
-        entries, refs, work = [], {}, {}
-        if shared:
-            from edgevit import shared_build
-
-            shared_src, shared_report, shared_hit = shared_build.export_cached(
-                model, weights, vx[:max(64, profile.batch)], profile, cache)
-            shared_build.copy_into(shared_src, tmp)
-            shared_build.write_inputs(model, tmp)
-            log(f"[export] every preset in one graph {'(cached)' if shared_hit else 'done'}: parity "
-                f"{shared_report['parity_max_abs']:.1e} over {shared_report['presets_checked']} presets")
-        # Largest first: its probe tells which reduced precisions the smaller presets need not build.
-        order = presets if shared else sorted(presets, key=lambda p: -p.flops)
-        not_built = {b.name: {} for b in backends}
-        for i, p in enumerate(order, 1):
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                ref = np.concatenate([model(torch.from_numpy(vx[j:j + 256]), p.resolution, p.keep_rate).numpy()
-                                      for j in range(0, len(vx), 256)])
-            torch_top1 = float((ref.argmax(-1) == vy).mean())
-            refs[p.name] = ref
-            if shared:
-                entries.append(_preset_record(p, shared_build.ONNX_FILE, shared_report, ref, vy))
-                log(f"[{i:>2}/{len(presets)}] {p.name:<10} torch {acc} {100 * torch_top1:.2f}%")
-                continue
-            onnx_src, export_report, hit = export_cached(model, p, weights, vx[:max(64, profile.batch)], profile,
-                                                        cache)
-            onnx_rel = Path("onnx") / f"{p.name}.onnx"
-            (tmp / onnx_rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(onnx_src, tmp / onnx_rel)
-            kappa = f" kappa {cohen_kappa(ref.argmax(-1), vy):.4f}" if scene else ""
-            line = [f"[{i:>2}/{len(presets)}] {p.name:<10} export {'(cached)' if hit else 'done'} "
-                    f"parity {export_report['parity_max_abs']:.1e}  torch {acc} {100 * torch_top1:.2f}%{kappa}"]
-            for b in backends:
-                work[(p.name, b.name)] = c = build_candidates(
-                    b, tmp / onnx_rel, p, profile, cx, vx, vy, ref, torch_top1, cache, tmp, calib_digest, measure,
-                    str(compiled), not_built[b.name], probe=i == 1 and len(order) > 1)
-                line.append(_candidates_line(b.name, c, acc, scene))
-                not_built[b.name].update(c.slower)
-            log(" | ".join(line) + f"  ({time.perf_counter() - t0:.1f} s)")
-            for b in backends:
-                for cid, why in work[(p.name, b.name)].slower.items():
-                    log(f"[probe] {b.name} {cid}: {why.removeprefix('not built: ')}; not built for smaller presets")
-            entries.append(_preset_record(p, onnx_rel.as_posix(), export_report, ref, vy))
-        entries.sort(key=lambda e: [q.name for q in presets].index(e["name"]))
-
-        if shared:
-            chosen = shared_build.build_shared(model, presets, backends, profile, cx, vx, vy, refs,
-                                               tmp / shared_build.ONNX_FILE, cache, tmp, measure, calib_digest, log)
-        elif measure:
-            measure_candidates(backends, tmp, work, vx, log, str(compiled))
-        for e in entries:
-            for b in backends:
-                e["engines"][b.name] = (chosen[e["name"]][b.name] if shared else
-                                        engine_entry(work[(e["name"], b.name)], tmp, profile, measure))
-            for name, why in unavailable.items():
-                e["engines"][name] = {"status": "unavailable", "reason": why}
-            if shared:
-                e["default"] = chosen[e["name"]]["default"]
-            else:
-                default, why = choose_backend(e["engines"], [b.name for b in backends], measure)
-                e["default"] = {"backend": default, "why": why}
-            log(_choice_line(e, backends))
-
-        device = _tensorrt_engines(backends, tmp, entries, profile, vx, vy, refs, opts.measure, log)
-        primary = backends[0].name
-        mark_pareto(entries, primary)
-
-        checkpoint_rel = None
+        engines = (shared_engines(plan, refs, cache, tmp) if plan.profile.shared_weights else
+                   static_engines(plan, refs, cache, tmp, str(compiled)))
+        entries = choose(plan, engines, tmp, str(compiled))
+        device = _deferred_engines(plan, tmp, entries, refs)
+        mark_pareto(entries, plan.backends[0].name)     # after the device build, which may add latencies
+        checkpoint = None
         if opts.include_checkpoint:
-            checkpoint_rel = "model.pt"
-            save_checkpoint(tmp / checkpoint_rel, model, preprocess=pre.to_dict(), classes=list(ds.classes),
-                            data={"name": ds.name, "split_hash": ds.split_hash()})
+            checkpoint = "model.pt"
+            ds = plan.got.dataset
+            save_checkpoint(tmp / checkpoint, plan.model, preprocess=plan.got.preprocess.to_dict(),
+                            classes=list(ds.classes), data={"name": ds.name, "split_hash": ds.split_hash()})
         seconds = time.perf_counter() - t_start
-        manifest = {
-            "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "edgevit_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "name": out.name,
-            "model": {"name": model.variant, "family": model_family(model.variant), "config": model.config,
-                      "params": sum(t.numel() for t in model.parameters()), "source": got.source,
-                      "layout": got.layout, "weights_digest": weights},
-            "target": profile.to_dict(), "profile_file": profile.path,
-            "backend": primary, "backends": [b.name for b in backends], "unavailable_backends": unavailable,
-            "precision": profile.precision, "opset": profile.opset, "engine_mix": engine_mix(entries),
-            "input": {"name": "input", "shape": [profile.batch, model.in_chans, model.img_size, model.img_size],
-                      "dtype": "float32", "layout": "NCHW"},
-            "output": {"name": "logits", "shape": [profile.batch, model.num_classes], "dtype": "float32"},
-            "preprocess": pre.to_dict(), "labels": list(ds.classes),
-            "data": {"name": ds.name, "split_hash": ds.split_hash(), "calibration_samples": int(len(cx)),
-                     "validation_samples": int(len(vx)),
-                     "sizes": {"train": len(ds.train), "calib": len(ds.calib), "val": len(ds.val)}},
-            "tools": tool_versions(), "host": host_info(),
-            "latency_measured_here": measure, "latency_note": None if measure else host_why,
-            "checkpoint": checkpoint_rel,
-            "build_seconds": round(seconds, 1),
-            "presets": entries,
-        }
+        manifest = assemble(plan, entries, checkpoint, seconds)
         if device is not None:
             from edgevit.device_build import record_device_build
 
             record_device_build(manifest, device["summary"], device["reason"])
-        from edgevit.report import manifest_report
-
         path = writer.commit(manifest, manifest_report(manifest))
     log(f"[bundle] {path} written ({len(entries)} presets, {seconds:.0f} s); inspect it with: edgevit inspect {path}")
     if device is not None and manifest["device_build"]["pending_presets"]:
         n = len(manifest["device_build"]["pending_presets"])
-        log(f"[bundle] NOT DONE: {n} TensorRT engine(s) are {PENDING_STATUS} because {device['reason']}. "
-            f"Copy {path} to the {profile.name} device and run there:  edgevit engine build {path}  "
+        log(f"[bundle] NOT DONE: {n} engine(s) are {PENDING_STATUS} because {device['reason']}. "
+            f"Copy {path} to the {plan.profile.name} device and run there:  edgevit engine build {path}  "
             f"(or the trtexec lines in {path / 'kit' / 'build_engines.sh'}; see {path / 'kit' / 'README.md'}). "
-            f"Until then the bundle runs on: {', '.join(b.name for b in backends if b.name != 'tensorrt') or 'nothing'}")
+            f"Until then the bundle runs on: "
+            f"{', '.join(b.name for b in plan.backends if not b.deferred_build) or 'nothing'}")
     return path
 
 
-PENDING_STATUS = "pending-device-build"
+PENDING_STATUS = PENDING   # the name older callers import
 
 
-def _tensorrt_engines(backends, bundle_dir: Path, entries, profile: Profile, vx, vy, refs, measure: bool, log):
-    """Write the TensorRT kit; build the engines now when this host is a GPU machine matching the target."""
-    trt = next((b for b in backends if b.name == "tensorrt"), None)
+def _deferred_engines(plan: Plan, bundle_dir: Path, entries, refs):
+    """Engines a backend builds on the device (TensorRT): write its kit; build them now when this host is a
+    GPU machine matching the target."""
+    trt = next((b for b in plan.backends if b.deferred_build), None)
     if trt is None:
         return None
+    profile, vx, vy, measure, log = plan.profile, plan.vx, plan.vy, plan.opts.measure, plan.opts.log
     from edgevit.device_build import finish, read_validation, write_kit, write_validation
     from edgevit.gpu import device_info, target_mismatches
 
@@ -627,7 +706,7 @@ def _tensorrt_engines(backends, bundle_dir: Path, entries, profile: Profile, vx,
         summary = finish(bundle_dir, entries, profile.accuracy, read_validation(bundle_dir), measure=measure, log=log)
     else:
         for e in entries:
-            t = e["engines"].get("tensorrt", {})
+            t = e["engines"].get(trt.name, {})
             if t.get("status") == PENDING_STATUS:
                 t["reason"] = f"not built here ({reason}); run `edgevit engine build BUNDLE` on the target device"
     write_kit(bundle_dir, entries, profile.to_dict(), reason)

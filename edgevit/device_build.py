@@ -20,12 +20,11 @@ from typing import Callable
 
 import numpy as np
 
-from edgevit.backends.base import EngineSpec
+from edgevit.backends.base import PENDING, EngineSpec
 from edgevit.errors import EdgevitError
 
 VALIDATION_FILE = "kit/validation.npz"
 MAX_VALIDATION_BYTES = 64 << 20   # the inputs; a device validates on at most this much of the split
-PENDING = "pending-device-build"
 
 
 # -- the validation subset ---------------------------------------------------------------------------------

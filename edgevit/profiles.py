@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgevit.errors import EdgevitError
+from edgevit.runtime.policies import POLICY_KEYS   # the policy registry: names and their parameters
 
 
 def _profile_dir() -> Path:
@@ -97,7 +98,7 @@ SCHEMA: dict = {
         "int8_if_faster": F(bool, False),   # fp16 profiles: also build INT8 on the device, keep it where faster
     },
     "runtime": {
-        "policy": F(str, "fixed", choices=("fixed", "battery", "latency", "thermal", "composite")),
+        "policy": F(str, "fixed", choices=tuple(POLICY_KEYS)),
         "hysteresis_pct": F((int, float), 5, min=0, max=50),
         "min_dwell_s": F((int, float), 10, min=0),
         "battery_thresholds": F(list, [80, 50, 20], items=(int, float)),

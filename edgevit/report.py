@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from edgevit.backends.base import PENDING
+
 
 def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
@@ -48,7 +50,7 @@ def preset_rows(manifest: dict) -> list[list[str]]:
                f"{p['gflops']:.4f}", _pct(p["torch"]["top1"])]
         for b in backends:
             e = p["engines"].get(b, {})
-            if e.get("status") == "pending-device-build":   # figures of the ONNX it is built from, on ORT CPU
+            if e.get("status") == PENDING:   # figures of the ONNX it is built from, on ORT CPU
                 row += [f"{e['precision']} (pending, ORT CPU)", _pct(e["top1"]), _pct(e["agreement"]), "n/a"]
                 continue
             if e.get("status") != "ok":
@@ -88,7 +90,7 @@ def summary_lines(m: dict) -> list[str]:
         f"target     {t['name']}: {t['description']}",
         f"backends   {', '.join(m['backends'])} (primary {m['backend']}); precision preference {_precision_pref(m)}; "
         f"opset {m['opset']}",
-        f"engines    {precision_mix(m)}" + (f"; default backend per preset: "
+        f"engines    {precision_mix(m)}" + ("; default backend per preset: "
                                             + ", ".join(f"{n} {b}" for b, n in m['engine_mix']['defaults'].items())
                                             if m.get("engine_mix", {}).get("defaults") else ""),
         f"input      {m['input']['name']} {m['input']['shape']} {m['input']['dtype']}; labels {len(m['labels'])}",

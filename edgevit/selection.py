@@ -13,6 +13,8 @@ Records are the manifest's candidate dicts: ``precision``, ``recipe``, ``passed`
 
 from __future__ import annotations
 
+from edgevit.backends.base import PENDING
+
 MIN_GAIN = 0.01            # the median must be at least 1 % lower ...
 MIN_ROUND_SHARE = 0.8      # ... and lower in 4 of 5 rounds: a tie wins that by chance 6 times in 32 at most
 
@@ -68,7 +70,7 @@ def choose_backend(engines: dict[str, dict], order: list[str], measured: bool) -
     faster beyond the noise (fewer libraries loaded on a tie)."""
     present = [b for b in order if engines.get(b, {}).get("status") not in (None, "unavailable")]
     usable = [b for b in present if engines[b].get("status") == "ok"]
-    if not measured and present and engines[present[0]].get("status") in ("ok", "pending-device-build"):
+    if not measured and present and engines[present[0]].get("status") in ("ok", PENDING):
         # Not measured here: the profile's order decides, a primary still to be built on the device included
         # (loading it then says so and how to finish it, rather than silently running something else).
         return present[0], "the profile's primary backend (latency not measured here)"

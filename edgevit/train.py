@@ -211,16 +211,8 @@ def _log(msg: str, dist: Dist) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
-    """Train ``cfg.model`` and write a checkpoint (rank 0). Returns a summary dict."""
-    from edgevit.files import output_file
-
-    # Checked before the long work: an existing folder takes the default file name inside it.
-    cfg.out = str(output_file(cfg.out, "--out", default_name=Path(default_checkpoint_path(cfg.model, cfg.data)).name))
-    dist = setup_distributed()
-    if cfg.threads and dist.world == 1:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)  # same initial weights on every rank; DDP also broadcasts them
+def _model_and_data(cfg: TrainConfig, dataset: Dataset | None, dist: Dist):
+    """The model to train (sized for the data's classes and bands) and its data set."""
     overrides = {} if cfg.drop_path is None else {"drop_path_rate": cfg.drop_path}
     if cfg.resolutions:
         overrides["resolutions"] = list(cfg.resolutions)
@@ -235,10 +227,10 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
         model = create_model(cfg.model, num_classes=len(dataset.classes), **overrides)
     if input_kind(model) == "patches":   # per-band statistics of the training patches, inside the model
         model.set_normalization(dataset.preprocess.mean, dataset.preprocess.std)
-    model.to(dist.device)
-    _log(f"edgevit train: {cfg.model} ({sum(p.numel() for p in model.parameters()):,} params) on "
-         f"{dataset.summary()}; {dist.world} process(es), {torch.get_num_threads()} thread(s) each", dist)
+    return model.to(dist.device), dataset
 
+
+def _loader(cfg: TrainConfig, dataset: Dataset, dist: Dist):
     train_set = AugmentedSplit(dataset.train, dataset.preprocess, cfg.seed * 1000 + dist.rank)
     sampler = None
     if dist.world > 1:
@@ -250,32 +242,29 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
         num_workers=cfg.workers, worker_init_fn=_worker_init if cfg.workers else None, generator=gen)
     if len(loader) == 0:
         raise EdgevitError(f"the training split has {len(train_set)} images, fewer than one batch of {cfg.batch_size}")
+    return loader, sampler
 
-    net = model
-    if dist.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
 
-        # Each pass leaves the other resolutions' position tables unused.
-        net = DDP(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
-                  find_unused_parameters=True)
-
+def _optimizer(cfg: TrainConfig, model) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         # As the official code ends up doing: 1-D params and cls_token undecayed, position tables decayed.
         (no_decay if p.ndim <= 1 or n == "cls_token" else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-    step_fn = supervit_step if getattr(model, "family", "") == "supervit" else plain_step
-    rng = random.Random(cfg.seed * 7919 + dist.rank)  # per-rank sub-network sampling
-    total = cfg.epochs * len(loader)
-    warmup = cfg.warmup_epochs * len(loader)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
 
+
+def _loop(cfg: TrainConfig, model, net, loader, sampler, opt, dist: Dist) -> tuple[int, dict]:
+    """The epochs; returns the steps taken and the last step's losses."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total if cfg.max_steps is None else min(total, cfg.max_steps), unit="step",
-               disable=not dist.main, file=sys.stderr, dynamic_ncols=True,
+    step_fn = supervit_step if getattr(model, "family", "") == "supervit" else plain_step
+    rng = random.Random(cfg.seed * 7919 + dist.rank)  # per-rank sub-network sampling
+    total, warmup = cfg.epochs * len(loader), cfg.warmup_epochs * len(loader)
+    limit = total if cfg.max_steps is None else min(total, cfg.max_steps)
+    bar = tqdm(total=limit, unit="step", disable=not dist.main, file=sys.stderr, dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 15.0)  # logs get a line every 15 s, not a flood
-    start, step, last = time.perf_counter(), 0, {}
+    step, last = 0, {}
     model.train()
     for epoch in range(cfg.epochs):
         if sampler is not None:
@@ -290,13 +279,15 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
             bar.update(1)
             bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", refresh=False,
                             **{k: f"{v:.3f}" for k, v in last.items()})
-            if cfg.max_steps is not None and step >= cfg.max_steps:
+            if step >= limit:
                 break
-        if cfg.max_steps is not None and step >= cfg.max_steps:
+        if step >= limit:
             break
     bar.close()
-    seconds = time.perf_counter() - start
+    return step, last
 
+
+def _rank_digests(model, dist: Dist) -> list[str]:
     digests = [weight_digest(model)]
     if dist.world > 1:
         import torch.distributed as tdist
@@ -304,26 +295,58 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
         gathered = [None] * dist.world
         tdist.all_gather_object(gathered, digests[0])
         digests = gathered
-    in_sync = len(set(digests)) == 1
+    return digests
 
+
+def _finish(cfg: TrainConfig, model, dataset: Dataset, result: dict, digests: list[str], dist: Dist) -> None:
+    """Rank 0: evaluate every preset and write the checkpoint; ``result`` gets top-1 and the path."""
+    vx, vy = dataset.val.arrays(dataset.preprocess)
+    presets = model.presets() if hasattr(model, "presets") else []
+    top1 = evaluate_presets(model, vx, vy, presets)
+    _log(f"\ntrained {result['steps']} steps in {result['seconds']:.1f} s\n" + preset_table(presets, top1), dist)
+    path = save_checkpoint(
+        cfg.out, model,
+        preprocess=dataset.preprocess.to_dict(), classes=list(dataset.classes),
+        data={"name": dataset.name, "split_hash": dataset.split_hash(),
+              "sizes": {"train": len(dataset.train), "calib": len(dataset.calib), "val": len(dataset.val)}},
+        metrics={"val_top1": top1},
+        train={**asdict(cfg), **result, "weight_digests": digests, "torch": str(torch.__version__)},
+    )
+    _log(f"checkpoint written to {path}", dist)
+    result.update(top1=top1, checkpoint=str(path))
+
+
+def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
+    """Train ``cfg.model`` and write a checkpoint (rank 0). Returns a summary dict."""
+    from edgevit.files import output_file
+
+    # Checked before the long work: an existing folder takes the default file name inside it.
+    cfg.out = str(output_file(cfg.out, "--out", default_name=Path(default_checkpoint_path(cfg.model, cfg.data)).name))
+    dist = setup_distributed()
+    if cfg.threads and dist.world == 1:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank; DDP also broadcasts them
+    model, dataset = _model_and_data(cfg, dataset, dist)
+    _log(f"edgevit train: {cfg.model} ({sum(p.numel() for p in model.parameters()):,} params) on "
+         f"{dataset.summary()}; {dist.world} process(es), {torch.get_num_threads()} thread(s) each", dist)
+    loader, sampler = _loader(cfg, dataset, dist)
+    net = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # Each pass leaves the other resolutions' position tables unused.
+        net = DDP(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
+                  find_unused_parameters=True)
+    start = time.perf_counter()
+    step, _ = _loop(cfg, model, net, loader, sampler, _optimizer(cfg, model), dist)
+    seconds = time.perf_counter() - start
+    digests = _rank_digests(model, dist)
+    in_sync = len(set(digests)) == 1
     result = {"seconds": seconds, "steps": step, "world_size": dist.world, "ranks_in_sync": in_sync}
     if dist.main:
         if not in_sync:
             _log(f"warning: the ranks' weights differ after training: {digests}", dist)
-        vx, vy = dataset.val.arrays(dataset.preprocess)
-        presets = model.presets() if hasattr(model, "presets") else []
-        top1 = evaluate_presets(model, vx, vy, presets)
-        _log(f"\ntrained {step} steps in {seconds:.1f} s\n" + preset_table(presets, top1), dist)
-        path = save_checkpoint(
-            cfg.out, model,
-            preprocess=dataset.preprocess.to_dict(), classes=list(dataset.classes),
-            data={"name": dataset.name, "split_hash": dataset.split_hash(),
-                  "sizes": {"train": len(dataset.train), "calib": len(dataset.calib), "val": len(dataset.val)}},
-            metrics={"val_top1": top1},
-            train={**asdict(cfg), **result, "weight_digests": digests, "torch": str(torch.__version__)},
-        )
-        _log(f"checkpoint written to {path}", dist)
-        result.update(top1=top1, checkpoint=str(path))
+        _finish(cfg, model, dataset, result, digests, dist)
     if dist.world > 1:
         import torch.distributed as tdist
 

@@ -163,6 +163,9 @@ def test_registry_lists_known_models_on_unknown_name():
         create_model("vit-huge")
     with pytest.raises(EdgevitError, match="unknown SuperViT option"):
         create_model("supervit-nano", width=3)
+    # A local variable of the constructor is not an option (its signature decides, not its code object).
+    with pytest.raises(EdgevitError, match=r"unknown SuperViT option\(s\): r$"):
+        create_model("supervit-nano", r=3)
 
 
 def test_kept_tokens_uses_count_with_cls():

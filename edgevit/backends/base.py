@@ -19,6 +19,9 @@ import numpy as np
 from edgevit.errors import EdgevitError
 
 
+PENDING = "pending-device-build"   # an engine the target device builds from the bundle's kit (TensorRT)
+
+
 @dataclass
 class EngineSpec:
     """What ``compile`` produced: the engine file (relative to its bundle) and how it was made."""
@@ -29,7 +32,7 @@ class EngineSpec:
     extra_files: list = field(default_factory=list)
     settings: dict = field(default_factory=dict)      # runtime settings the runner must use
     quantization: dict = field(default_factory=dict)
-    status: str = "ok"                 # or "pending-device-build": ``file`` is then the ONNX the device builds from
+    status: str = "ok"                 # or PENDING: ``file`` is then the ONNX the device builds from
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,6 +138,7 @@ class Backend:
     name: str = ""
     library: str = ""          # the Python package the backend needs
     compile_cache: bool = False  # whether loads can import a cached compiled form (``with_compile_cache``)
+    deferred_build: bool = False  # engines are built on the target device from the bundle's kit (TensorRT)
 
     def available(self) -> tuple[bool, str]:
         """Whether this host can compile and run the backend, and if not, why."""

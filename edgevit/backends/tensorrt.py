@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.backends.base import Backend, Candidate, EngineSpec, Runner
+from edgevit.backends.base import PENDING, Backend, Candidate, EngineSpec, Runner
 from edgevit.backends.tensorrt_build import build_settings, shell_line, trtexec_command
 from edgevit.errors import EdgevitError
 
 KIT_DIR = Path("kit") / "tensorrt"
 ENGINE_DIR = Path("engines") / "tensorrt"
 TIMING_CACHE = KIT_DIR / "timing.cache"
-PENDING = "pending-device-build"
 
 
 def artifact_paths(name: str, candidate_id: str) -> tuple[Path, Path]:
@@ -109,6 +108,7 @@ class TensorRTRunner(Runner):
 class TensorRTBackend(Backend):
     name = "tensorrt"
     library = "tensorrt"
+    deferred_build = True
 
     def recipes(self, precision, profile) -> list[Candidate]:
         if precision == "int8":

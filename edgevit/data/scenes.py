@@ -13,8 +13,7 @@ through the same loaders real data uses. It exercises the pipeline, not the scie
 from __future__ import annotations
 
 import hashlib
-import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

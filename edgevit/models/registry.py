@@ -17,6 +17,16 @@ _FAMILY_MODULES = ("supervit", "vvt", "wetmapformer")
 ALIASES = {"supervit": "supervit-nano", "vvt": "vvt-nano"}
 
 
+def checked_options(cls, family: str, overrides: dict) -> dict:
+    """``overrides`` if every key is a keyword ``cls`` takes (its signature, not its local variables)."""
+    import inspect
+
+    unknown = set(overrides) - (set(inspect.signature(cls.__init__).parameters) - {"self"})
+    if unknown:
+        raise EdgevitError(f"unknown {family} option(s): {', '.join(sorted(unknown))}")
+    return overrides
+
+
 def register_model(name: str, family: str):
     def wrap(fn: Callable) -> Callable:
         if name in _FACTORIES:

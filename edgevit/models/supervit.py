@@ -19,7 +19,7 @@ from torch import nn
 
 from edgevit.errors import EdgevitError
 from edgevit.models.presets import Preset, PresetLookup, preset_name
-from edgevit.models.registry import register_model
+from edgevit.models.registry import checked_options, register_model
 
 
 class DropPath(nn.Module):
@@ -330,9 +330,7 @@ class SharedPresets(nn.Module):
 
 
 def _supervit(defaults: dict, overrides: dict) -> SuperViT:
-    unknown = set(overrides) - set(SuperViT.__init__.__code__.co_varnames)
-    if unknown:
-        raise EdgevitError(f"unknown SuperViT option(s): {', '.join(sorted(unknown))}")
+    checked_options(SuperViT, "SuperViT", overrides)
     return SuperViT(**{**defaults, **overrides})
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from edgevit.errors import EdgevitError
 from edgevit.models.presets import Preset, PresetLookup, preset_name
-from edgevit.models.registry import register_model
+from edgevit.models.registry import checked_options, register_model
 from edgevit.models.supervit import DropPath
 
 TOTAL_STRIDE = 32
@@ -298,9 +298,7 @@ def check_resolutions(resolutions: Sequence[int]) -> None:
 
 
 def _vvt(defaults: dict, overrides: dict) -> VVT:
-    unknown = set(overrides) - set(VVT.__init__.__code__.co_varnames)
-    if unknown:
-        raise EdgevitError(f"unknown VVT option(s): {', '.join(sorted(unknown))}")
+    checked_options(VVT, "VVT", overrides)
     return VVT(**{**defaults, **overrides})
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from edgevit.errors import EdgevitError
 from edgevit.models.presets import Preset, PresetLookup
-from edgevit.models.registry import register_model
+from edgevit.models.registry import checked_options, register_model
 
 PATCH = 8
 VARIANTS = {"designed": {"kernel": 3, "mlp_ratio": 4}, "released": {"kernel": 1, "mlp_ratio": 0}}
@@ -313,9 +313,7 @@ class WetMapFormer(PresetLookup, nn.Module):
 
 
 def _wmf(defaults: dict, overrides: dict) -> WetMapFormer:
-    unknown = set(overrides) - set(WetMapFormer.__init__.__code__.co_varnames)
-    if unknown:
-        raise EdgevitError(f"unknown WetMapFormer option(s): {', '.join(sorted(unknown))}")
+    checked_options(WetMapFormer, "WetMapFormer", overrides)
     return WetMapFormer(**{**defaults, **overrides})
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.backends.base import EngineSpec, get_backend
+from edgevit.backends.base import PENDING, EngineSpec, get_backend
 from edgevit.bundle import read_manifest, verify_files
 from edgevit.data.preprocess import preprocess_from_dict
 from edgevit.errors import EdgevitError
@@ -308,7 +308,7 @@ def load_info(bundle, backend: str | None = None) -> Runtime:
         raise EdgevitError(f"bundle {bundle}: no preset has a usable {b} engine ({', '.join(statuses)})"
                            + (f"; choose another backend: {', '.join(others)}" if others else "")
                            + ("; build them on the device: edgevit engine build BUNDLE"
-                              if "pending-device-build" in statuses else ""))
+                              if PENDING in statuses else ""))
     infos.sort(key=lambda i: (i.gflops, -i.resolution))
     return Runtime(bundle, manifest, _backend_label(used), {}, infos)
 
