@@ -100,6 +100,12 @@ def test_load_returns_with_the_starting_preset_and_loads_the_others_behind_it(bu
         assert rt.wait_loaded() is rt
     assert got == expected
     edgevit.load(out).close()        # closing while the loader runs stops it cleanly
+    # A program that exits while the loader is compiling exits cleanly (a native compile cut off by the
+    # interpreter's exit aborted the process before the loader was stopped at exit).
+    for backend in ("openvino", "onnxruntime"):
+        code = f"import sys, edgevit; edgevit.load(sys.argv[1], backend={backend!r}); sys.exit(0)"
+        r = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True)
+        assert r.returncode == 0 and "terminate called" not in r.stderr, (backend, r.returncode, r.stderr[-500:])
 
     # A preset that fails to load in the background says so, naming it, to whoever asks for it.
     from edgevit.runtime.runtime import load_info

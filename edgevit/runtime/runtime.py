@@ -6,9 +6,11 @@ checked against the manifest's sha256 before they are loaded.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +103,15 @@ class Runtime:
 
         self._loader = threading.Thread(target=work, name="edgevit-load", daemon=True)
         self._loader.start()
+        _LOADING.add(self)
+
+    def _stop_loading(self) -> None:
+        """Let the loader finish the engine it is compiling, then stop it: a native compile still running
+        when the interpreter exits aborts the process ("terminate called without an active exception")."""
+        self._closing.set()
+        if self._loader is not None:
+            self._loader.join()
+        _LOADING.discard(self)
 
     def wait_loaded(self, timeout: float | None = None) -> "Runtime":
         """Block until every preset's engine is resident (``load`` returns once the first one is)."""
@@ -215,9 +226,7 @@ class Runtime:
         return map_scene(self, scene, out, tile=tile, preset=preset, preview=preview, progress=progress)
 
     def close(self) -> None:
-        self._closing.set()
-        if self._loader is not None:
-            self._loader.join()
+        self._stop_loading()
         for r in list(self._runners.values()):
             r.close()
         self._runners.clear()
@@ -227,6 +236,16 @@ class Runtime:
 
     def __exit__(self, *exc):
         self.close()
+
+
+_LOADING: "weakref.WeakSet[Runtime]" = weakref.WeakSet()   # runtimes whose background loader may still run
+
+
+@atexit.register
+def _stop_loaders() -> None:
+    # atexit runs before the interpreter tears down daemon threads: stop every loader between two engines.
+    for rt in list(_LOADING):
+        rt._stop_loading()
 
 
 def _preset_info(p: dict, entry: dict, backend: str, default: bool) -> PresetInfo:
