@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from edgevit import __version__
-from edgevit.backends.base import PENDING, EngineSpec, get_backend
+from edgevit.backends.base import EngineSpec, get_backend
 from edgevit.bundle import SCHEMA, SCHEMA_VERSION, BundleWriter, sha256_file
 from edgevit.cache import Cache, content_key
 from edgevit.errors import EdgevitError
@@ -666,48 +666,22 @@ def build(opts: BuildOptions) -> Path:
         seconds = time.perf_counter() - t_start
         manifest = assemble(plan, entries, checkpoint, seconds)
         if device is not None:
-            from edgevit.device_build import record_device_build
-
-            record_device_build(manifest, device["summary"], device["reason"])
+            device[0].record_deferred(manifest, device[1])
         path = writer.commit(manifest, manifest_report(manifest))
     log(f"[bundle] {path} written ({len(entries)} presets, {seconds:.0f} s); inspect it with: edgevit inspect {path}")
-    if device is not None and manifest["device_build"]["pending_presets"]:
-        n = len(manifest["device_build"]["pending_presets"])
-        log(f"[bundle] NOT DONE: {n} engine(s) are {PENDING_STATUS} because {device['reason']}. "
-            f"Copy {path} to the {plan.profile.name} device and run there:  edgevit engine build {path}  "
-            f"(or the trtexec lines in {path / 'kit' / 'build_engines.sh'}; see {path / 'kit' / 'README.md'}). "
-            f"Until then the bundle runs on: "
-            f"{', '.join(b.name for b in plan.backends if not b.deferred_build) or 'nothing'}")
+    if device is not None:
+        pending = device[0].pending_note(manifest, device[1], path, plan.profile.name)
+        if pending:
+            log(f"[bundle] NOT DONE: {pending} Until then the bundle runs on: "
+                f"{', '.join(b.name for b in plan.backends if not b.deferred_build) or 'nothing'}")
     return path
 
 
-PENDING_STATUS = PENDING   # the name older callers import
-
-
 def _deferred_engines(plan: Plan, bundle_dir: Path, entries, refs):
-    """Engines a backend builds on the device (TensorRT): write its kit; build them now when this host is a
-    GPU machine matching the target."""
-    trt = next((b for b in plan.backends if b.deferred_build), None)
-    if trt is None:
+    """Engines a backend builds on the target device (TensorRT): the backend writes what the device needs, or
+    builds them now where this host is that device. Returns (backend, its result) or None."""
+    backend = next((b for b in plan.backends if b.deferred_build), None)
+    if backend is None:
         return None
-    profile, vx, vy, measure, log = plan.profile, plan.vx, plan.vy, plan.opts.measure, plan.opts.log
-    from edgevit.device_build import finish, read_validation, write_kit, write_validation
-    from edgevit.gpu import device_info, target_mismatches
-
-    info = write_validation(bundle_dir, vx, vy, refs)
-    reason = trt.deferred()
-    if reason is None:
-        problems = target_mismatches(profile.device, device_info())
-        reason = ("this GPU is not the target: " + "; ".join(problems)) if problems else None
-    summary = None
-    if reason is None:
-        log(f"[tensorrt] TensorRT and a matching GPU are here: building the engines now "
-            f"(validation on {info['samples']} images)")
-        summary = finish(bundle_dir, entries, profile.accuracy, read_validation(bundle_dir), measure=measure, log=log)
-    else:
-        for e in entries:
-            t = e["engines"].get(trt.name, {})
-            if t.get("status") == PENDING_STATUS:
-                t["reason"] = f"not built here ({reason}); run `edgevit engine build BUNDLE` on the target device"
-    write_kit(bundle_dir, entries, profile.to_dict(), reason)
-    return {"summary": summary, "reason": reason}
+    return backend, backend.build_deferred(bundle_dir, entries, plan.profile, plan.vx, plan.vy, refs,
+                                           plan.opts.measure, plan.opts.log)

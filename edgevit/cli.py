@@ -314,7 +314,7 @@ def engine_build_cmd(bundle, presets, force, use_trtexec, any_device, no_latency
       edgevit engine build bundles/supervit-nano-desktop-gpu --trtexec
     """
     from edgevit.cleanup import install_termination_handler
-    from edgevit.device_build import engine_build
+    from edgevit.backends.tensorrt.device_build import engine_build
 
     install_termination_handler()
     summary = engine_build(bundle, presets=_names(presets), force=force, use_trtexec=use_trtexec,

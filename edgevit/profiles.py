@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from edgevit.errors import EdgevitError
-from edgevit.runtime.policies import POLICY_KEYS   # the policy registry: names and their parameters
+from edgevit.runtime.policies import POLICY_KEYS
+from edgevit.schema import REQUIRED, F   # the policy registry: names and their parameters
 
 
 def _profile_dir() -> Path:
@@ -26,23 +27,10 @@ def _profile_dir() -> Path:
 
 
 PROFILE_DIR = _profile_dir()
-BACKENDS = ("openvino", "onnxruntime", "tensorrt", "torch")
+REFERENCE = "torch"    # the reference the engines are compared with, allowed where a backend is named
 PRECISIONS = ("int8", "bf16", "fp16", "fp32")
 
 
-@dataclass(frozen=True)
-class F:
-    """A schema field: python type(s), default (``REQUIRED`` if none), allowed values, numeric bounds."""
-
-    type: Any
-    default: Any = None
-    choices: tuple | None = None
-    min: float | None = None
-    max: float | None = None
-    items: Any = None          # element type/choices for lists
-
-
-REQUIRED = object()
 
 SCHEMA: dict = {
     "name": F(str, REQUIRED),
@@ -57,8 +45,9 @@ SCHEMA: dict = {
         "power_modes": F(list, [], items=str),
         "jetpack": F((str, type(None)), None),
     },
-    "backend": F(str, REQUIRED, choices=BACKENDS),
-    "fallbacks": F(list, [], items=BACKENDS),
+    # Choices and one section per backend come from the backend registry (``schema()``).
+    "backend": F(str, REQUIRED),
+    "fallbacks": F(list, [], items=str),
     # An ordered preference, e.g. [int8, bf16, fp32]; a single value still loads. The build tries each
     # backend's candidates for these precisions and ships the fastest that passes the gate (FP32 the floor).
     "precision": F((str, list), ["int8", "fp32"], items=PRECISIONS),
@@ -75,27 +64,6 @@ SCHEMA: dict = {
         "min_agreement": F((int, float), 0.99, min=0, max=1),
         # One-sided confidence of the gate's bounds: an engine fails where the loss is real at this level.
         "confidence": F(float, 0.95, min=0.5, max=0.999),
-    },
-    "openvino": {
-        "inference_precision": F(str, "f32", choices=("f32", "bf16", "f16")),
-        "performance_hint": F(str, "LATENCY", choices=("LATENCY", "THROUGHPUT")),
-        "num_streams": F(int, 1, min=1),
-        "threads": F(int, 0, min=0),
-    },
-    "onnxruntime": {
-        "providers": F(list, ["CPUExecutionProvider"], items=str),
-        "threads": F(int, 0, min=0),
-    },
-    "tensorrt": {
-        "version": F(str, "10", choices=("10", "11")),
-        "workspace_mb": F(int, 4096, min=16),
-        "builder_optimization_level": F(int, 3, min=0, max=5),
-        "timing_cache": F(bool, True),
-        "dla_core": F((int, type(None)), None, min=0, max=1),
-        "gpu_fallback": F(bool, True),
-        "hardware_compatibility": F(str, "none", choices=("none", "ampere_plus", "same_compute_capability")),
-        "version_compatible": F(bool, False),
-        "int8_if_faster": F(bool, False),   # fp16 profiles: also build INT8 on the device, keep it where faster
     },
     "runtime": {
         "policy": F(str, "fixed", choices=tuple(POLICY_KEYS)),
@@ -214,8 +182,22 @@ class Profile:
         return parse_profile(data, f"{self.path} (with command-line overrides)")
 
 
+def schema() -> dict:
+    """The profile schema: the common keys, and each registered backend's own section, which that backend
+    declares (``Backend.profile_section``): a new backend brings its keys with it."""
+    from edgevit.backends.base import backend_names, get_backend
+
+    names = tuple(backend_names())
+    out = dict(SCHEMA)
+    out["backend"] = F(str, REQUIRED, choices=names + (REFERENCE,))
+    out["fallbacks"] = F(list, [], items=names + (REFERENCE,))
+    for name in names:
+        out[name] = dict(get_backend(name).profile_section)
+    return out
+
+
 def parse_profile(data: Any, source: str) -> Profile:
-    resolved = _resolve(data, SCHEMA, f"{source}:")
+    resolved = _resolve(data, schema(), f"{source}:")
     prec = resolved["precision"]
     prec = [prec] if isinstance(prec, str) else prec
     if not prec:
@@ -228,8 +210,13 @@ def parse_profile(data: Any, source: str) -> Profile:
     for i, t in enumerate(resolved["runtime"]["battery_thresholds"]):
         if not 0 <= t <= 100:
             raise EdgevitError(f"{source}: runtime.battery_thresholds[{i}]: {t} is outside 0..100 (percent)")
-    if resolved["backend"] == "tensorrt" and resolved["device"]["kind"] == "cpu":
-        raise EdgevitError(f"{source}: backend: tensorrt needs device.kind gpu or jetson, not cpu")
+    from edgevit.backends.base import get_backend
+
+    for name in [resolved["backend"], *resolved["fallbacks"]]:
+        kinds = getattr(get_backend(name), "device_kinds", None) if name != REFERENCE else None
+        if kinds and resolved["device"]["kind"] not in kinds:
+            raise EdgevitError(f"{source}: backend: {name} needs device.kind {' or '.join(kinds)}, not "
+                               f"{resolved['device']['kind']}")
     return Profile(resolved, source)
 
 

@@ -436,3 +436,46 @@ def test_precision_a_backend_cannot_build_falls_back_with_reason(quick_checkpoin
     assert e["precision"] == "fp32" and e["fallback"]["from"] == "fp16" and e["fallback"]["reason"]
     (fp16,) = [c for c in e["candidates"] if c["precision"] == "fp16"]
     assert fp16["skipped"] and "does not build fp16 on this host" in fp16["reason"]
+
+
+def test_a_registered_backend_works_through_build_load_and_bench(quick_checkpoint, tmp_path):
+    """Adding a backend touches no generic code: a toy one (ONNX Runtime under another name, with a profile
+    section of its own) is registered, named by a profile, built, loaded and benchmarked."""
+    import edgevit
+    from edgevit.backends.base import register_backend, unregister_backend
+    from edgevit.backends.onnxruntime import OnnxRuntimeBackend
+    from edgevit.bench.run import BenchOptions, run_bench
+    from edgevit.profiles import load_profile
+    from edgevit.schema import F
+
+    class Twin(OnnxRuntimeBackend):
+        name = "ort-twin"
+        profile_section = {"note": F(str, "a toy")}
+
+        def recipes(self, precision, profile):
+            return [c for c in super().recipes(precision, profile) if c.id in ("int8-dynamic", "fp32")]
+
+    register_backend(Twin())
+    try:
+        (tmp_path / "toy.yaml").write_text("name: toy\ndevice: {kind: cpu}\nbackend: ort-twin\n"
+                                           "precision: [int8, fp32]\nort-twin: {note: mine}\n")
+        assert load_profile(str(tmp_path / "toy.yaml")).to_dict()["ort-twin"] == {"note": "mine"}
+        with pytest.raises(EdgevitError, match=r"ort-twin: unknown key 'colour'; allowed keys: note"):
+            (tmp_path / "bad.yaml").write_text("name: toy\ndevice: {kind: cpu}\nbackend: ort-twin\n"
+                                               "ort-twin: {colour: red}\n")
+            load_profile(str(tmp_path / "bad.yaml"))
+        out = build(BuildOptions(target=str(tmp_path / "toy.yaml"), checkpoint=str(quick_checkpoint),
+                                 presets=["r16-k0.5"], out=str(tmp_path / "b"), cache_dir=str(tmp_path / "c"),
+                                 log=lambda m: None))
+        m = read_manifest(out)
+        e = m["presets"][0]["engines"]["ort-twin"]
+        assert m["backends"] == ["ort-twin"] and e["gate"]["passed"] and e["engine"]["file"].startswith("engines/ort-twin/")
+        assert [c["id"] for c in e["candidates"]] == ["int8-dynamic", "fp32"]
+        with edgevit.load(out) as rt:
+            assert rt.preset("r16-k0.5").backend == "ort-twin"
+            assert len(rt.predict([np.zeros((8, 8), np.uint8)]).labels) == 1
+        result = run_bench(BenchOptions(bundle=str(out), duration_s=0.1, repeats=1, warmup_s=0.01,
+                                        log=lambda m: None))
+        assert {r["backend"] for r in result["results"]} >= {"ort-twin"} and "ort-twin" in result["resident_mb"]
+    finally:
+        unregister_backend("ort-twin")

@@ -18,10 +18,10 @@ import onnx
 import pytest
 
 import edgevit
-from edgevit.backends.tensorrt_build import build_settings, trtexec_command
+from edgevit.backends.tensorrt.build import build_settings, trtexec_command
 from edgevit.bundle import read_manifest, verify_files
 from edgevit.errors import EdgevitError
-from edgevit.gpu import engine_mismatches, l4t_release, target_mismatches, tensorrt_ready
+from edgevit.backends.tensorrt.gpu import engine_mismatches, l4t_release, target_mismatches, tensorrt_ready
 from edgevit.profiles import load_profile, parse_profile
 
 TWO = ["r32-k1", "r16-k0.5"]
@@ -247,7 +247,7 @@ def test_jetson_build_writes_a_validated_kit(orin_bundle):
     readme = (out / "kit" / "README.md").read_text()
     assert "edgevit engine build" in readme and "compute capability 8.7" in readme
     assert any("NOT DONE" in line and "edgevit engine build" in line for line in logs)
-    x, y, refs = __import__("edgevit.device_build", fromlist=["x"]).read_validation(out)
+    x, y, refs = __import__("edgevit.backends.tensorrt.device_build", fromlist=["x"]).read_validation(out)
     assert len(x) == len(y) == 360 and set(refs) == set(TWO)
 
 
@@ -303,8 +303,8 @@ shutil.copyfile(args["onnx"], args["saveEngine"])
 @pytest.fixture
 def fake_device(monkeypatch, tmp_path):
     import edgevit.backends.tensorrt as trt_backend
-    import edgevit.backends.tensorrt_build as trt_build
-    import edgevit.gpu as gpu
+    import edgevit.backends.tensorrt.build as trt_build
+    import edgevit.backends.tensorrt.gpu as gpu
 
     state = {"info": dict(ORIN), "builds": []}
     monkeypatch.setattr(gpu, "device_info", lambda: dict(state["info"]))
@@ -336,7 +336,7 @@ def _copy(src, dst):
 
 @pytest.mark.parametrize("use_trtexec", [False, True])
 def test_engine_build_on_the_device_validates_and_records(orin_bundle, fake_device, tmp_path, use_trtexec):
-    from edgevit.device_build import engine_build
+    from edgevit.backends.tensorrt.device_build import engine_build
 
     bundle = _copy(orin_bundle[0], tmp_path / "bundle")
     before = read_manifest(bundle)
@@ -371,7 +371,7 @@ def test_engine_build_on_the_device_validates_and_records(orin_bundle, fake_devi
 
 
 def test_engine_build_refuses_the_wrong_gpu(orin_bundle, fake_device, tmp_path):
-    from edgevit.device_build import engine_build
+    from edgevit.backends.tensorrt.device_build import engine_build
 
     bundle = _copy(orin_bundle[0], tmp_path / "bundle")
     fake_device["info"] = {"tensorrt": "10.3.0", "gpu": "H100", "compute_capability": "9.0", "l4t": None,
@@ -384,7 +384,7 @@ def test_engine_build_refuses_the_wrong_gpu(orin_bundle, fake_device, tmp_path):
 
 def test_engine_that_fails_on_the_device_is_not_marked_ok(orin_bundle, fake_device, tmp_path, monkeypatch):
     import edgevit.backends.tensorrt as trt_backend
-    from edgevit.device_build import engine_build
+    from edgevit.backends.tensorrt.device_build import engine_build
 
     class Broken(OrtAsTensorRT):
         def infer(self, x):

@@ -139,6 +139,8 @@ class Backend:
     library: str = ""          # the Python package the backend needs
     compile_cache: bool = False  # whether loads can import a cached compiled form (``with_compile_cache``)
     deferred_build: bool = False  # engines are built on the target device from the bundle's kit (TensorRT)
+    profile_section: dict = {}    # this backend's keys in a profile (``edgevit.schema.F`` fields)
+    device_kinds: tuple | None = None  # the profile device kinds it can serve (None: any)
 
     def available(self) -> tuple[bool, str]:
         """Whether this host can compile and run the backend, and if not, why."""
@@ -185,6 +187,18 @@ class Backend:
         load imports the compiled engine instead of compiling it again). Default: no such cache."""
         return spec
 
+    def build_deferred(self, bundle_dir, entries, profile, vx, vy, refs, measure: bool, log) -> dict:
+        """``deferred_build`` backends: write what the device needs to build the engines (and build them now
+        where this host is that device). Returns what ``record_deferred`` and ``pending_note`` take."""
+        raise NotImplementedError
+
+    def record_deferred(self, manifest: dict, result: dict) -> None:
+        """Record ``build_deferred``'s result in the manifest."""
+
+    def pending_note(self, manifest: dict, result: dict, bundle, target: str) -> str | None:
+        """What is left to do on the device after ``build_deferred`` gave ``result``, with how, or None."""
+        return None
+
     def cache_tag(self):
         """What, besides the inputs, decides the compiled output on this host (part of the cache key)."""
         return None
@@ -194,15 +208,34 @@ class Backend:
         return self.load(bundle_dir, spec)
 
 
-_MODULES = {"onnxruntime": "edgevit.backends.onnxruntime", "openvino": "edgevit.backends.openvino",
-            "tensorrt": "edgevit.backends.tensorrt"}
+_REGISTRY: dict[str, object] = {"openvino": "edgevit.backends.openvino", "onnxruntime": "edgevit.backends.onnxruntime",
+                                "tensorrt": "edgevit.backends.tensorrt"}   # name -> Backend, or its module's path
+
+
+def register_backend(backend: "Backend") -> "Backend":
+    """Add a backend: profiles may then name it, and build, load and bench use it like the built-in ones."""
+    if not backend.name:
+        raise ValueError("a backend needs a name")
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def unregister_backend(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def backend_names() -> list[str]:
+    return list(_REGISTRY)
 
 
 def get_backend(name: str) -> Backend:
-    if name not in _MODULES:
-        raise EdgevitError(f"unknown backend {name!r}; known backends: {', '.join(_MODULES)}")
+    if name not in _REGISTRY:
+        raise EdgevitError(f"unknown backend {name!r}; known backends: {', '.join(_REGISTRY)}")
+    entry = _REGISTRY[name]
+    if isinstance(entry, Backend):
+        return entry
     try:
-        module = importlib.import_module(_MODULES[name])
+        module = importlib.import_module(entry)
     except ImportError as e:  # a backend module that is not written yet or cannot import
         raise EdgevitError(f"backend {name!r} is not available here: {e}") from None
     return module.BACKEND

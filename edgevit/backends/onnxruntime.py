@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgevit.backends.base import Backend, Candidate, EngineSpec, Runner, shared_runner
+from edgevit.schema import F
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -73,6 +74,10 @@ class OrtRunner(Runner):
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     library = "onnxruntime"
+    profile_section = {
+        "providers": F(list, ["CPUExecutionProvider"], items=str),
+        "threads": F(int, 0, min=0),
+    }
 
     def recipes(self, precision, profile) -> list[Candidate]:
         if precision == "int8":

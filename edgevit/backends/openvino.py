@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgevit.backends.base import Backend, Candidate, EngineSpec, Runner, shared_runner
+from edgevit.schema import F
 
 _CORE = None
 
@@ -85,6 +86,12 @@ class OpenVINOBackend(Backend):
     name = "openvino"
     library = "openvino"
     compile_cache = True
+    profile_section = {
+        "inference_precision": F(str, "f32", choices=("f32", "bf16", "f16")),
+        "performance_hint": F(str, "LATENCY", choices=("LATENCY", "THROUGHPUT")),
+        "num_streams": F(int, 1, min=1),
+        "threads": F(int, 0, min=0),
+    }
 
     def recipes(self, precision, profile) -> list[Candidate]:
         if precision == "int8":

@@ -43,7 +43,7 @@ def _cuda_device() -> dict | None:
     except ImportError:
         pass
     try:
-        from edgevit.backends.cuda_memory import cudart
+        from edgevit.backends.tensorrt.cuda_memory import cudart
     except ImportError:
         return None
     rt = cudart()

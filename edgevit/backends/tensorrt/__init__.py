@@ -1,11 +1,13 @@
 """TensorRT: engines for Jetson Orin and desktop GPUs, built from explicit-precision ONNX.
 
-``compile`` always writes the ONNX TensorRT builds from (Q/DQ for INT8, FP16 types for FP16; see
-``tensorrt_build``), and the build validates that file with ONNX Runtime on the CPU before any GPU is
-involved. The spec it returns is ``pending-device-build``: ``edgevit.device_build`` builds the engines, at the
-end of ``edgevit build`` where TensorRT and a GPU matching the target are present, else on the device from
-the bundle's kit (``edgevit engine build``), so both go through one code path.
-Loading an engine checks the TensorRT version, GPU and L4T release it was built for (``edgevit.gpu``).
+One package holds everything TensorRT: this backend (candidates, compile, runner), ``build`` (trtexec and
+Python-API engine builds), ``device_build`` (the kit, the on-device build and its validation), ``gpu``
+(GPU, TensorRT and L4T facts) and ``cuda_memory``. ``compile`` always writes the ONNX TensorRT builds from
+(Q/DQ for INT8, FP16 types for FP16), and the build validates that file with ONNX Runtime on the CPU
+before any GPU is involved. The spec it returns is ``pending-device-build``: ``device_build`` builds the
+engines, at the end of ``edgevit build`` where TensorRT and a GPU matching the target are present, else on
+the device from the bundle's kit (``edgevit engine build``), so both go through one code path. Loading an
+engine checks the TensorRT version, GPU and L4T release it was built for (``gpu``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from edgevit.backends.base import PENDING, Backend, Candidate, EngineSpec, Runner
-from edgevit.backends.tensorrt_build import build_settings, shell_line, trtexec_command
+from edgevit.backends.tensorrt.build import build_settings, shell_line, trtexec_command
 from edgevit.errors import EdgevitError
+from edgevit.schema import F
 
 KIT_DIR = Path("kit") / "tensorrt"
 ENGINE_DIR = Path("engines") / "tensorrt"
@@ -58,7 +61,7 @@ class TensorRTRunner(Runner):
     def __init__(self, engine_path, settings: dict):
         import tensorrt as trt
 
-        from edgevit.backends.cuda_memory import device_memory
+        from edgevit.backends.tensorrt.cuda_memory import device_memory
 
         logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(logger)
@@ -109,6 +112,33 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     library = "tensorrt"
     deferred_build = True
+    device_kinds = ("gpu", "jetson")
+    profile_section = {
+        "version": F(str, "10", choices=("10", "11")),
+        "workspace_mb": F(int, 4096, min=16),
+        "builder_optimization_level": F(int, 3, min=0, max=5),
+        "timing_cache": F(bool, True),
+        "dla_core": F((int, type(None)), None, min=0, max=1),
+        "gpu_fallback": F(bool, True),
+        "hardware_compatibility": F(str, "none", choices=("none", "ampere_plus", "same_compute_capability")),
+        "version_compatible": F(bool, False),
+        "int8_if_faster": F(bool, False),   # fp16 profiles: also build INT8 on the device, keep it where faster
+    }
+
+    def build_deferred(self, bundle_dir, entries, profile, vx, vy, refs, measure: bool, log) -> dict:
+        from edgevit.backends.tensorrt.device_build import defer
+
+        return defer(self, Path(bundle_dir), entries, profile, vx, vy, refs, measure, log)
+
+    def record_deferred(self, manifest: dict, result: dict) -> None:
+        from edgevit.backends.tensorrt.device_build import record_device_build
+
+        record_device_build(manifest, result["summary"], result["reason"])
+
+    def pending_note(self, manifest: dict, result: dict, bundle, target: str) -> str | None:
+        from edgevit.backends.tensorrt.device_build import pending_note
+
+        return pending_note(manifest, result, Path(bundle), target)
 
     def recipes(self, precision, profile) -> list[Candidate]:
         if precision == "int8":
@@ -128,14 +158,14 @@ class TensorRTBackend(Backend):
         """Why engines cannot be built on this host (None: they can)."""
         if os.environ.get("EDGEVIT_TENSORRT_DEFER"):
             return "EDGEVIT_TENSORRT_DEFER is set"
-        from edgevit.gpu import tensorrt_ready
+        from edgevit.backends.tensorrt.gpu import tensorrt_ready
 
         ok, why = tensorrt_ready()
         return None if ok else why
 
     def compile(self, onnx_path, out_dir, name, candidate, calib, profile) -> EngineSpec:
         """The kit entry for one preset: explicit-precision ONNX and build settings. The engine itself is built
-        by ``edgevit.device_build`` (on this host at the end of the build when it can, else on the device),
+        by ``edgevit.backends.tensorrt.device_build`` (on this host at the end of the build when it can, else on the device),
         so engines built here and on a Jetson come from one code path."""
         precision = candidate.precision
         settings = build_settings(profile, precision)
@@ -165,7 +195,7 @@ class TensorRTBackend(Backend):
         return quant
 
     def load(self, bundle_dir, spec: EngineSpec) -> Runner:
-        from edgevit.gpu import device_info, engine_mismatches
+        from edgevit.backends.tensorrt.gpu import device_info, engine_mismatches
 
         if spec.status == PENDING:
             raise EdgevitError(f"bundle {bundle_dir}: {spec.settings.get('engine', spec.file)} is {PENDING}; "

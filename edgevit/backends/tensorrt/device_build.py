@@ -112,7 +112,7 @@ def _trtexec() -> str:
 
 def _build_one(bundle_dir: Path, settings: dict, use_trtexec: bool, verbose: bool, log) -> None:
     from edgevit.backends.tensorrt import TIMING_CACHE
-    from edgevit.backends.tensorrt_build import build_engine_file, trtexec_command
+    from edgevit.backends.tensorrt.build import build_engine_file, trtexec_command
 
     engine = bundle_dir / settings["engine"]
     engine.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +137,7 @@ def finish(bundle_dir: Path, entries: list[dict], accuracy: dict, validation, *,
     summary ``{"built": n, "failed": [...], "built_on": {...}}``.
     """
     from edgevit.backends.tensorrt import TensorRTRunner
-    from edgevit.gpu import device_info
+    from edgevit.backends.tensorrt.gpu import device_info
     from edgevit.selection import choose_candidate
     from edgevit.validate import gate, measure_latency, validate
 
@@ -216,7 +216,7 @@ def engine_build(bundle, presets: list[str] | None = None, force: bool = False, 
     """Finish a bundle's TensorRT engines on this device and replace the bundle atomically."""
     from edgevit.backends.tensorrt import BACKEND
     from edgevit.bundle import BundleWriter, read_manifest, verify_files
-    from edgevit.gpu import device_info, target_mismatches
+    from edgevit.backends.tensorrt.gpu import device_info, target_mismatches
     from edgevit.report import manifest_report
 
     bundle = Path(bundle)
@@ -279,3 +279,36 @@ def record_device_build(manifest: dict, summary: dict | None, bundle_reason: str
         backend, why = choose_backend(p["engines"], manifest["backends"], measured=False)
         p["default"] = {"backend": backend, "why": why}
     mark_pareto(manifest["presets"], manifest["backend"])
+
+
+def defer(backend, bundle_dir: Path, entries, profile, vx, vy, refs, measure: bool, log) -> dict:
+    """At the end of ``edgevit build``: write the kit and the validation set; build the engines now when
+    TensorRT and a GPU matching the target are here."""
+    from edgevit.backends.tensorrt.gpu import device_info, target_mismatches
+
+    info = write_validation(bundle_dir, vx, vy, refs)
+    reason = backend.deferred()
+    if reason is None:
+        problems = target_mismatches(profile.device, device_info())
+        reason = ("this GPU is not the target: " + "; ".join(problems)) if problems else None
+    summary = None
+    if reason is None:
+        log(f"[tensorrt] TensorRT and a matching GPU are here: building the engines now "
+            f"(validation on {info['samples']} images)")
+        summary = finish(bundle_dir, entries, profile.accuracy, read_validation(bundle_dir), measure=measure, log=log)
+    else:
+        for e in entries:
+            t = e["engines"].get(backend.name, {})
+            if t.get("status") == PENDING:
+                t["reason"] = f"not built here ({reason}); run `edgevit engine build BUNDLE` on the target device"
+    write_kit(bundle_dir, entries, profile.to_dict(), reason)
+    return {"summary": summary, "reason": reason}
+
+
+def pending_note(manifest: dict, result: dict, bundle: Path, target: str) -> str | None:
+    pending = manifest["device_build"]["pending_presets"]
+    if not pending:
+        return None
+    return (f"{len(pending)} TensorRT engine(s) are {PENDING} because {result['reason']}. Copy {bundle} to the "
+            f"{target} device and run there:  edgevit engine build {bundle}  (or the trtexec lines in "
+            f"{bundle / 'kit' / 'build_engines.sh'}; see {bundle / 'kit' / 'README.md'}).")
