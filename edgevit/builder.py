@@ -466,6 +466,7 @@ class Plan:
     cx: np.ndarray           # calibration inputs
     vx: np.ndarray           # validation inputs and labels
     vy: np.ndarray
+    obtain_seconds: float = 0.0   # loading or training the model: not part of the build proper
 
     @property
     def model(self):
@@ -488,7 +489,9 @@ def plan_build(opts: BuildOptions, cache: Cache) -> Plan:
     profile = resolve_profile(opts)
     if opts.out:
         output_bundle(opts.out)          # before training or export, not after
+    t0 = time.perf_counter()
     got = obtain(opts, cache)
+    obtain_seconds = time.perf_counter() - t0
     got.model.eval()
     model, ds, pre = got.model, got.dataset, got.preprocess
     out = output_bundle(opts.out or Path("bundles") / f"{model.variant}-{profile.name}")
@@ -507,7 +510,7 @@ def plan_build(opts: BuildOptions, cache: Cache) -> Plan:
         raise EdgevitError(f"--shared-weights (profile shared_weights) is built for SuperViT models on OpenVINO and "
                            f"ONNX Runtime; {model.variant} on {', '.join(b.name for b in backends)} is not")
     return Plan(opts, profile, got, out, presets, backends, unavailable, opts.measure and host_ok, host_why,
-                weight_digest(model), cx, vx, vy)
+                weight_digest(model), cx, vx, vy, obtain_seconds)
 
 
 def references(plan: Plan) -> dict[str, np.ndarray]:
@@ -636,6 +639,7 @@ def assemble(plan: Plan, entries: list[dict], checkpoint: str | None, seconds: f
         "latency_measured_here": plan.measure, "latency_note": None if plan.measure else plan.host_why,
         "checkpoint": checkpoint,
         "build_seconds": round(seconds, 1),
+        "obtain_seconds": round(plan.obtain_seconds, 1),   # of build_seconds: loading or training the model
         "presets": entries,
     }
 
@@ -668,7 +672,8 @@ def build(opts: BuildOptions) -> Path:
         if device is not None:
             device[0].record_deferred(manifest, device[1])
         path = writer.commit(manifest, manifest_report(manifest))
-    log(f"[bundle] {path} written ({len(entries)} presets, {seconds:.0f} s); inspect it with: edgevit inspect {path}")
+    log(f"[bundle] {path} written ({len(entries)} presets, {seconds:.0f} s, of which {plan.obtain_seconds:.0f} s "
+        f"obtaining the model); inspect it with: edgevit inspect {path}")
     if device is not None:
         pending = device[0].pending_note(manifest, device[1], path, plan.profile.name)
         if pending:

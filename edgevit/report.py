@@ -100,7 +100,8 @@ def summary_lines(m: dict) -> list[str]:
         f"{100 * t['accuracy']['min_agreement']:.2f}%, failing only where the data show it at "
         f"{t['accuracy'].get('confidence', 0.95):.0%} one-sided (Wilson / paired McNemar bounds)",
         "tools      " + ", ".join(f"{k} {v}" for k, v in tools.items() if v),
-        f"built      {m['created']} by edgevit {m['edgevit_version']} in {m['build_seconds']} s",
+        f"built      {m['created']} by edgevit {m['edgevit_version']} in {m['build_seconds']} s"
+        + (f" ({m['obtain_seconds']} s of it obtaining the model)" if m.get("obtain_seconds") else ""),
     ]
     if m.get("unavailable_backends"):
         for b, why in m["unavailable_backends"].items():

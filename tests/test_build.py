@@ -30,6 +30,7 @@ def test_bundle_manifest_describes_every_engine(built):
     assert m["target"]["openvino"]["inference_precision"] == "f32"
     assert m["tools"]["openvino"] and m["tools"]["nncf"] and m["tools"]["onnxruntime"]
     assert m["labels"] == [str(i) for i in range(10)] and m["preprocess"]["crop"] == 32
+    assert 0 <= m["obtain_seconds"] <= m["build_seconds"]    # training or loading, counted apart
     for p in m["presets"]:
         assert p["export"]["parity_max_abs"] < 1e-3
         for b in ("openvino", "onnxruntime"):
