@@ -28,8 +28,7 @@ from edgevit.files import output_bundle
 from edgevit.host import host_info, matches_target, tool_versions
 from edgevit.profiles import Profile, load_profile
 from edgevit.selection import choose_backend, choose_candidate, faster_beyond_noise
-from edgevit.validate import (cohen_kappa, gate, mark_pareto, measure_into_records, measure_latencies_interleaved,
-                              validate)
+from edgevit.validate import cohen_kappa, gate, mark_pareto, measure_into_records, validate
 
 DEFAULT_MODEL = "supervit-nano"
 
@@ -260,14 +259,10 @@ def _attempt(backend, cand, onnx_path, preset, profile: Profile, calib, calib_di
 
 def _probe(backend, specs: dict, bundle_dir: Path, vx, compile_cache) -> dict:
     """A short interleaved latency probe of ``specs`` (id -> spec): id -> latency record."""
-    runners = {}
-    try:
-        for cid, spec in specs.items():
-            runners[cid] = backend.load(bundle_dir, backend.with_compile_cache(spec, compile_cache))
-        return measure_latencies_interleaved(runners, vx, rounds=5, budget_s=0.05, max_iters=20)
-    finally:
-        for r in runners.values():
-            r.close()
+    records = {cid: {} for cid in specs}
+    measure_into_records({cid: (lambda s=spec: backend.load(bundle_dir, backend.with_compile_cache(s, compile_cache)),
+                                records[cid]) for cid, spec in specs.items()}, vx, budget_s=0.05, max_iters=20)
+    return {cid: r["latency_ms"] for cid, r in records.items()}
 
 
 def _cannot_win(backend, base, floor, bundle_dir: Path, vx, compile_cache) -> str | None:

@@ -199,14 +199,15 @@ def measure_latencies_interleaved(runners: dict, sample: np.ndarray, rounds: int
     return out
 
 
-def measure_into_records(loads: dict, sample: np.ndarray) -> int:
+def measure_into_records(loads: dict, sample: np.ndarray, **timing) -> int:
     """``loads``: key -> (a function that loads a runner, the record to write its ``latency_ms`` into). Loads
-    them all, times them in one interleaved pass, closes them; returns how many were measured."""
+    them all, times them in one interleaved pass (``timing``: ``measure_latencies_interleaved``'s settings),
+    closes them; returns how many were measured."""
     runners = {}
     try:
         for key, (load, _) in loads.items():
             runners[key] = load()
-        lat = measure_latencies_interleaved(runners, sample) if runners else {}
+        lat = measure_latencies_interleaved(runners, sample, **timing) if runners else {}
     finally:
         for r in runners.values():
             r.close()

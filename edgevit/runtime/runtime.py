@@ -117,17 +117,19 @@ class Runtime:
         """Block until every preset's engine is resident (``load`` returns once the first one is)."""
         if self._loader is not None:
             self._loader.join(timeout)
-        if self._load_errors:
-            name, e = next(iter(self._load_errors.items()))
-            raise EdgevitError(f"bundle {self.bundle}: preset {name} failed to load: {e}")
+        for name in self._load_errors:
+            self._raise_load_error(name)
         return self
+
+    def _raise_load_error(self, name: str) -> None:
+        if name in self._load_errors:
+            raise EdgevitError(f"bundle {self.bundle}: preset {name} failed to load: {self._load_errors[name]}")
 
     def _runner(self, name: str):
         event = self._pending.get(name)
         if event is not None and not event.is_set():
             event.wait()
-        if name in self._load_errors:
-            raise EdgevitError(f"bundle {self.bundle}: preset {name} failed to load: {self._load_errors[name]}")
+        self._raise_load_error(name)
         runner = self._runners.get(name)
         if runner is None:
             raise EdgevitError(f"preset {name} has no engine loaded (runtime closed, or opened with load_info)")
