@@ -3,9 +3,8 @@
 The top level stays import-light (no torch) so that device programs and ``edgevit --help`` start fast.
 """
 
-__version__ = "0.1.0"
-
-from edgevit.errors import EdgevitError  # noqa: E402
+from edgevit.errors import EdgevitError
+from edgevit.version import __version__
 
 __all__ = ["__version__", "EdgevitError", "load"]
 

@@ -7,7 +7,6 @@ directory and renamed into place only when every preset is done (``edgevit.bundl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -19,12 +18,12 @@ from typing import Callable
 
 import numpy as np
 
-from edgevit import __version__
+from edgevit.version import __version__
 from edgevit.backends.base import EngineSpec, get_backend
-from edgevit.bundle import SCHEMA, SCHEMA_VERSION, BundleWriter, sha256_file
+from edgevit.bundle import SCHEMA, SCHEMA_VERSION, BundleWriter, output_bundle
 from edgevit.cache import Cache, content_key
+from edgevit.engine_cache import array_digest, compile_cached
 from edgevit.errors import EdgevitError
-from edgevit.files import output_bundle
 from edgevit.host import host_info, matches_target, tool_versions
 from edgevit.profiles import Profile, load_profile
 from edgevit.selection import choose_backend, choose_candidate, faster_beyond_noise
@@ -136,37 +135,6 @@ def export_cached(model, preset, weights: str, sample, profile: Profile, cache: 
 
 
 # -- engines -----------------------------------------------------------------------------------------------
-
-def compile_cached(backend, onnx_path: Path, name: str, candidate, calib, calib_digest: str, profile: Profile,
-                   cache: Cache, bundle_dir: Path) -> tuple[EngineSpec, bool]:
-    """Compile (quantize) one candidate into ``bundle_dir``, reusing a cached one with the same inputs."""
-    section = getattr(profile, backend.name, None) or {}   # the backend's own profile section, if it has one
-    calib_digest = calib_digest if candidate.precision == "int8" else None   # only INT8 reads the calibration set
-    key = content_key("engine", sha256_file(onnx_path), backend.name, name, candidate.id, candidate.precision,
-                      candidate.recipe, candidate.level, calib_digest, section, profile.calibration,
-                      profile.accuracy, profile.batch, profile.device, backend.cache_tag(), tool_versions(),
-                      __version__)
-    hit = cache.get("engine", key)
-    cached = hit is not None
-    if not cached:
-        with cache.put("engine", key) as tmp:
-            spec = backend.compile(onnx_path, tmp, name, candidate, calib, profile)
-            (tmp / "spec.json").write_text(json.dumps(spec.to_dict()))
-        hit = cache.path("engine", key)
-    spec = EngineSpec(**json.loads((hit / "spec.json").read_text()))
-    for rel in spec.files:
-        dst = bundle_dir / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(hit / rel, dst)
-    return spec, cached
-
-
-def array_digest(a: np.ndarray | None) -> str | None:
-    """Content key of an array (the calibration set): computed once per build, not per engine."""
-    if a is None:
-        return None
-    return content_key(a.shape, str(a.dtype), hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
-
 
 @dataclass
 class Candidates:

@@ -21,8 +21,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgevit import __version__, cleanup
+import edgevit.cleanup as cleanup
 from edgevit.errors import EdgevitError
+from edgevit.files import check_writable_dir
+from edgevit.version import __version__
 
 SCHEMA = "edgevit-bundle"
 SCHEMA_VERSION = 1
@@ -133,6 +135,14 @@ def check_replaceable(out: Path) -> None:
     if not is_bundle:
         raise EdgevitError(f"output {out} exists and is not an edgevit bundle; refusing to replace it "
                            f"(choose another --out, or remove it yourself)")
+
+
+def output_bundle(path) -> Path:
+    """A bundle directory a build will write: absent, empty, or an earlier bundle, in a writable place."""
+    path = Path(path)
+    check_replaceable(path)
+    check_writable_dir(path.parent, "output", path)
+    return path
 
 
 def read_manifest(bundle) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from edgevit import __version__
+from edgevit.version import __version__
 from edgevit.bundle import make_readable
 from edgevit.errors import EdgevitError
 from edgevit.models import create_model

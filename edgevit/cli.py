@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from edgevit import __version__
+from edgevit.version import __version__
 from edgevit.errors import EdgevitError
 
 

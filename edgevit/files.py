@@ -24,7 +24,7 @@ def read_text(path, what: str) -> str:
                            f"save it as UTF-8") from None
 
 
-def _check_writable_dir(directory: Path, what: str, target: Path) -> None:
+def check_writable_dir(directory: Path, what: str, target: Path) -> None:
     anc = directory
     while not anc.exists() and anc != anc.parent:
         anc = anc.parent
@@ -48,15 +48,5 @@ def output_file(path, what: str, default_name: str | None = None) -> Path:
         path = path / default_name
         if path.is_dir():
             raise EdgevitError(f"{what} {path} is a directory; expected a file path")
-    _check_writable_dir(path.parent, what, path)
-    return path
-
-
-def output_bundle(path) -> Path:
-    """A bundle directory a build will write: absent, empty, or an earlier bundle, in a writable place."""
-    from edgevit.bundle import check_replaceable
-
-    path = Path(path)
-    check_replaceable(path)
-    _check_writable_dir(path.parent, "output", path)
+    check_writable_dir(path.parent, what, path)
     return path

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit import __version__
+from edgevit.version import __version__
 from edgevit.backends.base import EngineSpec
 from edgevit.cache import content_key
 from edgevit.host import tool_versions
@@ -99,7 +99,7 @@ def _preset_spec(spec: EngineSpec, model, preset) -> EngineSpec:
 def build_shared(model, presets, backends, profile, cx, vx, vy, refs: dict, onnx_path: Path, cache, bundle_dir: Path,
                  measure: bool, calib_digest, log) -> dict[str, dict]:
     """Engines entries ``{preset: {backend: entry}}`` and each preset's ``default``, for a shared bundle."""
-    from edgevit.builder import compile_cached
+    from edgevit.engine_cache import compile_cached
 
     out: dict[str, dict] = {p.name: {} for p in presets}
     work: dict[str, list[_Candidate]] = {}

@@ -304,12 +304,14 @@ shutil.copyfile(args["onnx"], args["saveEngine"])
 def fake_device(monkeypatch, tmp_path):
     import edgevit.backends.tensorrt as trt_backend
     import edgevit.backends.tensorrt.build as trt_build
+    import edgevit.backends.tensorrt.runner as trt_runner
     import edgevit.backends.tensorrt.gpu as gpu
 
     state = {"info": dict(ORIN), "builds": []}
     monkeypatch.setattr(gpu, "device_info", lambda: dict(state["info"]))
     monkeypatch.setattr(gpu, "tensorrt_ready", lambda: (True, ""))
-    monkeypatch.setattr(trt_backend, "TensorRTRunner", OrtAsTensorRT)
+    for module in (trt_backend, trt_runner):   # the backend's load and the device build's validation
+        monkeypatch.setattr(module, "TensorRTRunner", OrtAsTensorRT)
 
     def fake_build(onnx_path, engine_path, settings, cache=None, verbose=False, log=print):
         state["builds"].append(settings["precision"])
@@ -384,13 +386,15 @@ def test_engine_build_refuses_the_wrong_gpu(orin_bundle, fake_device, tmp_path):
 
 def test_engine_that_fails_on_the_device_is_not_marked_ok(orin_bundle, fake_device, tmp_path, monkeypatch):
     import edgevit.backends.tensorrt as trt_backend
+    import edgevit.backends.tensorrt.runner as trt_runner
     from edgevit.backends.tensorrt.device_build import engine_build
 
     class Broken(OrtAsTensorRT):
         def infer(self, x):
             return np.roll(super().infer(x), 1, axis=-1)   # a wrong engine: every prediction shifts
 
-    monkeypatch.setattr(trt_backend, "TensorRTRunner", Broken)
+    for module in (trt_backend, trt_runner):
+        monkeypatch.setattr(module, "TensorRTRunner", Broken)
     bundle = _copy(orin_bundle[0], tmp_path / "bundle")
     summary = engine_build(bundle, presets=["r16-k0.5"], measure=False, log=lambda m: None)
     assert summary["failed"] == ["r16-k0.5"]

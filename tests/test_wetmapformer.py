@@ -181,7 +181,7 @@ class _LinearEngine:
 
 class _Runtime:
     def __init__(self, bands, classes):
-        from edgevit.data.scenes import PatchPreprocess
+        from edgevit.data.preprocess import PatchPreprocess
 
         self.preprocess = PatchPreprocess(bands=bands)
         self.labels = [f"c{i}" for i in range(classes)]

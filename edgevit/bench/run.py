@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgevit import __version__
+from edgevit.version import __version__
 from edgevit.backends.base import EngineSpec, get_backend
 from edgevit.bench.energy import find_sensor
 from edgevit.bench.peak import fp32_peak, int8_peak

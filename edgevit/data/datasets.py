@@ -6,86 +6,16 @@ with checkpoints and bundles so a bundle's accuracy can be traced to the exact i
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from edgevit.data.preprocess import Preprocess, imagenet_preprocess
+from edgevit.data.splits import Dataset, Split, stratified  # noqa: F401 - Dataset and Split re-exported
 from edgevit.errors import EdgevitError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
-
-
-@dataclass
-class Split:
-    """One split: ``sources`` are in-memory uint8 images or image file paths, with integer labels."""
-
-    name: str
-    sources: list
-    labels: np.ndarray
-    ids: list            # stable identifiers (index or relative path), for the split hash
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def image(self, i: int) -> Image.Image:
-        src = self.sources[i]
-        if isinstance(src, np.ndarray):
-            return Image.fromarray(src)
-        try:
-            with Image.open(src) as im:
-                im.load()
-                return im
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise EdgevitError(f"cannot read image {src}: {e}") from None
-
-    def arrays(self, preprocess: Preprocess, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The split preprocessed for evaluation: (N, C, H, W) float32 and (N,) int64 labels."""
-        n = len(self) if limit is None else min(limit, len(self))
-        x = np.stack([preprocess(self.image(i)) for i in range(n)]) if n else np.zeros((0,), np.float32)
-        return x, self.labels[:n].astype(np.int64)
-
-
-@dataclass
-class Dataset:
-    name: str
-    classes: list
-    preprocess: Preprocess
-    train: Split
-    calib: Split
-    val: Split
-
-    def split_hash(self) -> str:
-        h = hashlib.sha256(self.name.encode())
-        if getattr(self, "content_hash", None):   # scenes: the pixels behind the patch positions
-            h.update(self.content_hash.encode())
-        for s in (self.train, self.calib, self.val):
-            h.update(json.dumps([s.name, [str(i) for i in s.ids], s.labels.tolist()]).encode())
-        return h.hexdigest()[:16]
-
-    def summary(self) -> str:
-        return (f"{self.name}: {len(self.classes)} classes, train {len(self.train)}, "
-                f"calibration {len(self.calib)}, validation {len(self.val)}")
-
-
-def _stratified(labels: np.ndarray, fractions: dict, seed: int) -> dict:
-    """Indices per split name, class by class, with a fixed seed (fractions sum to 1)."""
-    rng = np.random.default_rng(seed)
-    out = {k: [] for k in fractions}
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        start = 0
-        names = list(fractions)
-        for k in names[:-1]:
-            n = int(round(fractions[k] * len(idx)))
-            out[k].extend(idx[start:start + n].tolist())
-            start += n
-        out[names[-1]].extend(idx[start:].tolist())
-    return {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in out.items()}
 
 
 # -- the embedded default ------------------------------------------------------------------------------
@@ -106,7 +36,7 @@ def load_digits(crop: int = 32, seed: int = DIGITS_SEED) -> Dataset:
     d = _sk_digits()
     images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
     labels = d.target.astype(np.int64)
-    parts = _stratified(labels, {"train": 0.7, "calib": 0.1, "val": 0.2}, seed)
+    parts = stratified(labels, {"train": 0.7, "calib": 0.1, "val": 0.2}, seed)
     splits = {k: Split(k, [images[i] for i in idx], labels[idx], idx.tolist()) for k, idx in parts.items()}
     return Dataset("digits", [str(i) for i in range(10)], digits_preprocess(crop), **splits)
 
@@ -168,7 +98,7 @@ def load_image_folder(root, crop: int, channels: int = 3, calib_fraction: float 
     else:
         labels = np.array([index[c] for _, c in train_items])
         frac = min(calib_fraction, calib_max / max(1, len(labels)))
-        parts = _stratified(labels, {"calib": frac, "train": 1.0 - frac}, seed)
+        parts = stratified(labels, {"calib": frac, "train": 1.0 - frac}, seed)
         calib_items = [train_items[i] for i in parts["calib"]]
         train_items = [train_items[i] for i in parts["train"]]
     for items in (train_items, val_items, calib_items):

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.data.datasets import Dataset, _stratified
-from edgevit.data.preprocess import PatchPreprocess, preprocess_from_dict  # noqa: F401 - re-exported
+from edgevit.data.preprocess import PatchPreprocess
+from edgevit.data.splits import Dataset, stratified
 from edgevit.data.rasters import CUBE_SUFFIXES, fill_invalid, open_raster, read_labels, write_geotiff
 from edgevit.errors import EdgevitError
 
@@ -110,7 +110,7 @@ def load_scene_dataset(data, bands: int, patch: int = 8, seed: int = SPLIT_SEED)
         raise EdgevitError(f"scene data {data}: labels are {classes.tolist()}; expected 1..K with every class "
                            f"present (0 = unlabelled)")
     y = (y - 1).astype(np.int64)
-    parts = _stratified(y, SPLIT, seed)
+    parts = stratified(y, SPLIT, seed)
     train_x = x[parts["train"]]
     # Keras Normalization adapted on the training patches: mean/variance over every patch pixel, padding included.
     mean = train_x.mean(axis=(0, 2, 3))

@@ -12,100 +12,15 @@ engine checks the TensorRT version, GPU and L4T release it was built for (``gpu`
 
 from __future__ import annotations
 
-import os
-import shutil
-import threading
 from pathlib import Path
 
-import numpy as np
 
 from edgevit.backends.base import PENDING, Backend, Candidate, EngineSpec, Runner
 from edgevit.backends.tensorrt.build import build_settings, shell_line, trtexec_command
+from edgevit.backends.tensorrt.kit import TIMING_CACHE, artifact_paths, write_artifact
+from edgevit.backends.tensorrt.runner import TensorRTRunner
 from edgevit.errors import EdgevitError
 from edgevit.schema import F
-
-KIT_DIR = Path("kit") / "tensorrt"
-ENGINE_DIR = Path("engines") / "tensorrt"
-TIMING_CACHE = KIT_DIR / "timing.cache"
-
-
-def artifact_paths(name: str, candidate_id: str) -> tuple[Path, Path]:
-    """(ONNX the engine is built from, engine file), relative to the bundle."""
-    return KIT_DIR / f"{name}.{candidate_id}.onnx", ENGINE_DIR / f"{name}.{candidate_id}.plan"
-
-
-def write_artifact(fp32_onnx, out: Path, precision: str, calib, level, profile) -> dict:
-    """The explicit-precision ONNX for ``precision``: what TensorRT builds from and ORT validates."""
-    from edgevit.quantize import convert_fp16, quantize_onnxruntime
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if precision == "int8":
-        return quantize_onnxruntime(fp32_onnx, out, calib, level, profile.calibration["method"], profile.batch,
-                                    tensorrt=True)
-    if precision == "fp16":
-        return convert_fp16(fp32_onnx, out)
-    shutil.copyfile(fp32_onnx, out)
-    return {}
-
-
-def _numpy_dtype(trt, dtype) -> np.dtype:
-    try:
-        return np.dtype(trt.nptype(dtype))
-    except TypeError as e:
-        raise EdgevitError(f"engine tensor type {dtype} has no numpy equivalent ({e})") from None
-
-
-class TensorRTRunner(Runner):
-    """One deserialized engine, one execution context, device buffers allocated once."""
-
-    def __init__(self, engine_path, settings: dict):
-        import tensorrt as trt
-
-        from edgevit.backends.tensorrt.cuda_memory import device_memory
-
-        logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(logger)
-        if settings.get("version_compatible"):
-            self.runtime.engine_host_code_allowed = True  # the lean runtime travels inside the engine
-        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-        if self.engine is None:
-            raise EdgevitError(f"TensorRT {trt.__version__} could not deserialize {engine_path}; rebuild it on this "
-                               f"device with: edgevit engine build BUNDLE --force")
-        self.context = self.engine.create_execution_context()
-        self.mem = device_memory()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if n not in inputs]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise EdgevitError(f"{engine_path}: expected one input and one output, found {inputs} and {outputs}")
-        self.input_name, self.output_name = inputs[0], outputs[0]
-        self.input_shape = tuple(self.engine.get_tensor_shape(self.input_name))
-        self.output_shape = tuple(self.engine.get_tensor_shape(self.output_name))
-        self.input_dtype = _numpy_dtype(trt, self.engine.get_tensor_dtype(self.input_name))
-        self.output_dtype = _numpy_dtype(trt, self.engine.get_tensor_dtype(self.output_name))
-        self._in, in_ptr = self.mem.alloc(self.input_shape, self.input_dtype)
-        self._out, out_ptr = self.mem.alloc(self.output_shape, self.output_dtype)
-        self.context.set_tensor_address(self.input_name, in_ptr)
-        self.context.set_tensor_address(self.output_name, out_ptr)
-        self._lock = threading.Lock()  # an execution context serves one inference at a time
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
-        if batch.shape != self.input_shape:
-            raise EdgevitError(f"engine input is {self.input_shape}, got {batch.shape}")
-        with self._lock:
-            self.mem.to_device(self._in, batch)
-            if not self.context.execute_async_v3(self.mem.stream_handle):
-                raise EdgevitError("TensorRT execute_async_v3 failed")
-            out = self.mem.to_host(self._out)
-        return out.astype(np.float32, copy=False)
-
-    def close(self) -> None:
-        for buf in (getattr(self, "_in", None), getattr(self, "_out", None)):
-            if buf is not None:
-                self.mem.free(buf)
-        self._in = self._out = None
-        self.context = self.engine = None
 
 
 class TensorRTBackend(Backend):
@@ -156,12 +71,9 @@ class TensorRTBackend(Backend):
 
     def deferred(self) -> str | None:
         """Why engines cannot be built on this host (None: they can)."""
-        if os.environ.get("EDGEVIT_TENSORRT_DEFER"):
-            return "EDGEVIT_TENSORRT_DEFER is set"
-        from edgevit.backends.tensorrt.gpu import tensorrt_ready
+        from edgevit.backends.tensorrt.gpu import deferred_reason
 
-        ok, why = tensorrt_ready()
-        return None if ok else why
+        return deferred_reason()
 
     def compile(self, onnx_path, out_dir, name, candidate, calib, profile) -> EngineSpec:
         """The kit entry for one preset: explicit-precision ONNX and build settings. The engine itself is built

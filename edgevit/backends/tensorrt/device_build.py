@@ -111,7 +111,7 @@ def _trtexec() -> str:
 
 
 def _build_one(bundle_dir: Path, settings: dict, use_trtexec: bool, verbose: bool, log) -> None:
-    from edgevit.backends.tensorrt import TIMING_CACHE
+    from edgevit.backends.tensorrt.kit import TIMING_CACHE
     from edgevit.backends.tensorrt.build import build_engine_file, trtexec_command
 
     engine = bundle_dir / settings["engine"]
@@ -136,7 +136,7 @@ def finish(bundle_dir: Path, entries: list[dict], accuracy: dict, validation, *,
     keeps INT8 only where it passes the gate and measures faster. Entries are updated in place; returns a
     summary ``{"built": n, "failed": [...], "built_on": {...}}``.
     """
-    from edgevit.backends.tensorrt import TensorRTRunner
+    from edgevit.backends.tensorrt.runner import TensorRTRunner
     from edgevit.backends.tensorrt.gpu import device_info
     from edgevit.selection import choose_candidate
     from edgevit.validate import gate, measure_latency, validate
@@ -214,9 +214,8 @@ def engine_build(bundle, presets: list[str] | None = None, force: bool = False, 
                  any_device: bool = False, measure: bool = True, verbose: bool = False,
                  log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
     """Finish a bundle's TensorRT engines on this device and replace the bundle atomically."""
-    from edgevit.backends.tensorrt import BACKEND
     from edgevit.bundle import BundleWriter, read_manifest, verify_files
-    from edgevit.backends.tensorrt.gpu import device_info, target_mismatches
+    from edgevit.backends.tensorrt.gpu import deferred_reason, device_info, target_mismatches
     from edgevit.report import manifest_report
 
     bundle = Path(bundle)
@@ -227,7 +226,7 @@ def engine_build(bundle, presets: list[str] | None = None, force: bool = False, 
     known = [p["name"] for p in manifest["presets"]]
     if presets and set(presets) - set(known):
         raise EdgevitError(f"unknown preset(s) {sorted(set(presets) - set(known))}; this bundle has: {', '.join(known)}")
-    why = BACKEND.deferred()
+    why = deferred_reason()
     if why is not None:
         raise EdgevitError(f"edgevit engine build needs TensorRT and a CUDA GPU: {why}. Run it on the target "
                            f"device ({manifest['target']['name']}), or use kit/build_engines.sh there")

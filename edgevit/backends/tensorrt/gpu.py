@@ -7,6 +7,7 @@ Jetson's TensorRT comes with its JetPack/L4T release (ARCHITECTURE §3). Bundles
 
 from __future__ import annotations
 
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -136,3 +137,11 @@ def target_mismatches(target_device: dict, here: dict) -> list[str]:
         problems.append(f"the target runs JetPack {want_jp}, this Jetson runs JetPack {here['jetpack']} "
                         f"(L4T {here.get('l4t')})")
     return problems
+
+
+def deferred_reason() -> str | None:
+    """Why TensorRT engines cannot be built on this host (None: they can)."""
+    if os.environ.get("EDGEVIT_TENSORRT_DEFER"):
+        return "EDGEVIT_TENSORRT_DEFER is set"
+    ok, why = tensorrt_ready()
+    return None if ok else why

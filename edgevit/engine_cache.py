@@ -1,0 +1,49 @@
+"""Compiled engines cached by content: the same ONNX, candidate, profile section and tool versions give the
+same engine, so a second build (static or shared) copies it instead of compiling it again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from edgevit.backends.base import EngineSpec
+from edgevit.bundle import sha256_file
+from edgevit.cache import Cache, content_key
+from edgevit.host import tool_versions
+from edgevit.profiles import Profile
+from edgevit.version import __version__
+
+
+def compile_cached(backend, onnx_path: Path, name: str, candidate, calib, calib_digest: str, profile: Profile,
+                   cache: Cache, bundle_dir: Path) -> tuple[EngineSpec, bool]:
+    """Compile (quantize) one candidate into ``bundle_dir``, reusing a cached one with the same inputs."""
+    section = getattr(profile, backend.name, None) or {}   # the backend's own profile section, if it has one
+    calib_digest = calib_digest if candidate.precision == "int8" else None   # only INT8 reads the calibration set
+    key = content_key("engine", sha256_file(onnx_path), backend.name, name, candidate.id, candidate.precision,
+                      candidate.recipe, candidate.level, calib_digest, section, profile.calibration,
+                      profile.accuracy, profile.batch, profile.device, backend.cache_tag(), tool_versions(),
+                      __version__)
+    hit = cache.get("engine", key)
+    cached = hit is not None
+    if not cached:
+        with cache.put("engine", key) as tmp:
+            spec = backend.compile(onnx_path, tmp, name, candidate, calib, profile)
+            (tmp / "spec.json").write_text(json.dumps(spec.to_dict()))
+        hit = cache.path("engine", key)
+    spec = EngineSpec(**json.loads((hit / "spec.json").read_text()))
+    for rel in spec.files:
+        dst = bundle_dir / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(hit / rel, dst)
+    return spec, cached
+
+
+def array_digest(a: np.ndarray | None) -> str | None:
+    """Content key of an array (the calibration set): computed once per build, not per engine."""
+    if a is None:
+        return None
+    return content_key(a.shape, str(a.dtype), hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
