@@ -25,6 +25,7 @@ from edgevit.cache import Cache, content_key
 from edgevit.engine_cache import array_digest, compile_cached
 from edgevit.errors import EdgevitError
 from edgevit.host import host_info, matches_target, tool_versions
+from edgevit.models import family_of, model_family
 from edgevit.profiles import Profile, load_profile
 from edgevit.selection import choose_backend, choose_candidate, faster_beyond_noise
 from edgevit.validate import cohen_kappa, gate, mark_pareto, measure_into_records, validate
@@ -469,9 +470,10 @@ def plan_build(opts: BuildOptions, cache: Cache) -> Plan:
     host_ok, host_why = matches_target(profile)
     if not host_ok:
         log(f"[build] latencies are not measured: {host_why}; the profile's preference order decides")
-    if profile.shared_weights and (not hasattr(model, "pos_embed_list") or any(b.deferred_build for b in backends)):
-        raise EdgevitError(f"--shared-weights (profile shared_weights) is built for SuperViT models on OpenVINO and "
-                           f"ONNX Runtime; {model.variant} on {', '.join(b.name for b in backends)} is not")
+    if profile.shared_weights and (family_of(model).shared_presets is None or any(b.deferred_build for b in backends)):
+        raise EdgevitError(f"--shared-weights (profile shared_weights) is built for models whose family has a "
+                           f"shared-weight graph (SuperViT) on backends that build on this host (OpenVINO, ONNX "
+                           f"Runtime); {model.variant} on {', '.join(b.name for b in backends)} is not")
     return Plan(opts, profile, got, out, presets, backends, unavailable, opts.measure and host_ok, host_why,
                 weight_digest(model), cx, vx, vy, obtain_seconds)
 
@@ -577,7 +579,6 @@ def choose(plan: Plan, engines: Engines, tmp: Path, compiled: str) -> list[dict]
 
 def assemble(plan: Plan, entries: list[dict], checkpoint: str | None, seconds: float) -> dict:
     """The bundle's manifest."""
-    from edgevit.models import model_family
 
     model, ds, pre, profile = plan.model, plan.got.dataset, plan.got.preprocess, plan.profile
     return {

@@ -1,4 +1,4 @@
-"""Checkpoints: ours, and the official SuperViT and timm/DeiT layouts.
+"""Checkpoints: ours, and the foreign layouts the model families read (official SuperViT, timm/DeiT, VVT).
 
 Ours is a plain dict of tensors and JSON-like values, so ``torch.load(weights_only=True)`` opens it.
 Official training checkpoints carry an ``argparse.Namespace``; that one class is allow-listed. Anything
@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from edgevit.version import __version__
 from edgevit.bundle import make_readable
 from edgevit.errors import EdgevitError
 from edgevit.models import create_model
-from edgevit.models.registry import resolve
+from edgevit.models.registry import registered_families, resolve
 
 FORMAT = "edgevit-checkpoint"
 FORMAT_VERSION = 1
@@ -32,7 +31,7 @@ TRUST_FLAG = "--trust-checkpoint"
 @dataclass
 class Checkpoint:
     model: torch.nn.Module
-    layout: str                     # "edgevit" | "supervit-official" | "timm-deit"
+    layout: str                     # "edgevit", or a family's ForeignLayout.name
     meta: dict = field(default_factory=dict)   # preprocess, classes, data, metrics, train (ours only)
 
 
@@ -101,50 +100,6 @@ def _state_dict_of(obj: dict) -> dict:
     return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items() if torch.is_tensor(v)}
 
 
-def resize_pos_table(table: torch.Tensor, grid: int) -> torch.Tensor:
-    """Bicubic resize of a [1, 1+g*g, D] table's grid part to ``grid``x``grid``, CLS row kept (timm's way)."""
-    cls, pos = table[:, :1], table[:, 1:]
-    g = int(round(pos.shape[1] ** 0.5))
-    if g * g != pos.shape[1]:
-        raise EdgevitError(f"pos_embed has {pos.shape[1]} patch rows, not a square grid")
-    pos = pos.reshape(1, g, g, -1).permute(0, 3, 1, 2).float()
-    pos = F.interpolate(pos, size=(grid, grid), mode="bicubic", align_corners=False, antialias=True)
-    return torch.cat([cls, pos.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(table.dtype)], dim=1)
-
-
-def _from_timm_deit(state: dict, model) -> dict:
-    state = dict(state)
-    table = state.pop("pos_embed")
-    for i, r in enumerate(model.resolutions):
-        state[f"pos_embed_list.{i}"] = resize_pos_table(table, r // model.patch_size)
-    return state
-
-
-def _vvt_official(state: dict, model_name: str | None, path):
-    """The official VVT layout (``block{i}.{j}.attn.q_proj.weight``...): the variant is read from the
-    depths and MLP widths in the weights unless ``model_name`` says it."""
-    if "head.weight" not in state:
-        raise EdgevitError(f"checkpoint {path} looks like VVT (patch_embed1.*) but has no head.weight")
-    depths = []
-    for i in range(1, 5):
-        idx = {int(m.group(1)) for k in state if (m := re.match(rf"block{i}\.(\d+)\.", k))}
-        depths.append(len(idx))
-    ratios = []
-    for i in range(1, 5):
-        fc1, dim = state.get(f"block{i}.0.mlp.fc1.weight"), state[f"patch_embed{i}.proj.weight"].shape[0]
-        ratios.append(fc1.shape[0] // dim if fc1 is not None else None)
-    overrides = {"num_classes": state["head.weight"].shape[0], "in_chans": state["patch_embed1.proj.weight"].shape[1]}
-    if model_name:
-        return create_model(model_name, **overrides)
-    from edgevit.models.vvt import variant_for
-
-    name = variant_for(depths, ratios, state["patch_embed1.proj.weight"].shape[0])
-    if name is None:
-        raise EdgevitError(f"checkpoint {path}: VVT weights with depths {depths} and MLP ratios {ratios} match no "
-                           f"registered variant; pass --model (vvt-tiny, vvt-small, vvt-medium, vvt-large)")
-    return create_model(name, **overrides)
-
-
 def load_into(model, state: dict, source) -> None:
     """Load with every mismatch named: shapes, missing and unexpected keys."""
     own = model.state_dict()
@@ -172,8 +127,9 @@ def load_into(model, state: dict, source) -> None:
 def load_checkpoint(path, model_name: str | None = None, trust: bool = False) -> Checkpoint:
     """Open any supported layout and return the model in eval mode with the checkpoint's metadata.
 
-    Foreign layouts (official SuperViT, timm/DeiT) build ``model_name`` (default ``supervit-deit-s``)
-    with the class count and input channels read from the weights.
+    Foreign layouts are the model families' own (``Family.foreign_layouts``: official SuperViT, timm/DeiT,
+    official VVT); they build ``model_name``, or the variant the weights imply, with the class count and
+    input channels read from the weights.
     """
     obj = read_checkpoint_file(path, trust)
     if obj.get("format") == FORMAT:
@@ -189,21 +145,12 @@ def load_checkpoint(path, model_name: str | None = None, trust: bool = False) ->
         return Checkpoint(model.eval(), "edgevit", meta)
 
     state = _state_dict_of(obj)
-    if "patch_embed1.proj.weight" in state:
-        model, layout = _vvt_official(state, model_name, path), "vvt-official"
-        load_into(model, state, path)
-        return Checkpoint(model.eval(), layout, {})
-    if "head.weight" not in state or "patch_embed.proj.weight" not in state:
-        raise EdgevitError(f"checkpoint {path} is not a SuperViT/DeiT checkpoint: no head.weight or "
-                           f"patch_embed.proj.weight among {len(state)} tensors")
-    overrides = {"num_classes": state["head.weight"].shape[0], "in_chans": state["patch_embed.proj.weight"].shape[1]}
-    model = create_model(model_name or "supervit-deit-s", **overrides)
-    if "pos_embed_list.0" in state:
-        layout = "supervit-official"
-    elif "pos_embed" in state:
-        layout, state = "timm-deit", _from_timm_deit(state, model)
-    else:
-        raise EdgevitError(f"checkpoint {path} has neither pos_embed_list.* (official SuperViT) nor pos_embed "
-                           f"(timm/DeiT)")
-    load_into(model, state, path)
-    return Checkpoint(model.eval(), layout, {})
+    layouts = [lay for fam in registered_families().values() for lay in fam.foreign_layouts]
+    for layout in layouts:
+        if layout.matches(state):
+            model, state = layout.load(state, model_name, path)
+            load_into(model, state, path)
+            return Checkpoint(model.eval(), layout.name, {})
+    raise EdgevitError(f"checkpoint {path} is in no layout edgevit reads ({len(state)} tensors, none of them "
+                       f"what these layouts have): edgevit's own (edgevit train), "
+                       + "; ".join(lay.describe for lay in layouts))

@@ -48,7 +48,7 @@ def export_preset(model, preset, out_path, sample: np.ndarray, opset: int = 17, 
     import onnx
     import torch
 
-    from edgevit.models.supervit import PresetModule
+    from edgevit.models.frozen import PresetModule
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,11 +93,13 @@ def export_shared(model, out_path, sample: np.ndarray, opset: int = 17, batch: i
     import onnx
     import torch
 
-    from edgevit.models.supervit import SHARED_INPUTS, SharedPresets
+    from edgevit.models import family_of
 
-    if not hasattr(model, "pos_embed_list"):
-        raise EdgevitError(f"{model.variant}: shared-weight engines are built for SuperViT models only; build "
-                           f"this model without --shared-weights")
+    SharedPresets = family_of(model).shared_presets
+    if SharedPresets is None:
+        raise EdgevitError(f"{model.variant}: its model family has no shared-weight graph (SuperViT has one); "
+                           f"build this model without --shared-weights")
+    SHARED_INPUTS = SharedPresets.INPUTS
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # eval() on the wrapper: the exporter restores the wrapper's mode afterwards, and a wrapper left in
@@ -139,8 +141,9 @@ def _shared_parity(model, onnx_path, sample: np.ndarray, batch: int) -> tuple[fl
     import onnxruntime as ort
     import torch
 
-    from edgevit.models.supervit import SharedPresets
+    from edgevit.models import family_of
 
+    SharedPresets = family_of(model).shared_presets
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     if len(sample) < batch:

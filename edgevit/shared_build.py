@@ -40,11 +40,11 @@ def binding(model, preset) -> dict:
 
 
 def write_inputs(model, bundle_dir: Path) -> None:
-    from edgevit.models.supervit import SharedPresets
+    from edgevit.models import family_of
 
     arrays = {}
     for r in model.resolutions:
-        feeds = SharedPresets.preset_inputs(model, r, 1.0)
+        feeds = family_of(model).shared_presets.preset_inputs(model, r, 1.0)
         arrays[f"r{r}/resize_rows"] = feeds["resize_rows"]
         arrays[f"r{r}/pos_embed"] = feeds["pos_embed"]
     path = bundle_dir / INPUTS_FILE

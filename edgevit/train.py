@@ -18,13 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from edgevit.checkpoints import save_checkpoint
 from edgevit.data.datasets import Dataset, Split, input_kind, load_dataset
 from edgevit.data.preprocess import Preprocess
 from edgevit.errors import EdgevitError
-from edgevit.models import create_model
+from edgevit.models import create_model, family_of
 
 
 @dataclass
@@ -51,13 +50,13 @@ class TrainConfig:
 # Family recipes for the embedded defaults where the CLI's defaults (SuperViT's) do not suit: WetMapFormer
 # follows its reference (AdamW lr 1e-3, weight decay 0.1 as the PyTorch equivalent of TFA's 1e-4) with fewer
 # epochs and a batch of 128, enough for the synthetic scene (~2 min on 2 cores).
-RECIPES = {"wetmapformer": dict(epochs=10, batch_size=128, lr=1e-3, weight_decay=0.1, warmup_epochs=1)}
 
 
 def recipe_for(model: str) -> dict:
-    from edgevit.models import model_family
+    """The model family's training options that differ from TrainConfig's defaults."""
+    from edgevit.models import family_of
 
-    return dict(RECIPES.get(model_family(model), {}))
+    return dict(family_of(model).recipe)
 
 
 # -- distributed ---------------------------------------------------------------------------------------
@@ -121,51 +120,6 @@ class AugmentedSplit(torch.utils.data.Dataset):
 def _worker_init(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     info.dataset.reseed(info.seed % 2**32)
-
-
-# -- the SuperViT step -----------------------------------------------------------------------------------
-
-def supervit_configs(model, rng: random.Random) -> list[tuple[int, float]]:
-    """The four sub-networks of one step: largest unpruned, largest pruned, a smaller size unpruned and pruned."""
-    full, smaller = model.resolutions[-1], model.resolutions[:-1]
-    rates = [k for k in model.keep_rates if k < 1.0]
-    s = rng.choice(smaller) if smaller else full
-    return [(full, 1.0), (full, rng.choice(rates)), (s, 1.0), (s, rng.choice(rates))]
-
-
-def supervit_step(model, x, y, rng: random.Random, label_smoothing: float = 0.1) -> dict:
-    """CE on (max, 1.0); KL of a pruned pass to it; CE on (s, 1.0); KL of a pruned pass at s to it.
-
-    Each pass back-propagates at once (one graph alive at a time) and gradients add up, so the optimizer
-    step minimises CE0 + KL1 + CE2 + KL3 with weights 1, as the official engine does.
-    """
-    net = getattr(model, "module", model)
-    losses = {}
-    teacher = None
-    for i, (size, rate) in enumerate(supervit_configs(net, rng)):
-        logits = model(x, size, rate)
-        if rate == 1.0:
-            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-            teacher = logits.detach().softmax(dim=-1)
-        else:
-            loss = F.kl_div(logits.log_softmax(dim=-1), teacher, reduction="batchmean")
-        loss.backward()
-        losses[f"{'ce' if rate == 1.0 else 'kl'}{i}"] = float(loss.detach())
-    return losses
-
-
-def plain_step(model, x, y, rng, label_smoothing: float = 0.1) -> dict:
-    """Cross-entropy at the full resolution and, for a model with several resolution presets (VVT), at a
-    random smaller one too: one set of weights then serves every preset, as SuperViT's step does."""
-    net = getattr(model, "module", model)
-    sizes = list(getattr(net, "resolutions", []))
-    passes = [sizes[-1], rng.choice(sizes[:-1])] if len(sizes) > 1 else [None]
-    losses = {}
-    for i, size in enumerate(passes):
-        loss = F.cross_entropy(model(x) if size is None else model(x, size), y, label_smoothing=label_smoothing)
-        loss.backward()
-        losses[f"ce{i}"] = float(loss.detach())
-    return losses
 
 
 def lr_at(step: int, total: int, warmup: int, base: float, floor: float) -> float:
@@ -258,7 +212,7 @@ def _loop(cfg: TrainConfig, model, net, loader, sampler, opt, dist: Dist) -> tup
     """The epochs; returns the steps taken and the last step's losses."""
     from tqdm import tqdm
 
-    step_fn = supervit_step if getattr(model, "family", "") == "supervit" else plain_step
+    step_fn = family_of(model).train_step
     rng = random.Random(cfg.seed * 7919 + dist.rank)  # per-rank sub-network sampling
     total, warmup = cfg.epochs * len(loader), cfg.warmup_epochs * len(loader)
     limit = total if cfg.max_steps is None else min(total, cfg.max_steps)
@@ -356,26 +310,17 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> dict:
 
 
 def data_overrides(model: str, data: str | None) -> dict:
-    """Model options the data decides: a scene's band count for WetMapFormer."""
-    from edgevit.models import model_family
+    """Model options the data decides (the model family's ``data_overrides``: a raster's band count)."""
+    from edgevit.models import family_of
 
-    if data is None or model_family(model) != "wetmapformer":
-        return {}
-    from edgevit.data.datasets import EMBEDDED
-    from edgevit.data.rasters import open_raster
-    from edgevit.data.scenes import scene_pairs
-
-    if data in EMBEDDED.values():
-        return {}
-    return {"bands": open_raster(scene_pairs(data)[0][0]).bands}
+    return {} if data is None else family_of(model).data_overrides(data)
 
 
 def default_checkpoint_path(model: str, data: str | None) -> str:
     from edgevit.data.datasets import EMBEDDED
-    from edgevit.models import model_family
 
     if data is None:
-        tag = EMBEDDED["patches" if model_family(model) == "wetmapformer" else "images"]
+        tag = EMBEDDED[family_of(model).input_kind]
     else:
         tag = data if data in EMBEDDED.values() else Path(data).stem
     return str(Path("runs") / f"{model}-{tag}.pt")

@@ -26,8 +26,8 @@ def _fast_tests_train_nothing(request, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError(f"{request.node.nodeid} trains or builds: mark it @pytest.mark.slow")
 
-    for module, name in ((edgevit.train, "supervit_step"), (edgevit.train, "plain_step"),
-                         (edgevit.builder, "export_cached"), (edgevit.shared_build, "export_cached")):
+    for module, name in ((edgevit.train, "_loop"), (edgevit.builder, "export_cached"),
+                         (edgevit.shared_build, "export_cached")):
         monkeypatch.setattr(module, name, refuse)
 
 

@@ -480,3 +480,92 @@ def test_a_registered_backend_works_through_build_load_and_bench(quick_checkpoin
         assert {r["backend"] for r in result["results"]} >= {"ort-twin"} and "ort-twin" in result["resident_mb"]
     finally:
         unregister_backend("ort-twin")
+
+
+@pytest.mark.slow
+def test_a_registered_family_works_through_build_load_and_bench(tmp_path):
+    """Adding a model family touches no generic code: a toy one (a small CNN with two resolution presets, its
+    own recipe and training step, and a foreign checkpoint layout) is registered, trained by the build,
+    exported, built, loaded and benchmarked, and its layout is read by load_checkpoint."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    import edgevit
+    from edgevit.bench.run import BenchOptions, run_bench
+    from edgevit.checkpoints import load_checkpoint
+    from edgevit.models import Family, ForeignLayout, Preset, create_model, family_of, register_model
+    from edgevit.models.base import plain_step, register_family
+    from edgevit.models.presets import PresetLookup
+    from edgevit.models.registry import checked_options, unregister_family
+
+    class ToyNet(PresetLookup, nn.Module):
+        family = "toy"
+
+        def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 8, resolutions=(16, 32)):
+            super().__init__()
+            self.config = dict(num_classes=num_classes, in_chans=in_chans, width=width, resolutions=list(resolutions))
+            self.num_classes, self.in_chans, self.resolutions, self.keep_rates = num_classes, in_chans, list(resolutions), [1.0]
+            self.img_size = self.resolutions[-1]
+            self.conv = nn.Conv2d(in_chans, width, 3, padding=1)
+            self.head = nn.Linear(width, num_classes)
+
+        def presets(self):
+            return [Preset(f"r{r}", r, 1.0, flops=r * r * 27 * self.conv.out_channels) for r in self.resolutions]
+
+        def check_preset(self, img_size, keep_rate=1.0):
+            if img_size not in self.resolutions or keep_rate != 1.0:
+                raise EdgevitError(f"toy: no preset at {img_size} px, keep {keep_rate}")
+
+        def forward_features(self, x, img_size=None, keep_rate=1.0):
+            if img_size is not None and img_size != x.shape[-1]:
+                x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
+            return F.relu(self.conv(x)).mean(dim=(2, 3))
+
+        def forward_head(self, x):
+            return self.head(x)
+
+        def forward(self, x, img_size=None, keep_rate=1.0):
+            return self.forward_head(self.forward_features(x, img_size, keep_rate))
+
+    steps = []
+
+    def toy_step(model, x, y, rng, label_smoothing=0.1):
+        steps.append(len(x))
+        return plain_step(model, x, y, rng, label_smoothing)
+
+    def foreign(state, model_name, path):   # a layout that calls the conv "stem"
+        state = {k.replace("stem.", "conv."): v for k, v in state.items()}
+        return create_model(model_name or "toy-a", num_classes=state["head.weight"].shape[0]), state
+
+    register_family(Family(name="toy", default_variant="toy-a", train_step=toy_step,
+                           recipe=dict(epochs=1, batch_size=32, warmup_epochs=0),
+                           foreign_layouts=(ForeignLayout("toy-stem", lambda s: "stem.weight" in s, foreign,
+                                                          "toy: stem.weight"),)))
+    register_model("toy-a", family="toy")(lambda **kw: ToyNet(**checked_options(ToyNet, "toy", kw)))
+    try:
+        with pytest.raises(EdgevitError, match="unknown toy option"):
+            create_model("toy", depth=3)
+        assert family_of(create_model("toy")).name == "toy"
+        out = build(BuildOptions(target="x86-cpu", model="toy", out=str(tmp_path / "b"),
+                                 cache_dir=str(tmp_path / "c"), log=lambda m: None))
+        assert steps and set(steps) == {32}          # the family's step ran, with its recipe's batch size
+        m = read_manifest(out)
+        assert m["model"]["family"] == "toy" and sorted(p["name"] for p in m["presets"]) == ["r16", "r32"]
+        for p in m["presets"]:
+            for e in p["engines"].values():
+                assert e["gate"]["passed"]
+        with edgevit.load(out) as rt:
+            assert len(rt.predict([np.zeros((8, 8), np.uint8)] * 2).labels) == 2
+        result = run_bench(BenchOptions(bundle=str(out), duration_s=0.1, repeats=1, warmup_s=0.01,
+                                        log=lambda m: None))
+        assert {r["backend"] for r in result["results"]} >= {"torch", "openvino", "onnxruntime"}
+
+        ck = load_checkpoint(out / m["checkpoint"])
+        foreign_file = tmp_path / "foreign.pt"
+        torch.save({k.replace("conv.", "stem."): v for k, v in ck.model.state_dict().items()}, foreign_file)
+        again = load_checkpoint(foreign_file)
+        assert again.layout == "toy-stem"
+        torch.testing.assert_close(again.model.conv.weight, ck.model.conv.weight)
+    finally:
+        unregister_family("toy")

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgevit.checkpoints import load_checkpoint, resize_pos_table, save_checkpoint
+from edgevit.checkpoints import load_checkpoint, save_checkpoint
+from edgevit.models.supervit import resize_pos_table
 from edgevit.errors import EdgevitError
 from edgevit.models import create_model
 
@@ -111,5 +112,5 @@ def test_not_a_checkpoint(tmp_path):
     with pytest.raises(EdgevitError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "y.pt")
-    with pytest.raises(EdgevitError, match="not a SuperViT/DeiT checkpoint"):
+    with pytest.raises(EdgevitError, match=r"in no layout edgevit reads.*official SuperViT.*timm/DeiT.*official VVT"):
         load_checkpoint(tmp_path / "y.pt")

@@ -50,7 +50,7 @@ def test_only_supervit_has_shared_engines(tmp_path):
     from edgevit.export import export_shared
 
     vvt = create_model("vvt-nano").eval()
-    with pytest.raises(EdgevitError, match="shared-weight engines are built for SuperViT models only"):
+    with pytest.raises(EdgevitError, match="vvt-nano: its model family has no shared-weight graph"):
         export_shared(vvt, tmp_path / "s.onnx", np.zeros((1, 3, 64, 64), np.float32))
 
 

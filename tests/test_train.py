@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from edgevit.checkpoints import load_checkpoint
 from edgevit.models import create_model
-from edgevit.train import TrainConfig, lr_at, supervit_configs, supervit_step, train
+from edgevit.models.supervit import supervit_configs, supervit_step
+from edgevit.train import TrainConfig, lr_at, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Callable
 
 from edgevit.errors import EdgevitError
+from edgevit.models import base as _base
 
 _FACTORIES: dict[str, Callable] = {}
 _FAMILY: dict[str, str] = {}
-_FAMILY_MODULES = ("supervit", "vvt", "wetmapformer")
-# A family name stands for its embedded-default variant: `--model vvt` is vvt-nano.
-ALIASES = {"supervit": "supervit-nano", "vvt": "vvt-nano"}
+# The one line a new family adds (its file is edgevit/models/<module>.py; see models/base.py).
+FAMILY_MODULES = ["supervit", "vvt", "wetmapformer"]
 
 
 def checked_options(cls, family: str, overrides: dict) -> dict:
@@ -38,11 +38,18 @@ def register_model(name: str, family: str):
     return wrap
 
 
+def unregister_family(name: str) -> None:
+    """Forget a family and its variants (tests register toy families and remove them afterwards)."""
+    _base.registered_families().pop(name, None)
+    for variant in [v for v, f in _FAMILY.items() if f == name]:
+        del _FACTORIES[variant], _FAMILY[variant]
+
+
 def _load_families() -> None:
     # Family modules import torch, so they are loaded on first use of the registry, not at import time.
     import importlib
 
-    for mod in _FAMILY_MODULES:
+    for mod in FAMILY_MODULES:
         importlib.import_module(f"edgevit.models.{mod}")
 
 
@@ -51,8 +58,27 @@ def list_models() -> list[str]:
     return sorted(_FACTORIES)
 
 
+def aliases() -> dict[str, str]:
+    """A family name stands for its embedded-default variant: `--model vvt` is vvt-nano."""
+    _load_families()
+    return {f.name: f.default_variant for f in _base.registered_families().values() if f.default_variant}
+
+
 def resolve(name: str) -> str:
-    return ALIASES.get(name, name)
+    return aliases().get(name, name)
+
+
+def registered_families() -> dict:
+    _load_families()
+    return _base.registered_families()
+
+
+def family_of(model):
+    """The :class:`~edgevit.models.base.Family` of a model instance or a variant name."""
+    if isinstance(model, str):
+        return _base.family_named(model_family(model))
+    _load_families()
+    return _base.family_named(getattr(model, "family", None) or model_family(model.variant))
 
 
 def model_family(name: str) -> str:
@@ -65,7 +91,7 @@ def model_family(name: str) -> str:
 def _check_name(name: str) -> None:
     if name not in _FACTORIES:
         raise EdgevitError(f"unknown model {name!r}; known models: {', '.join(sorted(_FACTORIES))} "
-                           f"(or a family name: {', '.join(f'{a} = {v}' for a, v in ALIASES.items())})")
+                           f"(or a family name: {', '.join(f'{a} = {v}' for a, v in aliases().items())})")
 
 
 def create_model(name: str, **overrides):

@@ -19,7 +19,8 @@ from torch import nn
 
 from edgevit.errors import EdgevitError
 from edgevit.models.presets import Preset, PresetLookup, preset_name
-from edgevit.models.registry import checked_options, register_model
+from edgevit.models.base import Family, ForeignLayout, register_family
+from edgevit.models.registry import checked_options, create_model, register_model
 
 
 class DropPath(nn.Module):
@@ -247,18 +248,6 @@ class SuperViT(PresetLookup, nn.Module):
         return self.forward_head(self.forward_features(x, img_size, keep_rate))
 
 
-class PresetModule(nn.Module):
-    """One preset frozen into a plain ``forward(x)``: what gets exported as a static-shape engine."""
-
-    def __init__(self, model: SuperViT, img_size: int, keep_rate: float):
-        super().__init__()
-        model.check_preset(img_size, keep_rate)
-        self.model, self.img_size, self.keep_rate = model, img_size, keep_rate
-
-    def forward(self, x):
-        return self.model(x, self.img_size, self.keep_rate)
-
-
 def interpolation_matrix(src: int, dst: int) -> np.ndarray:
     """(dst, src) weights of 1-D linear interpolation with align_corners=True: ``W @ x`` resizes rows, and
     ``W @ x @ W.T`` is exactly F.interpolate(bilinear, align_corners=True), which is separable."""
@@ -290,6 +279,8 @@ class SharedPresets(nn.Module):
       shape, so the exported TopK takes a run-time K; keep rate 1.0 keeps all, in score order, which changes
       nothing a ViT computes).
     """
+
+    INPUTS = SHARED_INPUTS
 
     def __init__(self, model: SuperViT):
         super().__init__()
@@ -327,6 +318,86 @@ class SharedPresets(nn.Module):
         table = model.pos_embed_list[model.resolutions.index(img_size)].detach().cpu().numpy().astype(np.float32)
         return {"resize_rows": rows, "resize_cols": np.ascontiguousarray(rows.T), "pos_embed": table,
                 **{f"keep{i + 1}": np.zeros(k, np.float32) for i, k in enumerate(kept)}}
+
+
+# -- the family: training step, foreign checkpoints -------------------------------------------------------
+
+def supervit_configs(model, rng) -> list[tuple[int, float]]:
+    """The four sub-networks of one step: largest unpruned, largest pruned, a smaller size unpruned and pruned."""
+    full, smaller = model.resolutions[-1], model.resolutions[:-1]
+    rates = [k for k in model.keep_rates if k < 1.0]
+    s = rng.choice(smaller) if smaller else full
+    return [(full, 1.0), (full, rng.choice(rates)), (s, 1.0), (s, rng.choice(rates))]
+
+
+def supervit_step(model, x, y, rng, label_smoothing: float = 0.1) -> dict:
+    """CE on (max, 1.0); KL of a pruned pass to it; CE on (s, 1.0); KL of a pruned pass at s to it.
+
+    Each pass back-propagates at once (one graph alive at a time) and gradients add up, so the optimizer
+    step minimises CE0 + KL1 + CE2 + KL3 with weights 1, as the official engine does.
+    """
+    net = getattr(model, "module", model)
+    losses = {}
+    teacher = None
+    for i, (size, rate) in enumerate(supervit_configs(net, rng)):
+        logits = model(x, size, rate)
+        if rate == 1.0:
+            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            teacher = logits.detach().softmax(dim=-1)
+        else:
+            loss = F.kl_div(logits.log_softmax(dim=-1), teacher, reduction="batchmean")
+        loss.backward()
+        losses[f"{'ce' if rate == 1.0 else 'kl'}{i}"] = float(loss.detach())
+    return losses
+
+
+def resize_pos_table(table: torch.Tensor, grid: int) -> torch.Tensor:
+    """Bicubic resize of a [1, 1+g*g, D] table's grid part to ``grid``x``grid``, CLS row kept (timm's way)."""
+    cls, pos = table[:, :1], table[:, 1:]
+    g = int(round(pos.shape[1] ** 0.5))
+    if g * g != pos.shape[1]:
+        raise EdgevitError(f"pos_embed has {pos.shape[1]} patch rows, not a square grid")
+    pos = pos.reshape(1, g, g, -1).permute(0, 3, 1, 2).float()
+    pos = F.interpolate(pos, size=(grid, grid), mode="bicubic", align_corners=False, antialias=True)
+    return torch.cat([cls, pos.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(table.dtype)], dim=1)
+
+
+def _from_timm_deit(state: dict, model) -> dict:
+    state = dict(state)
+    table = state.pop("pos_embed")
+    for i, r in enumerate(model.resolutions):
+        state[f"pos_embed_list.{i}"] = resize_pos_table(table, r // model.patch_size)
+    return state
+
+
+def _official(state: dict, model_name, path):
+    return create_model(model_name or "supervit-deit-s", **_class_and_chans(state)), state
+
+
+def _timm_deit(state: dict, model_name, path):
+    model = create_model(model_name or "supervit-deit-s", **_class_and_chans(state))
+    state = dict(state)
+    table = state.pop("pos_embed")
+    for i, r in enumerate(model.resolutions):
+        state[f"pos_embed_list.{i}"] = resize_pos_table(table, r // model.patch_size)
+    return model, state
+
+
+def _class_and_chans(state: dict) -> dict:
+    return {"num_classes": state["head.weight"].shape[0], "in_chans": state["patch_embed.proj.weight"].shape[1]}
+
+
+def _vit_layout(table: str):
+    return lambda state: {"head.weight", "patch_embed.proj.weight", table} <= set(state)
+
+
+FAMILY = register_family(Family(
+    name="supervit", default_variant="supervit-nano", train_step=supervit_step, shared_presets=SharedPresets,
+    foreign_layouts=(
+        ForeignLayout("supervit-official", _vit_layout("pos_embed_list.0"), _official,
+                      "official SuperViT: head.weight, patch_embed.proj.weight, pos_embed_list.*"),
+        ForeignLayout("timm-deit", _vit_layout("pos_embed"), _timm_deit,
+                      "timm/DeiT: head.weight, patch_embed.proj.weight, pos_embed"))))
 
 
 def _supervit(defaults: dict, overrides: dict) -> SuperViT:

@@ -15,6 +15,7 @@ does, so every engine of a bundle takes the same input. Resolutions must be mult
 from __future__ import annotations
 
 import math
+import re
 from typing import Sequence
 
 import torch
@@ -23,7 +24,8 @@ from torch import nn
 
 from edgevit.errors import EdgevitError
 from edgevit.models.presets import Preset, PresetLookup, preset_name
-from edgevit.models.registry import checked_options, register_model
+from edgevit.models.base import Family, ForeignLayout, register_family
+from edgevit.models.registry import checked_options, create_model, register_model
 from edgevit.models.supervit import DropPath
 
 TOTAL_STRIDE = 32
@@ -317,6 +319,37 @@ def variant_for(depths, mlp_ratios, dim0: int) -> str | None:
 
 _PAPER = dict(resolutions=(224,), embed_dims=(96, 160, 320, 512), num_heads=(1, 2, 5, 8), fr_ratios=(2, 2, 2, 2),
               num_classes=1000)
+
+
+# -- the family: the official checkpoint layout ------------------------------------------------------------
+
+def _official(state: dict, model_name: str | None, path):
+    """The official VVT layout (``block{i}.{j}.attn.q_proj.weight``...): the variant is read from the
+    depths and MLP widths in the weights unless ``model_name`` says it."""
+    if "head.weight" not in state:
+        raise EdgevitError(f"checkpoint {path} looks like VVT (patch_embed1.*) but has no head.weight")
+    depths = []
+    for i in range(1, 5):
+        idx = {int(m.group(1)) for k in state if (m := re.match(rf"block{i}\.(\d+)\.", k))}
+        depths.append(len(idx))
+    ratios = []
+    for i in range(1, 5):
+        fc1, dim = state.get(f"block{i}.0.mlp.fc1.weight"), state[f"patch_embed{i}.proj.weight"].shape[0]
+        ratios.append(fc1.shape[0] // dim if fc1 is not None else None)
+    overrides = {"num_classes": state["head.weight"].shape[0], "in_chans": state["patch_embed1.proj.weight"].shape[1]}
+    if model_name:
+        return create_model(model_name, **overrides), state
+    name = variant_for(depths, ratios, state["patch_embed1.proj.weight"].shape[0])
+    if name is None:
+        raise EdgevitError(f"checkpoint {path}: VVT weights with depths {depths} and MLP ratios {ratios} match no "
+                           f"registered variant; pass --model (vvt-tiny, vvt-small, vvt-medium, vvt-large)")
+    return create_model(name, **overrides), state
+
+
+FAMILY = register_family(Family(
+    name="vvt", default_variant="vvt-nano",
+    foreign_layouts=(ForeignLayout("vvt-official", lambda state: "patch_embed1.proj.weight" in state, _official,
+                                   "official VVT: patch_embed1.proj.weight, block{i}.{j}.*"),)))
 
 
 def _paper(name: str, drop_path: float, kw: dict) -> VVT:

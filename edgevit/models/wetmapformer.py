@@ -22,6 +22,7 @@ from torch import nn
 
 from edgevit.errors import EdgevitError
 from edgevit.models.presets import Preset, PresetLookup
+from edgevit.models.base import Family, register_family
 from edgevit.models.registry import checked_options, register_model
 
 PATCH = 8
@@ -310,6 +311,22 @@ class WetMapFormer(PresetLookup, nn.Module):
 
     def forward(self, x: torch.Tensor, img_size: int | None = None, keep_rate: float = 1.0) -> torch.Tensor:
         return self.forward_head(self.forward_features(x, img_size, keep_rate))
+
+
+def _bands_of(data: str) -> dict:
+    """A raster data set decides the band count (the embedded synthetic scene keeps the default)."""
+    from edgevit.data.datasets import EMBEDDED
+    from edgevit.data.rasters import open_raster
+    from edgevit.data.scenes import scene_pairs
+
+    if data in EMBEDDED.values():
+        return {}
+    return {"bands": open_raster(scene_pairs(data)[0][0]).bands}
+
+
+FAMILY = register_family(Family(
+    name="wetmapformer", input_kind=WetMapFormer.input_kind, data_overrides=_bands_of,
+    recipe=dict(epochs=10, batch_size=128, lr=1e-3, weight_decay=0.1, warmup_epochs=1)))
 
 
 def _wmf(defaults: dict, overrides: dict) -> WetMapFormer:
