@@ -20,10 +20,11 @@ import numpy as np
 
 from edgevit.version import __version__
 from edgevit.backends.base import EngineSpec, get_backend
-from edgevit.bundle import SCHEMA, SCHEMA_VERSION, BundleWriter, output_bundle
+from edgevit.bundle import BundleWriter, output_bundle
 from edgevit.cache import Cache, content_key
 from edgevit.engine_cache import array_digest, compile_cached
 from edgevit.errors import EdgevitError
+from edgevit.manifest import SCHEMA, SCHEMA_VERSION
 from edgevit.host import host_info, matches_target, tool_versions
 from edgevit.models import family_of, model_family
 from edgevit.profiles import Profile, load_profile

@@ -24,10 +24,8 @@ from pathlib import Path
 import edgevit.cleanup as cleanup
 from edgevit.errors import EdgevitError
 from edgevit.files import check_writable_dir
-from edgevit.version import __version__
+from edgevit.manifest import SCHEMA, Manifest, parse
 
-SCHEMA = "edgevit-bundle"
-SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
 
@@ -80,12 +78,16 @@ class BundleWriter:
             cleanup.unregister(self.tmp)
         return False
 
-    def commit(self, manifest: dict, report: str) -> Path:
+    def commit(self, manifest: dict | Manifest, report: str) -> Path:
+        """Write the manifest (validated against the shipped schema first) and report, and rename into place."""
         assert self.tmp is not None
+        if isinstance(manifest, Manifest):
+            manifest = manifest.to_dict()
         # manifest.json and report.md are written below; a bundle being updated in place already has them.
         files = sorted(p for p in self.tmp.rglob("*") if p.is_file() and p.relative_to(self.tmp).as_posix()
                        not in (MANIFEST, "report.md"))
         manifest = {**manifest, "files": {p.relative_to(self.tmp).as_posix(): sha256_file(p) for p in files}}
+        parse(manifest, f"the manifest of {self.out}")     # a bundle no reader would accept is never written
         (self.tmp / "report.md").write_text(report)
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
         make_readable(self.tmp)
@@ -145,7 +147,8 @@ def output_bundle(path) -> Path:
     return path
 
 
-def read_manifest(bundle) -> dict:
+def read_manifest(bundle) -> Manifest:
+    """The bundle's manifest, validated against the shipped schema (``edgevit.manifest``) and typed."""
     bundle = Path(bundle)
     path = bundle / MANIFEST
     if not bundle.is_dir():
@@ -153,25 +156,17 @@ def read_manifest(bundle) -> dict:
     if not path.is_file():
         raise EdgevitError(f"{bundle} is not an edgevit bundle: {MANIFEST} is missing")
     try:
-        manifest = json.loads(path.read_text())
+        d = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise EdgevitError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if manifest.get("schema") != SCHEMA:
-        raise EdgevitError(f"{path}: schema is {manifest.get('schema')!r}, expected {SCHEMA!r}")
-    version = manifest.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise EdgevitError(f"{path}: schema_version {version!r} is newer than this edgevit ({__version__}) reads "
-                           f"(up to {SCHEMA_VERSION}); upgrade edgevit")
-    for key in ("model", "presets", "preprocess", "labels", "files"):
-        if key not in manifest:
-            raise EdgevitError(f"{path}: required field {key!r} is missing")
-    return manifest
+    return parse(d, str(path))
 
 
-def verify_files(bundle, manifest: dict, only: list[str] | None = None) -> None:
-    """Check sha256 of the listed files (all of them by default); name the first that does not match."""
+def verify_files(bundle, manifest: Manifest | dict, only: list[str] | None = None) -> None:
+    """Check sha256 of the listed files (all of them by default); name the first that does not match.
+    ``manifest`` is a read one, or the dict ``edgevit engine build`` is rewriting."""
     bundle = Path(bundle)
-    listed = manifest["files"]
+    listed = manifest.files if isinstance(manifest, Manifest) else manifest["files"]
     for rel in (only if only is not None else listed):
         if rel not in listed:
             raise EdgevitError(f"bundle {bundle}: {rel} is not listed in {MANIFEST}")

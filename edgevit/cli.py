@@ -386,7 +386,7 @@ def bench_cmd(bundle, presets, backends, batches, threads, warmup, duration, ite
 
     if duration is not None and iterations is not None:
         raise EdgevitError("give --duration or --iterations, not both")
-    name = read_manifest(bundle)["name"]
+    name = read_manifest(bundle).name
     json_out, md_out, plot_out = (output_file(p if p else Path("bench") / f"{name}.{ext}", f"--{opt}",
                                               default_name=f"{name}.{ext}")
                                   for p, ext, opt in ((json_out, "json", "json"), (md_out, "md", "md"),
@@ -463,7 +463,7 @@ def simulate_cmd(bundle, trace, policy, dry, step, fps, power_w, min_dwell, back
     from edgevit.files import output_file
     from edgevit.runtime.simulate import SimOptions, plot, simulate, summary_text
 
-    name = read_manifest(bundle)["name"]
+    name = read_manifest(bundle).name
     plot_out = output_file(plot_out or Path("bench") / f"{name}-simulate.png", "--plot",
                            default_name=f"{name}-simulate.png")
     json_out = output_file(json_out, "--json", default_name=f"{name}-simulate.json") if json_out else None
@@ -513,14 +513,15 @@ def inspect_cmd(bundle, as_json, verify, candidates):
     from edgevit.bundle import read_manifest, verify_files
     from edgevit.report import choices, preset_header, preset_rows, summary_lines, text_table
 
-    m = read_manifest(bundle)
+    manifest = read_manifest(bundle)
     if verify:
-        verify_files(bundle, m)
+        verify_files(bundle, manifest)
+    m = manifest.to_dict()    # the report's tables render the manifest's JSON form, as report.md does
     if as_json:
         click.echo(json.dumps(m, indent=2))
         return
     click.echo("\n".join(summary_lines(m)))
-    click.echo(f"files      {len(m['files'])} listed" + (", all sha256 verified" if verify else ""))
+    click.echo(f"files      {len(manifest.files)} listed" + (", all sha256 verified" if verify else ""))
     click.echo("")
     click.echo(text_table(preset_header(m), preset_rows(m)))
     for line in choices(m, detail=candidates):

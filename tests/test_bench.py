@@ -134,7 +134,7 @@ def test_accuracy_remeasured_equals_manifest(built):
                                warmup_s=0.0, iterations=4, duration_s=None, repeats=1, accuracy=True))
     from edgevit.bundle import read_manifest
 
-    m = read_manifest(out)
+    m = read_manifest(out).to_dict()
     (res,) = r["results"]
     assert res["top1_source"] == "measured"
     manifest_top1 = next(p for p in m["presets"] if p["name"] == "r16-k0.5")["engines"]["onnxruntime"]["top1"]

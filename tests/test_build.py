@@ -1,3 +1,4 @@
+import json
 import os
 import re
 import shutil
@@ -23,8 +24,13 @@ TWO = ["r32-k1", "r16-k0.5"]
 
 
 def test_bundle_manifest_describes_every_engine(built):
+    import jsonschema
+
+    from edgevit.manifest import schema
+
     out, logs, _ = built
-    m = read_manifest(out)
+    m = read_manifest(out).to_dict()
+    jsonschema.validate(json.loads((out / "manifest.json").read_text()), schema())   # the file as written
     assert m["schema_version"] == 1 and m["backend"] == "openvino" and m["backends"] == ["openvino", "onnxruntime"]
     assert [p["name"] for p in m["presets"]] == TWO
     assert m["target"]["openvino"]["inference_precision"] == "f32"
@@ -72,7 +78,7 @@ def test_load_runs_each_presets_default_engine(built):
     import edgevit
 
     out, _, _ = built
-    m = read_manifest(out)
+    m = read_manifest(out).to_dict()
     with edgevit.load(out) as rt:
         for p in m["presets"]:
             info = rt.preset(p["name"])
@@ -135,7 +141,7 @@ def test_runtime_labels_equal_manifest_validation(built):
     from edgevit.validate import predictions_digest
 
     out, _, _ = built
-    m = read_manifest(out)
+    m = read_manifest(out).to_dict()
     ds = load_digits()
     images = [ds.val.image(i) for i in range(len(ds.val))]
     for backend in ("openvino", "onnxruntime"):
@@ -166,7 +172,7 @@ def test_tampered_engine_is_refused_naming_the_file(built, tmp_path):
     out, _, _ = built
     copy = tmp_path / "b"
     shutil.copytree(out, copy)
-    m = read_manifest(copy)
+    m = read_manifest(copy).to_dict()
     rel = m["presets"][0]["engines"]["onnxruntime"]["engine"]["file"]
     with open(copy / rel, "ab") as f:
         f.write(b"\0")
@@ -183,7 +189,7 @@ def test_second_target_reuses_training_and_export(built, quick_checkpoint, tmp_p
     out = build(BuildOptions(target=str(profile), checkpoint=str(quick_checkpoint), presets=["r16-k0.5"],
                              out=str(tmp_path / "b2"), cache_dir=str(base / "cache"), log=logs.append))
     assert any("export (cached)" in line for line in logs), logs
-    assert read_manifest(out)["backends"] == ["onnxruntime"]
+    assert read_manifest(out).to_dict()["backends"] == ["onnxruntime"]
 
 
 def test_build_errors_are_one_line(tmp_path):
@@ -393,7 +399,7 @@ def test_default_build_ships_the_fastest_engine_that_passes_the_gate(default_tra
     out = build(BuildOptions(target="x86-cpu", checkpoint=str(ckpt), out=str(tmp_path / "b"),
                              cache_dir=str(tmp_path / "cache"), log=logs.append))
     seconds = time.perf_counter() - t0
-    m = read_manifest(out)
+    m = read_manifest(out).to_dict()
     assert len(m["presets"]) == 12
     for p in m["presets"]:
         for b in ("openvino", "onnxruntime"):
@@ -433,7 +439,7 @@ def test_precision_a_backend_cannot_build_falls_back_with_reason(quick_checkpoin
     out = build(BuildOptions(target=str(profile), checkpoint=str(quick_checkpoint), presets=["r16-k0.5"],
                              out=str(tmp_path / "b"), cache_dir=str(tmp_path / "c"), measure=False,
                              log=lambda m: None))
-    e = read_manifest(out)["presets"][0]["engines"]["onnxruntime"]
+    e = read_manifest(out).to_dict()["presets"][0]["engines"]["onnxruntime"]
     assert e["precision"] == "fp32" and e["fallback"]["from"] == "fp16" and e["fallback"]["reason"]
     (fp16,) = [c for c in e["candidates"] if c["precision"] == "fp16"]
     assert fp16["skipped"] and "does not build fp16 on this host" in fp16["reason"]
@@ -468,7 +474,7 @@ def test_a_registered_backend_works_through_build_load_and_bench(quick_checkpoin
         out = build(BuildOptions(target=str(tmp_path / "toy.yaml"), checkpoint=str(quick_checkpoint),
                                  presets=["r16-k0.5"], out=str(tmp_path / "b"), cache_dir=str(tmp_path / "c"),
                                  log=lambda m: None))
-        m = read_manifest(out)
+        m = read_manifest(out).to_dict()
         e = m["presets"][0]["engines"]["ort-twin"]
         assert m["backends"] == ["ort-twin"] and e["gate"]["passed"] and e["engine"]["file"].startswith("engines/ort-twin/")
         assert [c["id"] for c in e["candidates"]] == ["int8-dynamic", "fp32"]
@@ -550,7 +556,7 @@ def test_a_registered_family_works_through_build_load_and_bench(tmp_path):
         out = build(BuildOptions(target="x86-cpu", model="toy", out=str(tmp_path / "b"),
                                  cache_dir=str(tmp_path / "c"), log=lambda m: None))
         assert steps and set(steps) == {32}          # the family's step ran, with its recipe's batch size
-        m = read_manifest(out)
+        m = read_manifest(out).to_dict()
         assert m["model"]["family"] == "toy" and sorted(p["name"] for p in m["presets"]) == ["r16", "r32"]
         for p in m["presets"]:
             for e in p["engines"].values():

@@ -65,7 +65,7 @@ def test_shared_bundle_loads_one_engine_per_backend(quick_checkpoint, tmp_path):
     out = build(BuildOptions(target="x86-cpu", checkpoint=str(quick_checkpoint), presets=["r32-k1", "r16-k0.5"],
                              shared_weights=True, out=str(tmp_path / "b"), cache_dir=str(tmp_path / "c"),
                              log=lambda m: None))
-    m = read_manifest(out)
+    m = read_manifest(out).to_dict()
     assert m["target"]["shared_weights"] is True
     defaults = {p["default"]["backend"] for p in m["presets"]}
     assert len(defaults) == 1                                   # one engine resident, not one per backend

@@ -228,7 +228,7 @@ def orin_bundle(quick_checkpoint, tmp_path_factory):
 
 def test_jetson_build_writes_a_validated_kit(orin_bundle):
     out, logs = orin_bundle
-    m = read_manifest(out)
+    m = read_manifest(out).to_dict()
     verify_files(out, m)
     assert m["backend"] == "tensorrt" and m["backends"] == ["tensorrt", "onnxruntime"]
     assert m["device_build"]["status"] == "pending" and m["device_build"]["pending_presets"] == TWO
@@ -341,15 +341,20 @@ def test_engine_build_on_the_device_validates_and_records(orin_bundle, fake_devi
     from edgevit.backends.tensorrt.device_build import engine_build
 
     bundle = _copy(orin_bundle[0], tmp_path / "bundle")
-    before = read_manifest(bundle)
+    before = read_manifest(bundle).to_dict()
     logs = []
     summary = engine_build(bundle, use_trtexec=use_trtexec, log=logs.append)
     assert summary["built"] == 2 and summary["failed"] == []
     precisions = [p["engines"]["tensorrt"]["precision"] for p in before["presets"]]
     ids = [p["engines"]["tensorrt"]["chosen"]["id"] for p in before["presets"]]
     assert fake_device["builds"] == ([] if use_trtexec else precisions)
-    m = read_manifest(bundle)
+    m = read_manifest(bundle).to_dict()
     verify_files(bundle, m)
+    import jsonschema
+
+    from edgevit.manifest import schema
+
+    jsonschema.validate(json.loads((bundle / "manifest.json").read_text()), schema())   # as `engine build` wrote it
     assert m["device_build"]["status"] == "done" and m["device_build"]["built_on"]["l4t"] == "36.4.3"
     assert m["tools"]["tensorrt"] == "10.3.0"
     for p, old, cid in zip(m["presets"], before["presets"], ids):
@@ -368,7 +373,7 @@ def test_engine_build_on_the_device_validates_and_records(orin_bundle, fake_devi
                                            r"edgevit engine build .* --force"):
         edgevit.load(bundle)
     assert engine_build(bundle, force=True, presets=["r32-k1"], log=logs.append)["built"] == 1
-    m = read_manifest(bundle)
+    m = read_manifest(bundle).to_dict()
     assert m["presets"][0]["engines"]["tensorrt"]["engine"]["settings"]["built_on"]["tensorrt"] == "10.7.0"
 
 
@@ -398,7 +403,7 @@ def test_engine_that_fails_on_the_device_is_not_marked_ok(orin_bundle, fake_devi
     bundle = _copy(orin_bundle[0], tmp_path / "bundle")
     summary = engine_build(bundle, presets=["r16-k0.5"], measure=False, log=lambda m: None)
     assert summary["failed"] == ["r16-k0.5"]
-    m = read_manifest(bundle)
+    m = read_manifest(bundle).to_dict()
     t = {p["name"]: p["engines"]["tensorrt"] for p in m["presets"]}
     assert t["r16-k0.5"]["status"] == "failed-validation" and "agreement" in t["r16-k0.5"]["reason"]
     assert t["r32-k1"]["status"] == "pending-device-build"
@@ -440,7 +445,7 @@ def test_jetson_orin_every_preset_qdq_agrees_on_ort_cpu(default_checkpoint, tmp_
 
     out = build(BuildOptions(target="jetson-orin", checkpoint=str(default_checkpoint), out=str(tmp_path / "b"),
                              cache_dir=str(tmp_path / "cache"), log=lambda m: None))
-    m = read_manifest(out)
+    m = read_manifest(out).to_dict()
     assert len(m["presets"]) == 12
     for p in m["presets"]:
         t = p["engines"]["tensorrt"]
@@ -455,7 +460,7 @@ def test_desktop_gpu_build_validates_fp16_and_the_int8_candidate(quick_checkpoin
         pytest.skip("TensorRT is here: the engines are built rather than left pending")
     out = build(BuildOptions(target="desktop-gpu", checkpoint=str(quick_checkpoint), presets=["r32-k1"],
                              out=str(tmp_path / "b"), cache_dir=str(tmp_path / "cache"), log=lambda m: None))
-    m = read_manifest(out)
+    m = read_manifest(out).to_dict()
     t = m["presets"][0]["engines"]["tensorrt"]
     assert t["precision"] == "fp16" and t["gate"]["passed"]
     fp16 = onnx.load(str(out / t["engine"]["file"]))
@@ -486,7 +491,7 @@ def test_tensorrt_engine_matches_onnxruntime(quick_checkpoint, tmp_path):
 
     out = build(BuildOptions(target="desktop-gpu", checkpoint=str(quick_checkpoint), presets=["r32-k1"],
                              out=str(tmp_path / "b"), cache_dir=str(tmp_path / "cache"), log=print))
-    m = read_manifest(out)
+    m = read_manifest(out).to_dict()
     t = m["presets"][0]["engines"]["tensorrt"]
     if m["device_build"]["status"] == "pending":
         pytest.skip(f"GPU is not the desktop-gpu target: {m['device_build']['reason']}")

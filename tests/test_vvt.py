@@ -159,7 +159,7 @@ def test_vvt_build_keeps_the_attention_core_out_of_int8(quick_vvt, tmp_path):
 
     out = build(BuildOptions(target="x86-cpu", checkpoint=str(quick_vvt), presets=["r32"], out=str(tmp_path / "b"),
                              cache_dir=str(tmp_path / "cache"), log=lambda m: None, measure=False))
-    m = read_manifest(out)
+    m = read_manifest(out).to_dict()
     assert m["model"]["family"] == "vvt" and [p["name"] for p in m["presets"]] == ["r32"]
     for e in m["presets"][0]["engines"].values():
         assert e["gate"]["passed"] and (e["precision"] == "int8" or e["fallback"])
@@ -193,7 +193,7 @@ def test_default_vvt_build_x86_cpu(tmp_path):
 
     out = build(BuildOptions(target="x86-cpu", model="vvt", out=str(tmp_path / "b"), cache_dir=str(tmp_path / "c"),
                              log=lambda m: None))
-    m = read_manifest(out)
+    m = read_manifest(out).to_dict()
     assert m["model"]["name"] == "vvt-nano"
     for p in m["presets"]:
         assert p["torch"]["top1"] >= (0.95 if p["resolution"] == 64 else 0.85), (p["name"], p["torch"]["top1"])

@@ -255,7 +255,7 @@ def wmf_bundle(tmp_path_factory):
 
 def test_wetmapformer_bundle_reports_oa_and_kappa_and_int8_agrees(wmf_bundle):
     out, _ = wmf_bundle
-    m = read_manifest(out)
+    m = read_manifest(out).to_dict()
     assert m["model"]["family"] == "wetmapformer" and m["preprocess"]["kind"] == "patches"
     assert m["data"]["name"] == "synthetic-wetland" and m["labels"][0] == "open water"
     assert len(m["preprocess"]["mean"]) == 16                        # the normalisation travels in the bundle

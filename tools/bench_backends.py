@@ -129,7 +129,7 @@ def main() -> int:
         cpu, v = cpu_info(), tool_versions()
         host = (f"{cpu['model']} ({', '.join(cpu['features']) or 'no listed features'}), {cpu['cores']} cores; "
                 f"torch {v['torch']}, onnxruntime {v['onnxruntime']}, openvino {v['openvino']}, nncf {v['nncf']}")
-        lines = [f"# edgevit's default engine vs peers by hand: {m['model']['name']} (random weights), batch 1",
+        lines = [f"# edgevit's default engine vs peers by hand: {m.model['name']} (random weights), batch 1",
                  "", f"host: {host}", "",
                  f"`python tools/bench_backends.py --presets {args.presets}`; {args.rounds} rounds x {args.reps} "
                  "runs per engine, interleaved; medians in ms; ratio = best peer / edgevit (>= 1: edgevit at least "
@@ -140,39 +140,39 @@ def main() -> int:
         with edgevit.load(bundle) as rt:
             ck = load_checkpoint(bundle / "model.pt").model.eval() if (bundle / "model.pt").is_file() else None
             for name in names:
-                p = next(x for x in m["presets"] if x["name"] == name)
+                p = m.preset(name)
                 info = rt.preset(name)
-                engine = p["engines"][info.backend]
+                engine = p.engines[info.backend]
                 runner = rt.runner(name)
                 rng = np.random.default_rng(0)
                 shape = tuple(runner.input_shape)
                 x = rng.standard_normal(shape).astype(np.float32)
                 calib = rng.standard_normal((32,) + shape[1:]).astype(np.float32)
-                runs = {"edgevit": runner.infer, **peers(bundle / p["onnx"], calib)}
+                runs = {"edgevit": runner.infer, **peers(bundle / p.onnx, calib)}
                 if ck is None:
                     torch.manual_seed(0)
                     from edgevit.models import create_model
 
-                    ck = create_model(m["model"]["name"], num_classes=len(m["labels"])).eval()
+                    ck = create_model(m.model["name"], num_classes=len(m.labels)).eval()
                 xt = torch.from_numpy(x)
 
                 def eager(_x, p=p, xt=xt):
                     with torch.inference_mode():
-                        return ck(xt, p["resolution"], p["keep_rate"])
+                        return ck(xt, p.resolution, p.keep_rate)
 
                 runs["torch eager fp32"] = eager
                 s = {k: statistics.median(t) for k, t in interleaved(runs, x, args.rounds, args.reps).items()}
                 peer = {k: t for k, t in s.items() if k not in ("edgevit", "torch eager fp32")}
                 best = min(peer, key=peer.get)
                 ratio = peer[best] / s["edgevit"]
-                results.append({"preset": name, "backend": info.backend, "engine": engine["chosen"]["id"],
+                results.append({"preset": name, "backend": info.backend, "engine": engine.chosen["id"],
                                 "ms": s, "best_peer": best, "ratio": ratio})
-                lines.append(f"| {name} | {info.backend} {engine['chosen']['id']} | {s['edgevit']:.2f} | "
+                lines.append(f"| {name} | {info.backend} {engine.chosen['id']} | {s['edgevit']:.2f} | "
                              + " | ".join(f"{peer[k]:.2f}" for k in peer) + f" | {s['torch eager fp32']:.2f} | "
                              f"{best.split(' (')[0]} | **{ratio:.2f}x** |")
                 log(lines[-1])
         lines += ["", f"Bundle built in {build_s:.0f} s. Engine mix: "
-                  + "; ".join(f"{b}: {c}" for b, c in m["engine_mix"]["precisions"].items())]
+                  + "; ".join(f"{b}: {c}" for b, c in m.engine_mix["precisions"].items())]
         text = "\n".join(lines) + "\n"
         print(text)
         if args.md:

@@ -31,7 +31,7 @@ import json, sys, numpy as np, psutil, edgevit
 rss0 = psutil.Process().memory_info().rss
 presets = json.loads(sys.argv[2])
 rt = edgevit.load(sys.argv[1], presets=presets)
-x = np.zeros(tuple(rt.manifest["input"]["shape"]), np.float32)
+x = np.zeros(tuple(rt.manifest.input["shape"]), np.float32)
 for p in rt.presets:
     rt.predict(x, preset=p.name)
 print(json.dumps({"presets": len(rt.presets), "rss_mb": psutil.Process().memory_info().rss / 2**20,
@@ -58,7 +58,7 @@ def main() -> int:
 
     rt = edgevit.load(args.bundle, backend=args.backend)
     names = [p.name for p in rt.presets]
-    x = np.zeros(tuple(rt.manifest["input"]["shape"]), np.float32)
+    x = np.zeros(tuple(rt.manifest.input["shape"]), np.float32)
     rng = np.random.default_rng(0)
     for n in names:                      # warm every preset in this thread, as a running device loop would be
         for _ in range(20):

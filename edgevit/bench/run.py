@@ -30,6 +30,7 @@ from edgevit.bench.energy import find_sensor
 from edgevit.bench.peak import fp32_peak, int8_peak
 from edgevit.bench.stats import summarize
 from edgevit.bundle import read_manifest, verify_files
+from edgevit.manifest import Manifest, PresetEntry
 from edgevit.errors import EdgevitError
 from edgevit.host import cpu_info, tool_versions
 
@@ -60,7 +61,7 @@ class BenchOptions:
 
 @dataclass
 class Engine:
-    preset: dict
+    preset: PresetEntry
     backend: str                 # "torch" for the baseline
     precision: str
     infer: Callable
@@ -81,28 +82,28 @@ def _files_mb(bundle: Path, files: list[str]) -> float:
     return sum((bundle / f).stat().st_size for f in files) / 2 ** 20
 
 
-def load_engines(bundle: Path, manifest: dict, opts: BenchOptions, threads: int) -> tuple[list[Engine], dict]:
+def load_engines(bundle: Path, manifest: Manifest, opts: BenchOptions, threads: int) -> tuple[list[Engine], dict]:
     """Bundle engines (and torch presets) for the chosen presets and backends; skipped ones with reasons."""
-    chosen = manifest["presets"]
+    chosen = manifest.presets
     if opts.presets:
-        known = {p["name"] for p in chosen}
+        known = {p.name for p in chosen}
         bad = [n for n in opts.presets if n not in known]
         if bad:
             raise EdgevitError(f"unknown preset(s) {', '.join(bad)}; this bundle has: {', '.join(sorted(known))}")
-        chosen = [p for p in chosen if p["name"] in opts.presets]
-    backends = opts.backends or list(manifest["backends"])
+        chosen = [p for p in chosen if p.name in opts.presets]
+    backends = opts.backends or list(manifest.backends)
     for b in backends:
-        if b not in manifest["backends"] and b not in manifest.get("unavailable_backends", {}):
-            raise EdgevitError(f"backend {b!r} is not in this bundle; it has: {', '.join(manifest['backends'])}")
+        if b not in manifest.backends and b not in manifest.unavailable_backends:
+            raise EdgevitError(f"backend {b!r} is not in this bundle; it has: {', '.join(manifest.backends)}")
     engines, skipped, resident = [], {}, {}
     for b in backends:            # backend by backend, so each one's resident memory with all presets is clear
         rss_before, loaded = _rss_mb(), 0
         for p in chosen:
-            entry = p["engines"].get(b, {})
-            if entry.get("status") != "ok":
-                skipped[f"{p['name']}/{b}"] = entry.get("reason", entry.get("status", "missing"))
+            entry = p.engines.get(b)
+            if entry is None or not entry.ok:
+                skipped[f"{p.name}/{b}"] = "missing" if entry is None else entry.reason or entry.status
                 continue
-            spec = EngineSpec(**entry["engine"])
+            spec = EngineSpec(**entry.engine)
             spec.settings = {**spec.settings, "threads": threads}
             verify_files(bundle, manifest, spec.files)
             before = _rss_mb()
@@ -113,7 +114,7 @@ def load_engines(bundle: Path, manifest: dict, opts: BenchOptions, threads: int)
             loaded += 1
         if loaded:
             resident[b] = {"presets": loaded, "mb": round(_rss_mb() - rss_before, 1),
-                           "shared_weights": any(p["engines"].get(b, {}).get("shared") for p in chosen)}
+                           "shared_weights": any(b in p.engines and p.engines[b].extra.get("shared") for p in chosen)}
     baseline_note = None
     if opts.baseline:
         engines_torch, baseline_note = _torch_engines(bundle, manifest, chosen, threads)
@@ -123,8 +124,8 @@ def load_engines(bundle: Path, manifest: dict, opts: BenchOptions, threads: int)
     return engines, {"skipped": skipped, "baseline": baseline_note, "resident": resident}
 
 
-def _torch_engines(bundle: Path, manifest: dict, presets: list[dict], threads: int):
-    if not manifest.get("checkpoint"):
+def _torch_engines(bundle: Path, manifest: Manifest, presets: list[PresetEntry], threads: int):
+    if not manifest.checkpoint:
         return [], "skipped: the bundle has no checkpoint (built with --no-checkpoint)"
     try:
         import torch
@@ -134,17 +135,17 @@ def _torch_engines(bundle: Path, manifest: dict, presets: list[dict], threads: i
 
     # The baseline must be the model the engines were built from: a replaced model.pt would compare
     # the engines with another network (and report its accuracy) without a word.
-    verify_files(bundle, manifest, [manifest["checkpoint"]])
+    verify_files(bundle, manifest, [manifest.checkpoint])
     torch.set_num_threads(threads)
     before = _rss_mb()
-    model = load_checkpoint(bundle / manifest["checkpoint"]).model.eval()
+    model = load_checkpoint(bundle / manifest.checkpoint).model.eval()
     rss = _rss_mb() - before
-    size = _files_mb(bundle, [manifest["checkpoint"]])
+    size = _files_mb(bundle, [manifest.checkpoint])
     out = []
     for p in presets:
         def infer(x, p=p):
             with torch.inference_mode():
-                return model(torch.from_numpy(x), p["resolution"], p["keep_rate"]).numpy()
+                return model(torch.from_numpy(x), p.resolution, p.keep_rate).numpy()
 
         out.append(Engine(p, "torch", "fp32", infer, 0, size, rss))
     return out, "torch eager FP32 from the bundle's checkpoint, measured interleaved with the engines"
@@ -236,8 +237,8 @@ def measure(engines: list[Engine], opts: BenchOptions, sensor, input_shape) -> l
         joules, n = energy[id(e)]
         n *= per_call
         results.append({
-            "preset": e.preset["name"], "resolution": e.preset["resolution"], "keep_rate": e.preset["keep_rate"],
-            "gflops": e.preset["gflops"], "backend": e.backend, "precision": e.precision,
+            "preset": e.preset.name, "resolution": e.preset.resolution, "keep_rate": e.preset.keep_rate,
+            "gflops": e.preset.gflops, "backend": e.backend, "precision": e.precision,
             "engine_batch": per_call,
             "inference_precision": e.inference_precision,
             "latency_ms": stats.to_dict(), "throughput_ips": tput,
@@ -249,30 +250,30 @@ def measure(engines: list[Engine], opts: BenchOptions, sensor, input_shape) -> l
     return results
 
 
-def attach_accuracy(results: list[dict], manifest: dict, engines: list[Engine], remeasure: bool, log) -> None:
-    by_key = {(e.preset["name"], e.backend): e for e in engines}
+def attach_accuracy(results: list[dict], manifest: Manifest, engines: list[Engine], remeasure: bool, log) -> None:
+    by_key = {(e.preset.name, e.backend): e for e in engines}
     data = None
     if remeasure:
         from edgevit.data.datasets import available_here, load_dataset
         from edgevit.data.preprocess import preprocess_from_dict
         from edgevit.validate import run_engine
 
-        name = manifest["data"]["name"]
+        name = manifest.data["name"]
         if not available_here(name):
             raise EdgevitError(f"--accuracy needs the bundle's validation data {name}, which is not on this host")
-        pre = preprocess_from_dict(manifest["preprocess"])
+        pre = preprocess_from_dict(manifest.preprocess)
         ds = load_dataset(name, crop=pre.crop, channels=pre.channels, kind=getattr(pre, "kind", "images"))
         data = ds.val.arrays(pre)
         log(f"[bench] re-measuring top-1 on {len(data[1])} validation images")
     for r in results:
-        preset = next(p for p in manifest["presets"] if p["name"] == r["preset"])
+        preset = manifest.preset(r["preset"])
         if data is not None:
             logits = run_engine(_AsRunner(by_key[(r["preset"], r["backend"])]), data[0])
             r["top1"], r["top1_source"] = float((logits.argmax(-1) == data[1]).mean()), "measured"
         elif r["backend"] == "torch":
-            r["top1"], r["top1_source"] = preset["torch"]["top1"], "manifest"
+            r["top1"], r["top1_source"] = preset.torch["top1"], "manifest"
         else:
-            r["top1"], r["top1_source"] = preset["engines"][r["backend"]]["top1"], "manifest"
+            r["top1"], r["top1_source"] = preset.engines[r["backend"]].top1, "manifest"
 
 
 class _AsRunner:
@@ -358,7 +359,7 @@ def run_bench(opts: BenchOptions) -> dict:
             if mode is not None:
                 opts.log(f"[bench] power mode {mode}")
                 set_power_mode(mode, ids)
-            results = measure(engines, opts, sensor, manifest["input"]["shape"])
+            results = measure(engines, opts, sensor, manifest.input["shape"])
             attach_accuracy(results, manifest, engines, opts.accuracy, opts.log)
             attach_ratios(results, peaks)
             for r in results:
@@ -377,8 +378,8 @@ def run_bench(opts: BenchOptions) -> dict:
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "edgevit_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "bundle": {"path": str(bundle), "name": manifest["name"], "model": manifest["model"]["name"],
-                   "target": manifest["target"]["name"]},
+        "bundle": {"path": str(bundle), "name": manifest.name, "model": manifest.model["name"],
+                   "target": manifest.target["name"]},
         "host": {"cpu": cpu["model"], "arch": platform.machine(), "features": cpu["features"],
                  "cores": cpu["cores"], "threads": threads, "tools": tool_versions(),
                  "openvino_inference_precision": sorted({e.inference_precision for e in engines

@@ -19,6 +19,7 @@ import numpy as np
 
 from edgevit.backends.base import PENDING, EngineSpec, get_backend
 from edgevit.bundle import read_manifest, verify_files
+from edgevit.manifest import EngineEntry, Manifest, PresetEntry
 from edgevit.data.preprocess import preprocess_from_dict
 from edgevit.errors import EdgevitError
 from edgevit.validate import run_engine
@@ -67,10 +68,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Runtime:
     """``rt.presets`` (cheapest first), ``rt.use(name)``, ``rt.predict(images)``."""
 
-    def __init__(self, bundle: Path, manifest: dict, backend: str, runners: dict, infos: list[PresetInfo]):
+    def __init__(self, bundle: Path, manifest: Manifest, backend: str, runners: dict, infos: list[PresetInfo]):
         self.bundle, self.manifest, self.backend = bundle, manifest, backend
-        self.preprocess = preprocess_from_dict(manifest["preprocess"])
-        self.labels = list(manifest["labels"])
+        self.preprocess = preprocess_from_dict(manifest.preprocess)
+        self.labels = list(manifest.labels)
         self._runners = runners
         self.presets = infos
         self._lock = threading.Lock()
@@ -250,26 +251,25 @@ def _stop_loaders() -> None:
         rt._stop_loading()
 
 
-def _preset_info(p: dict, entry: dict, backend: str, default: bool) -> PresetInfo:
+def _preset_info(p: PresetEntry, entry: EngineEntry, backend: str, default: bool) -> PresetInfo:
     """A manifest preset and its engine entry for one backend, as the runtime describes them. With the
     bundle's default engines the Pareto flag is the preset's own (the front of the default engines)."""
-    pareto = p.get("pareto", False) if default else entry.get("pareto", p.get("pareto", False))
-    return PresetInfo(p["name"], p["resolution"], p["keep_rate"], p["gflops"], entry["precision"], entry.get("top1"),
-                      (entry.get("latency_ms") or {}).get("p50"), pareto, (entry.get("latency_ms") or {}).get("p90"),
-                      backend)
+    pareto = bool(p.pareto if default or entry.pareto is None else entry.pareto)
+    return PresetInfo(p.name, p.resolution, p.keep_rate, p.gflops, entry.precision, entry.top1,
+                      entry.latency("p50"), pareto, entry.latency("p90"), backend)
 
 
-def default_backend(manifest: dict, preset: dict, installed=None) -> str:
+def default_backend(manifest: Manifest, preset: PresetEntry, installed=None) -> str:
     """The backend that runs ``preset`` when the caller names none: the build's measured choice, else the
     target's primary backend (bundles built before the choice was recorded). With ``installed`` (a
     predicate), a backend whose library this device lacks gives way to the next of the bundle's backends
     with a usable engine, so a device with only ONNX Runtime still runs a bundle whose fastest engines
     were OpenVINO's."""
-    first = (preset.get("default") or {}).get("backend") or manifest["backend"]
+    first = preset.default_backend() or manifest.backend
     if installed is None or installed(first):
         return first
-    for b in [first, *manifest.get("backends", [])]:
-        if preset["engines"].get(b, {}).get("status") == "ok" and installed(b):
+    for b in [first, *manifest.backends]:
+        if b in preset.engines and preset.engines[b].ok and installed(b):
             return b
     return first
 
@@ -315,17 +315,17 @@ def load_info(bundle, backend: str | None = None) -> Runtime:
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     infos, used = [], []
-    for p in manifest["presets"]:
+    for p in manifest.presets:
         b = backend or default_backend(manifest, p)
-        entry = p["engines"].get(b, {})
-        if entry.get("status") != "ok":
+        entry = p.engines.get(b)
+        if entry is None or not entry.ok:
             continue
-        infos.append(_preset_info(p, entry, b, backend is None and b == (p.get("default") or {}).get("backend")))
+        infos.append(_preset_info(p, entry, b, backend is None and b == p.default_backend()))
         used.append(b)
     if not infos:
-        b = backend or manifest["backend"]
-        statuses = sorted({p["engines"].get(b, {}).get("status", "missing") for p in manifest["presets"]})
-        others = [x for x in manifest.get("backends", []) if x != b]
+        b = backend or manifest.backend
+        statuses = sorted({p.engines[b].status if b in p.engines else "missing" for p in manifest.presets})
+        others = [x for x in manifest.backends if x != b]
         raise EdgevitError(f"bundle {bundle}: no preset has a usable {b} engine ({', '.join(statuses)})"
                            + (f"; choose another backend: {', '.join(others)}" if others else "")
                            + ("; build them on the device: edgevit engine build BUNDLE"
@@ -351,24 +351,24 @@ def load(bundle, backend: str | None = None, presets: list[str] | None = None, v
     t0, rss0 = time.perf_counter(), psutil.Process().memory_info().rss
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
-    chosen = manifest["presets"] if presets is None else [p for p in manifest["presets"] if p["name"] in presets]
+    chosen = manifest.presets if presets is None else [p for p in manifest.presets if p.name in presets]
     if presets is not None and len(chosen) != len(set(presets)):
-        known = [p["name"] for p in manifest["presets"]]
+        known = [p.name for p in manifest.presets]
         raise EdgevitError(f"unknown preset(s) {sorted(set(presets) - set(known))}; this bundle has: {', '.join(known)}")
     loads, infos, used = {}, [], []
     installed = _Installed()
     for p in chosen:
         b = backend or default_backend(manifest, p, installed)
         entry = _usable_entry(bundle, p, b, installed, backend is None, manifest)
-        spec = EngineSpec(**entry["engine"])
+        spec = EngineSpec(**entry.engine)
         if verify:
             verify_files(bundle, manifest, spec.files)
         impl = get_backend(b)
-        sha = manifest["files"].get(spec.file)
+        sha = manifest.files.get(spec.file)
         if cache and sha and impl.compile_cache:
             spec = impl.with_compile_cache(spec, compile_cache_dir(b, sha))
-        loads[p["name"]] = lambda impl=impl, spec=spec: impl.load(bundle, spec)
-        infos.append(_preset_info(p, entry, b, backend is None and b == (p.get("default") or {}).get("backend")))
+        loads[p.name] = lambda impl=impl, spec=spec: impl.load(bundle, spec)
+        infos.append(_preset_info(p, entry, b, backend is None and b == p.default_backend()))
         used.append(b)
     infos.sort(key=lambda i: (i.gflops, -i.resolution))
     rt = Runtime(bundle, manifest, _backend_label(used), {}, infos)
@@ -390,18 +390,18 @@ def load(bundle, backend: str | None = None, presets: list[str] | None = None, v
     return rt
 
 
-def _usable_entry(bundle: Path, p: dict, b: str, installed, default: bool, manifest: dict) -> dict:
+def _usable_entry(bundle: Path, p: PresetEntry, b: str, installed, default: bool,
+                  manifest: Manifest) -> EngineEntry:
     """Preset ``p``'s engine entry on backend ``b``, or an error saying what is missing and how to get it."""
     if not installed(b):
-        raise EdgevitError(f"bundle {bundle}: preset {p['name']} runs on {b}, which is not installed here: "
+        raise EdgevitError(f"bundle {bundle}: preset {p.name} runs on {b}, which is not installed here: "
                            f"pip install 'edgevit[{b}]'" + (" (or install any backend the bundle has: "
-                                                            + ", ".join(manifest.get("backends", [])) + ")"
+                                                            + ", ".join(manifest.backends) + ")"
                                                             if default else ""))
-    entry = p["engines"].get(b)
+    entry = p.engines.get(b)
     if entry is None:
-        raise EdgevitError(f"bundle {bundle}: preset {p['name']} has no {b} engine; it has "
-                           f"{', '.join(p['engines']) or 'none'}")
-    if entry.get("status") != "ok":
-        raise EdgevitError(f"bundle {bundle}: preset {p['name']} {b} engine is {entry.get('status')}: "
-                           f"{entry.get('reason', '')}")
+        raise EdgevitError(f"bundle {bundle}: preset {p.name} has no {b} engine; it has "
+                           f"{', '.join(p.engines) or 'none'}")
+    if not entry.ok:
+        raise EdgevitError(f"bundle {bundle}: preset {p.name} {b} engine is {entry.status}: {entry.reason or ''}")
     return entry

@@ -62,17 +62,17 @@ def simulate(opts: SimOptions) -> dict:
     from edgevit.runtime.runtime import load, load_info
 
     manifest = read_manifest(opts.bundle)
-    policy, settings = load_policy(opts.policy, manifest["target"].get("runtime", {}))
+    policy, settings = load_policy(opts.policy, manifest.target.get("runtime", {}))
     if opts.min_dwell_s is not None:
         settings["min_dwell_s"] = opts.min_dwell_s
     trace = TraceSource(opts.trace)
     rt = load_info(opts.bundle, opts.backend) if opts.dry else load(opts.bundle, opts.backend)
     if opts.dry and any(p.latency_ms is None for p in rt.candidates):
         raise EdgevitError(f"--dry needs build-host latencies in {opts.bundle}'s manifest, and it has none "
-                           f"({manifest.get('latency_note')}); run without --dry on the device")
+                           f"({manifest.latency_note}); run without --dry on the device")
     sw = Switcher(rt, policy, sources=[], min_dwell_s=settings["min_dwell_s"], debounce=settings["debounce"])
     info = {p.name: p for p in rt.presets}
-    sample = np.zeros(tuple(manifest["input"]["shape"]), np.float32)
+    sample = np.zeros(tuple(manifest.input["shape"]), np.float32)
     timeline, per_preset = [], {}
     frames_total, weighted_top1, energy_j = 0.0, 0.0, 0.0
     t = 0.0
@@ -110,7 +110,7 @@ def simulate(opts: SimOptions) -> dict:
              for s in sorted(policy.signals() - measured - seen)]
     return {
         "notes": notes,
-        "bundle": manifest["name"], "policy": policy.describe(), "dry": opts.dry, "settings": settings,
+        "bundle": manifest.name, "policy": policy.describe(), "dry": opts.dry, "settings": settings,
         "ladder": ladder, "switches": [e.__dict__ | {"signals": {k: v for k, v in e.signals.items()
                                                                  if k != "latency_p90_ms"}} for e in sw.events],
         "time_per_preset_s": per_preset, "duration_s": end,

@@ -219,7 +219,7 @@ def engine_build(bundle, presets: list[str] | None = None, force: bool = False, 
     from edgevit.report import manifest_report
 
     bundle = Path(bundle)
-    manifest = read_manifest(bundle)
+    manifest = read_manifest(bundle).to_dict()    # rewritten below (its TensorRT entries); commit validates it
     if not any("tensorrt" in p["engines"] for p in manifest["presets"]):
         raise EdgevitError(f"bundle {bundle} has no TensorRT engines (target {manifest['target']['name']}); "
                            f"build one with: edgevit build --target jetson-orin (or desktop-gpu)")
