@@ -7,7 +7,6 @@ directory and renamed into place only when every preset is done (``edgevit.bundl
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -22,14 +21,16 @@ from edgevit.version import __version__
 from edgevit.backends.base import EngineSpec, get_backend
 from edgevit.bundle import BundleWriter, output_bundle
 from edgevit.cache import Cache, content_key
-from edgevit.engine_cache import array_digest, compile_cached
+from edgevit import engine_cache
+from edgevit.engine_cache import array_digest, compile_cached, remove_unchosen
 from edgevit.errors import EdgevitError
 from edgevit.manifest import SCHEMA, SCHEMA_VERSION
 from edgevit.host import host_info, matches_target, tool_versions
 from edgevit.models import family_of, model_family
 from edgevit.profiles import Profile, load_profile
 from edgevit.selection import choose_backend, choose_candidate, faster_beyond_noise
-from edgevit.validate import cohen_kappa, gate, mark_pareto, measure_into_records, validate
+from edgevit.measure import measure_into_records
+from edgevit.validate import cohen_kappa, gate, mark_pareto, run_engine, validate
 
 DEFAULT_MODEL = "supervit-nano"
 
@@ -123,17 +124,9 @@ def obtain(opts: BuildOptions, cache: Cache) -> Obtained:
 def export_cached(model, preset, weights: str, sample, profile: Profile, cache: Cache) -> tuple[Path, dict, bool]:
     from edgevit.export import export_preset
 
-    versions = tool_versions()
-    key = content_key("export", weights, model.variant, model.config, preset.name, profile.opset, profile.batch,
-                      versions["torch"], versions["onnx"], versions["onnxslim"], __version__)
-    hit = cache.get("export", key)
-    if hit:
-        return hit / "model.onnx", json.loads((hit / "report.json").read_text()), True
-    with cache.put("export", key) as tmp:
-        report = export_preset(model, preset, tmp / "model.onnx", sample, opset=profile.opset, batch=profile.batch)
-        report = {**report.to_dict(), "path": None}
-        (tmp / "report.json").write_text(json.dumps(report))
-    return cache.path("export", key) / "model.onnx", report, False
+    return engine_cache.export_cached(
+        "export", (weights, model.variant, model.config, preset.name, profile.opset, profile.batch), cache,
+        lambda path: export_preset(model, preset, path, sample, opset=profile.opset, batch=profile.batch).to_dict())
 
 
 # -- engines -----------------------------------------------------------------------------------------------
@@ -307,13 +300,8 @@ def engine_entry(cands: Candidates, bundle_dir: Path, profile: Profile, measured
     """The manifest entry of one preset on one backend: the chosen candidate, why, and every candidate.
     The other candidates' files leave the bundle."""
     chosen, why = choose_candidate(cands.records, measured)
-    for cid, spec in cands.specs.items():
-        if cid != chosen["id"]:
-            keep = set(cands.specs[chosen["id"]].files)
-            for rel in spec.files:
-                if rel not in keep:
-                    (bundle_dir / rel).unlink(missing_ok=True)
     spec = cands.specs[chosen["id"]]
+    remove_unchosen(cands.specs.values(), spec, bundle_dir)
     entry = {"status": spec.status, "engine": spec.to_dict(), "precision": chosen["precision"],
              "recipe": chosen["recipe"], **{k: chosen[k] for k in _ENGINE_FIGURES if k in chosen},
              "chosen": {"id": chosen["id"], "precision": chosen["precision"], "recipe": chosen["recipe"], "why": why},
@@ -481,14 +469,9 @@ def plan_build(opts: BuildOptions, cache: Cache) -> Plan:
 
 def references(plan: Plan) -> dict[str, np.ndarray]:
     """Torch FP32 logits of every preset on the validation split: what every engine is compared with."""
-    import torch
+    from edgevit.backends.reference import TorchRunner
 
-    refs = {}
-    with torch.inference_mode():
-        for p in plan.presets:
-            refs[p.name] = np.concatenate([plan.model(torch.from_numpy(plan.vx[j:j + 256]), p.resolution,
-                                                      p.keep_rate).numpy() for j in range(0, len(plan.vx), 256)])
-    return refs
+    return {p.name: run_engine(TorchRunner(plan.model, p.resolution, p.keep_rate), plan.vx) for p in plan.presets}
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Compiled engines cached by content: the same ONNX, candidate, profile section and tool versions give the
-same engine, so a second build (static or shared) copies it instead of compiling it again."""
+"""Exports and compiled engines cached by content: the same weights, preset, opset and tool versions give the
+same ONNX, and the same ONNX, candidate, profile section and tool versions the same engine, so a second
+build (static or shared) copies them instead of exporting or compiling again."""
 
 from __future__ import annotations
 
@@ -16,6 +17,20 @@ from edgevit.cache import Cache, content_key
 from edgevit.host import tool_versions
 from edgevit.profiles import Profile
 from edgevit.version import __version__
+
+
+def export_cached(stage: str, parts: tuple, cache: Cache, export) -> tuple[Path, dict, bool]:
+    """(ONNX path, export report, whether it was cached). ``export(path)`` writes the ONNX and returns its
+    report (a dict); the key is ``parts`` with the exporting tools' versions."""
+    v = tool_versions()
+    key = content_key(stage, *parts, v["torch"], v["onnx"], v["onnxslim"], __version__)
+    hit = cache.get("export", key)
+    if hit:
+        return hit / "model.onnx", json.loads((hit / "report.json").read_text()), True
+    with cache.put("export", key) as tmp:
+        report = {**export(tmp / "model.onnx"), "path": None}
+        (tmp / "report.json").write_text(json.dumps(report))
+    return cache.path("export", key) / "model.onnx", report, False
 
 
 def compile_cached(backend, onnx_path: Path, name: str, candidate, calib, calib_digest: str, profile: Profile,
@@ -47,3 +62,13 @@ def array_digest(a: np.ndarray | None) -> str | None:
     if a is None:
         return None
     return content_key(a.shape, str(a.dtype), hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
+
+
+def remove_unchosen(specs, chosen: EngineSpec, bundle_dir: Path) -> None:
+    """Delete from the bundle the files of every candidate but ``chosen`` (those it shares stay)."""
+    keep = set(chosen.files)
+    for spec in specs:
+        if spec is not chosen:
+            for rel in spec.files:
+                if rel not in keep:
+                    (Path(bundle_dir) / rel).unlink(missing_ok=True)

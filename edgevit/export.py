@@ -45,7 +45,6 @@ def export_preset(model, preset, out_path, sample: np.ndarray, opset: int = 17, 
     ``sample`` is a preprocessed (N, C, H, W) float32 array (validation images); parity is the largest
     |logit difference| over it, and must stay under ``parity_tol`` relative to the logits' range.
     """
-    import onnx
     import torch
 
     from edgevit.models.frozen import PresetModule
@@ -56,25 +55,10 @@ def export_preset(model, preset, out_path, sample: np.ndarray, opset: int = 17, 
     c, h, w = sample.shape[1:]
     dummy = torch.from_numpy(np.ascontiguousarray(np.resize(sample, (batch, c, h, w))))
 
-    fd, raw = tempfile.mkstemp(suffix=".onnx", dir=out_path.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notices
-            torch.onnx.export(module, (dummy,), raw, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              opset_version=opset, do_constant_folding=True, dynamo=False)
-        proto = onnx.load(raw)
-        onnx.checker.check_model(proto, full_check=True)
-        before = len(proto.graph.node)
-        proto, simplifier = _simplify(proto)
-        onnx.checker.check_model(proto, full_check=True)
-        keep = getattr(model, "int8_keep_fp32", ())
-        if keep:  # the model family's own quantization constraint travels with the graph (edgevit.quantize)
-            onnx.helper.set_model_props(proto, {KEEP_FP32_KEY: ",".join(keep)})
-        onnx.save(proto, str(out_path))
-    finally:
-        if os.path.exists(raw):
-            os.unlink(raw)
+    keep = getattr(model, "int8_keep_fp32", ())
+    # the model family's own quantization constraint travels with the graph (edgevit.quantize)
+    before, after, simplifier = _export_checked(module, (dummy,), out_path, [INPUT_NAME], None, opset,
+                                                {KEEP_FP32_KEY: ",".join(keep)} if keep else None)
 
     max_abs = _parity(module, out_path, sample, batch)
     ref_range = max(1.0, float(np.abs(_torch_logits(module, sample[:batch])).max()))
@@ -82,7 +66,7 @@ def export_preset(model, preset, out_path, sample: np.ndarray, opset: int = 17, 
         raise EdgevitError(f"ONNX export of {preset.name} differs from torch by {max_abs:.2e} (tolerance "
                            f"{parity_tol * ref_range:.2e}); the exported graph is not faithful")
     out_shape = [batch, model.num_classes]
-    return ExportReport(str(out_path), opset, [batch, c, h, w], out_shape, before, len(proto.graph.node),
+    return ExportReport(str(out_path), opset, [batch, c, h, w], out_shape, before, after,
                         simplifier, max_abs, int(max(len(sample), batch) // batch * batch))
 
 
@@ -90,7 +74,6 @@ def export_shared(model, out_path, sample: np.ndarray, opset: int = 17, batch: i
                   parity_tol: float = 1e-3) -> dict:
     """Every preset of ``model`` in one ONNX graph (``SharedPresets``): one copy of the weights; a preset is
     chosen by its inputs. Checked like ``export_preset``, with ONNX Runtime against torch at every preset."""
-    import onnx
     import torch
 
     from edgevit.models import family_of
@@ -110,31 +93,44 @@ def export_shared(model, out_path, sample: np.ndarray, opset: int = 17, batch: i
     dummy = torch.from_numpy(np.ascontiguousarray(np.resize(sample, (batch, c, h, w))))
     first = SharedPresets.preset_inputs(model, presets[0].resolution, presets[0].keep_rate)
     args = (dummy,) + tuple(torch.from_numpy(first[k]) for k in SHARED_INPUTS[1:])
-    fd, raw = tempfile.mkstemp(suffix=".onnx", dir=out_path.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, args, raw, input_names=list(SHARED_INPUTS), output_names=[OUTPUT_NAME],
-                              dynamic_axes=SharedPresets.dynamic_axes(), opset_version=opset,
-                              do_constant_folding=True, dynamo=False)
-        proto = onnx.load(raw)
-        onnx.checker.check_model(proto, full_check=True)
-        before = len(proto.graph.node)
-        proto, simplifier = _simplify(proto)
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.save(proto, str(out_path))
-    finally:
-        if os.path.exists(raw):
-            os.unlink(raw)
+    before, after, simplifier = _export_checked(module, args, out_path, list(SHARED_INPUTS),
+                                                SharedPresets.dynamic_axes(), opset)
     model.eval()
     worst, scale = _shared_parity(model, out_path, sample[: max(batch, min(len(sample), 16))], batch)
     if worst > parity_tol * scale:
         raise EdgevitError(f"the shared-weight ONNX export differs from torch by {worst:.2e} (tolerance "
                            f"{parity_tol * scale:.2e}); the exported graph is not faithful")
     return {"path": str(out_path), "opset": opset, "input_shape": [batch, c, h, w], "inputs": list(SHARED_INPUTS),
-            "nodes_before": before, "nodes_after": len(proto.graph.node), "simplifier": simplifier,
+            "nodes_before": before, "nodes_after": after, "simplifier": simplifier,
             "parity_max_abs": worst, "presets_checked": len(presets)}
+
+
+def _export_checked(module, args: tuple, out_path: Path, input_names: list, dynamic_axes, opset: int,
+                    props: dict | None = None) -> tuple[int, int, str]:
+    """``torch.onnx.export`` (TorchScript exporter) of ``module`` to ``out_path``, checked with the ONNX checker
+    before and after simplification; returns (nodes before, nodes after, the simplifier used)."""
+    import onnx
+    import torch
+
+    fd, raw = tempfile.mkstemp(suffix=".onnx", dir=out_path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notices
+            torch.onnx.export(module, args, raw, input_names=input_names, output_names=[OUTPUT_NAME],
+                              dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+        proto = onnx.load(raw)
+        onnx.checker.check_model(proto, full_check=True)
+        before = len(proto.graph.node)
+        proto, simplifier = _simplify(proto)
+        onnx.checker.check_model(proto, full_check=True)
+        if props:
+            onnx.helper.set_model_props(proto, props)
+        onnx.save(proto, str(out_path))
+    finally:
+        if os.path.exists(raw):
+            os.unlink(raw)
+    return before, len(proto.graph.node), simplifier
 
 
 def _shared_parity(model, onnx_path, sample: np.ndarray, batch: int) -> tuple[float, float]:

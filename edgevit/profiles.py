@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgevit.backends.reference import REFERENCE   # allowed where a backend is named
 from edgevit.errors import EdgevitError
 from edgevit.runtime.policies import POLICY_KEYS
 from edgevit.schema import REQUIRED, F   # the policy registry: names and their parameters
@@ -27,7 +28,6 @@ def _profile_dir() -> Path:
 
 
 PROFILE_DIR = _profile_dir()
-REFERENCE = "torch"    # the reference the engines are compared with, allowed where a backend is named
 PRECISIONS = ("int8", "bf16", "fp16", "fp32")
 
 

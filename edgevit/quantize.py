@@ -20,6 +20,7 @@ transformations could not compile ORT's QDQ ViT (ARCHITECTURE.md §3).
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 import tempfile
 from pathlib import Path
 
@@ -91,6 +92,22 @@ def model_keep_fp32(onnx_path) -> list[str]:
 
 # -- ONNX Runtime ----------------------------------------------------------------------------------------
 
+@contextmanager
+def _preprocessed(fp32_onnx, work_dir: Path):
+    """The model after ONNX Runtime's shape inference and graph clean-up, which its quantization guide asks
+    for before quantizing; a temporary file beside the output, removed afterwards."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fd, pre = tempfile.mkstemp(suffix=".onnx", dir=work_dir)
+    os.close(fd)
+    try:
+        quant_pre_process(str(fp32_onnx), pre, skip_symbolic_shape=True)
+        yield pre
+    finally:
+        if os.path.exists(pre):
+            os.unlink(pre)
+
+
 def quantize_onnxruntime(fp32_onnx, out_path, calib: np.ndarray, level: int = 0, method: str = "minmax",
                          batch: int = 1, tensorrt: bool = False) -> dict:
     """QDQ INT8: per-channel symmetric int8 weights, int8 activations (symmetric, TensorRT-compatible).
@@ -107,7 +124,6 @@ def quantize_onnxruntime(fp32_onnx, out_path, calib: np.ndarray, level: int = 0,
         QuantType,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -128,11 +144,7 @@ def quantize_onnxruntime(fp32_onnx, out_path, calib: np.ndarray, level: int = 0,
                      # Q/DQ on GEMM inputs only: an output Q/DQ would feed Softmax (q.k) or LayerNorm an INT8
                      # tensor, the precision loss ARCHITECTURE §3 keeps them out of; TensorRT fuses the rest.
                      OpTypesToExcludeOutputQuantization=["MatMul", "Gemm", "Conv"])
-    fd, pre = tempfile.mkstemp(suffix=".onnx", dir=out_path.parent)
-    os.close(fd)
-    try:
-        # Shape inference and graph clean-up first, as ONNX Runtime's quantization guide asks.
-        quant_pre_process(str(fp32_onnx), pre, skip_symbolic_shape=True)
+    with _preprocessed(fp32_onnx, out_path.parent) as pre:
         # Names from the pre-processed graph: pre-processing may fuse and rename nodes.
         groups = sensitive_nodes(pre)
         wanted = set(groups) if level >= 1 else set(model_keep_fp32(fp32_onnx))
@@ -142,9 +154,6 @@ def quantize_onnxruntime(fp32_onnx, out_path, calib: np.ndarray, level: int = 0,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=exclude, calibrate_method=methods[method],
                         extra_options=extra)
-    finally:
-        if os.path.exists(pre):
-            os.unlink(pre)
     return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": True,
             "symmetric": True, "calibration": method, "samples": int(len(calib) // batch * batch),
             "excluded_nodes": exclude, "level": level, "target": "tensorrt" if tensorrt else "onnxruntime"}
@@ -155,23 +164,16 @@ def quantize_onnxruntime_dynamic(fp32_onnx, out_path) -> dict:
     channel), activations quantized on the fly per call, so there is nothing to calibrate. The
     activation-by-activation MatMuls (attention) and what the model family keeps in FP32 stay in FP32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, pre = tempfile.mkstemp(suffix=".onnx", dir=out_path.parent)
-    os.close(fd)
-    try:
-        quant_pre_process(str(fp32_onnx), pre, skip_symbolic_shape=True)
+    with _preprocessed(fp32_onnx, out_path.parent) as pre:
         groups = sensitive_nodes(pre)
         exclude = list(groups["attention"])
         for g in model_keep_fp32(fp32_onnx):
             exclude += [n for n in groups.get(g, []) if n not in exclude]
         quantize_dynamic(pre, str(out_path), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
                          weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
-    finally:
-        if os.path.exists(pre):
-            os.unlink(pre)
     return {"tool": "onnxruntime.quantization.quantize_dynamic", "per_channel": True, "weights": "int8",
             "activations": "uint8, quantized per call", "excluded_nodes": exclude, "level": None}
 

@@ -14,7 +14,6 @@ choice per backend for all presets by the geometric mean over presets, with the 
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -22,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.version import __version__
 from edgevit.backends.base import EngineSpec
-from edgevit.cache import content_key
-from edgevit.host import tool_versions
 from edgevit.selection import choose_backend, choose_candidate
-from edgevit.validate import gate, measure_into_records, validate
+from edgevit import engine_cache
+from edgevit.engine_cache import compile_cached, remove_unchosen
+from edgevit.measure import measure_into_records
+from edgevit.validate import gate, validate
 
 ONNX_FILE = "onnx/shared.onnx"
 INPUTS_FILE = "engines/shared-inputs.npz"
@@ -55,16 +54,9 @@ def write_inputs(model, bundle_dir: Path) -> None:
 def export_cached(model, weights: str, sample, profile, cache) -> tuple[Path, dict, bool]:
     from edgevit.export import export_shared
 
-    v = tool_versions()
-    key = content_key("export-shared", weights, model.variant, model.config, profile.opset, profile.batch,
-                      v["torch"], v["onnx"], v["onnxslim"], __version__)
-    hit = cache.get("export", key)
-    if hit:
-        return hit / "model.onnx", json.loads((hit / "report.json").read_text()), True
-    with cache.put("export", key) as tmp:
-        report = export_shared(model, tmp / "model.onnx", sample, opset=profile.opset, batch=profile.batch)
-        (tmp / "report.json").write_text(json.dumps({**report, "path": None}))
-    return cache.path("export", key) / "model.onnx", {**report, "path": None}, False
+    return engine_cache.export_cached(
+        "export-shared", (weights, model.variant, model.config, profile.opset, profile.batch), cache,
+        lambda path: export_shared(model, path, sample, opset=profile.opset, batch=profile.batch))
 
 
 def _geomean(values) -> float:
@@ -99,8 +91,6 @@ def _preset_spec(spec: EngineSpec, model, preset) -> EngineSpec:
 def build_shared(model, presets, backends, profile, cx, vx, vy, refs: dict, onnx_path: Path, cache, bundle_dir: Path,
                  measure: bool, calib_digest, log) -> dict[str, dict]:
     """Engines entries ``{preset: {backend: entry}}`` and each preset's ``default``, for a shared bundle."""
-    from edgevit.engine_cache import compile_cached
-
     out: dict[str, dict] = {p.name: {} for p in presets}
     work: dict[str, list[_Candidate]] = {}
     for b in backends:
@@ -110,32 +100,12 @@ def build_shared(model, presets, backends, profile, cx, vx, vy, refs: dict, onnx
                 skipped.append({**cand.record(), "passed": False, "skipped": True, "reason": cand.skip,
                                 "latency_ms": None})
                 continue
-            t0 = time.perf_counter()
-            spec, cached = compile_cached(b, onnx_path, "shared", cand, cx, calib_digest, profile, cache, bundle_dir)
-            c = _Candidate(cand, spec, 0.0, cached)
-            runners = {p.name: b.load(bundle_dir, _preset_spec(spec, model, p)) for p in presets}
-            try:
-                for p in presets:
-                    v = validate(runners[p.name], vx, vy, refs[p.name])
-                    g = gate(v, float((refs[p.name].argmax(-1) == vy).mean()), profile.accuracy)
-                    c.per_preset[p.name] = {**cand.record(), "gate": g.to_dict(), "reason": g.reason,
-                                            "latency_ms": None, **v.to_dict()}
-            finally:
-                for r in runners.values():
-                    r.close()
-            c.seconds = round(time.perf_counter() - t0, 2)
-            failing = [n for n, r in c.per_preset.items() if not r["gate"]["passed"]]
-            for r in c.per_preset.values():
-                r["passed"] = c.passed
-                if failing and not cand.floor:
-                    r["reason"] = r["reason"] or f"fails the gate at {', '.join(failing)}"
-            log(f"[shared] {b.name} {cand.id}: " + ("passes at every preset" if not failing else
-                                                     f"fails the gate at {', '.join(failing)}")
-                + f" ({c.seconds:.1f} s{', cached' if cached else ''})")
+            c = _build_and_gate(b, cand, model, presets, profile, cx, vx, vy, refs, onnx_path, cache, bundle_dir,
+                                calib_digest, log)
             if c.passed:
                 work[b.name].append(c)
             else:
-                for rel in spec.files:
+                for rel in c.spec.files:
                     (bundle_dir / rel).unlink(missing_ok=True)
         work[b.name + "/skipped"] = skipped
 
@@ -148,12 +118,7 @@ def build_shared(model, presets, backends, profile, cx, vx, vy, refs: dict, onnx
                 for c in cands]
         pick, why = choose_candidate(aggs, measure)
         chosen[b.name] = cands[aggs.index(pick)]
-        for c in cands:
-            if c is not chosen[b.name]:
-                keep = set(chosen[b.name].spec.files)
-                for rel in c.spec.files:
-                    if rel not in keep:
-                        (bundle_dir / rel).unlink(missing_ok=True)
+        remove_unchosen([c.spec for c in cands], chosen[b.name].spec, bundle_dir)
         for p in presets:
             records = [c.per_preset[p.name] for c in cands] + work[b.name + "/skipped"]
             out[p.name][b.name] = _entry(chosen[b.name], records, model, p, profile, why, measure)
@@ -163,6 +128,35 @@ def build_shared(model, presets, backends, profile, cx, vx, vy, refs: dict, onnx
     for p in presets:   # one backend for every preset: two shared engines resident would double the memory
         out[p.name]["default"] = {"backend": default, "why": f"for every preset (shared weights): {why}"}
     return out
+
+
+def _build_and_gate(b, cand, model, presets, profile, cx, vx, vy, refs, onnx_path, cache, bundle_dir,
+                    calib_digest, log) -> _Candidate:
+    """One candidate compiled (or taken from the cache) and gated at every preset: it passes only if every
+    preset passes, since one engine serves them all."""
+    t0 = time.perf_counter()
+    spec, cached = compile_cached(b, onnx_path, "shared", cand, cx, calib_digest, profile, cache, bundle_dir)
+    c = _Candidate(cand, spec, 0.0, cached)
+    runners = {p.name: b.load(bundle_dir, _preset_spec(spec, model, p)) for p in presets}
+    try:
+        for p in presets:
+            v = validate(runners[p.name], vx, vy, refs[p.name])
+            g = gate(v, float((refs[p.name].argmax(-1) == vy).mean()), profile.accuracy)
+            c.per_preset[p.name] = {**cand.record(), "gate": g.to_dict(), "reason": g.reason,
+                                    "latency_ms": None, **v.to_dict()}
+    finally:
+        for r in runners.values():
+            r.close()
+    c.seconds = round(time.perf_counter() - t0, 2)
+    failing = [n for n, r in c.per_preset.items() if not r["gate"]["passed"]]
+    for r in c.per_preset.values():
+        r["passed"] = c.passed
+        if failing and not cand.floor:
+            r["reason"] = r["reason"] or f"fails the gate at {', '.join(failing)}"
+    log(f"[shared] {b.name} {cand.id}: " + ("passes at every preset" if not failing else
+                                             f"fails the gate at {', '.join(failing)}")
+        + f" ({c.seconds:.1f} s{', cached' if cached else ''})")
+    return c
 
 
 def _measure(model, presets, backends, work, bundle_dir: Path, vx, log) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
 
@@ -142,78 +141,6 @@ def gate(v: Validation, reference_top1: float, accuracy: dict) -> GateResult:
         problems.append(f"agreement {100 * v.agreement:.2f}% (<= {100 * a_hi:.2f}% at {conf:.0%}, n={n}) < "
                         f"{100 * accuracy['min_agreement']:.2f}%")
     return GateResult(not problems, "; ".join(problems), n, v.agreement, (a_lo, a_hi), drop, (d_lo, d_hi), conf)
-
-
-def measure_latency(runner, sample: np.ndarray, warmup: int = 10, iters: int = 50) -> dict:
-    """Median and tail latency of one static-shape inference, in milliseconds."""
-    x = np.ascontiguousarray(sample[: runner.input_shape[0]])
-    for _ in range(warmup):
-        runner.infer(x)
-    t = np.empty(iters)
-    for i in range(iters):
-        t0 = time.perf_counter()
-        runner.infer(x)
-        t[i] = time.perf_counter() - t0
-    t *= 1e3
-    return {"p50": round(float(np.median(t)), 4), "p90": round(float(np.percentile(t, 90)), 4),
-            "p99": round(float(np.percentile(t, 99)), 4), "iters": iters}
-
-
-def measure_latencies_interleaved(runners: dict, sample: np.ndarray, rounds: int = 5, budget_s: float = 0.15,
-                                  max_iters: int = 40, pause_s: float = 0.03) -> dict[str, dict]:
-    """Latency of several engines measured round-robin, so drift on a busy host hits them all alike.
-
-    A preset's figures are measured once per build and seed the Pareto front the switcher chooses from; timed
-    one after another, right after each quantization, the host's drift and the previous runtime's spinning
-    thread pool ordered presets by when they were built rather than by their cost. Each result keeps the
-    median of every round (``rounds``), so two engines can be compared round by round: what
-    ``edgevit.selection`` calls faster beyond the noise."""
-    samples = {name: [] for name in runners}
-    per_round = {name: [] for name in runners}
-    xs = {name: np.ascontiguousarray(sample[: r.input_shape[0]]) for name, r in runners.items()}
-    iters = {}
-    for name, r in runners.items():
-        for _ in range(3):
-            r.infer(xs[name])
-        t0 = time.perf_counter()
-        r.infer(xs[name])
-        one = max(time.perf_counter() - t0, 1e-5)
-        iters[name] = int(min(max_iters, max(5, budget_s / one)))
-    for _ in range(rounds):
-        for name, r in runners.items():
-            time.sleep(pause_s)  # let the previous engine's thread pool go idle
-            r.infer(xs[name])
-            t = []
-            for _ in range(iters[name]):
-                t0 = time.perf_counter()
-                r.infer(xs[name])
-                t.append(time.perf_counter() - t0)
-            samples[name] += t
-            per_round[name].append(round(float(np.median(t)) * 1e3, 4))
-    out = {}
-    for name, t in samples.items():
-        t = np.asarray(t) * 1e3
-        out[name] = {"p50": round(float(np.median(t)), 4), "p90": round(float(np.percentile(t, 90)), 4),
-                     "p99": round(float(np.percentile(t, 99)), 4), "iters": int(len(t)), "interleaved": True,
-                     "rounds": per_round[name]}
-    return out
-
-
-def measure_into_records(loads: dict, sample: np.ndarray, **timing) -> int:
-    """``loads``: key -> (a function that loads a runner, the record to write its ``latency_ms`` into). Loads
-    them all, times them in one interleaved pass (``timing``: ``measure_latencies_interleaved``'s settings),
-    closes them; returns how many were measured."""
-    runners = {}
-    try:
-        for key, (load, _) in loads.items():
-            runners[key] = load()
-        lat = measure_latencies_interleaved(runners, sample, **timing) if runners else {}
-    finally:
-        for r in runners.values():
-            r.close()
-    for key, (_, record) in loads.items():
-        record["latency_ms"] = lat[key]
-    return len(runners)
 
 
 def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:

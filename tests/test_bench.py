@@ -3,7 +3,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from edgevit.bench.energy import RailSensor, RaplSensor, find_sensor
+from edgevit.hardware import RailSensor, RaplSensor, find_sensor
 from edgevit.bench.report import plot, rows, to_markdown, to_text
 from edgevit.bench.run import BenchOptions, attach_ratios, run_bench
 from edgevit.bench.schema import SCHEMA

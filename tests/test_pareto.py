@@ -4,7 +4,8 @@ import time
 import numpy as np
 
 from edgevit.runtime.runtime import PresetInfo, Runtime
-from edgevit.validate import mark_pareto, measure_latencies_interleaved, pareto_front
+from edgevit.measure import measure_latencies_interleaved
+from edgevit.validate import mark_pareto, pareto_front
 
 
 def _entries():

@@ -82,18 +82,12 @@ def peers(onnx_path: Path, calib: np.ndarray) -> dict:
 
 
 def interleaved(runs: dict, x: np.ndarray, rounds: int, reps: int, pause_s: float = 0.1) -> dict[str, list]:
-    samples = {k: [] for k in runs}
+    """Every sample of every run, round-robin (edgevit.measure, as the build and bench time)."""
+    from edgevit.measure import interleaved as round_robin, timed
+
     for fn in runs.values():
-        for _ in range(5):
-            fn(x)
-    for _ in range(rounds):
-        for k, fn in runs.items():
-            time.sleep(pause_s)   # let the previous runtime's thread pool go idle
-            fn(x)
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                fn(x)
-                samples[k].append((time.perf_counter() - t0) * 1e3)
+        timed(fn, x, iterations=5)
+    samples, _ = round_robin(runs, {k: x for k in runs}, rounds, {k: reps for k in runs}, pause_s)
     return samples
 
 

@@ -84,7 +84,7 @@ def main() -> int:
     from edgevit.models import create_model
     from edgevit.models.supervit import SharedPresets
     from edgevit.quantize import convert_openvino_fp32, quantize_onnxruntime_dynamic
-    from edgevit.validate import measure_latencies_interleaved
+    from edgevit.measure import measure_latencies_interleaved
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     torch.manual_seed(0)

@@ -58,7 +58,20 @@ class Candidate:
         return {"id": self.id, "precision": self.precision, "recipe": self.recipe, "floor": self.floor}
 
 
-class Runner:
+class Closing:
+    """``close()``, also on leaving a ``with`` block: runners and the runtime hold native resources."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Runner(Closing):
     """One loaded engine. ``infer`` takes and returns numpy arrays of the engine's static shapes."""
 
     input_name: str
@@ -71,15 +84,6 @@ class Runner:
     def run(self, feeds: dict) -> np.ndarray:  # pragma: no cover - interface
         """Several named inputs (shared-weight engines); the first output."""
         raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class SharedRunner(Runner):

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
-import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,11 +23,13 @@ import numpy as np
 
 from edgevit.version import __version__
 from edgevit.backends.base import EngineSpec, get_backend
-from edgevit.bench.energy import find_sensor
+from edgevit.hardware import find_sensor, jetson_power_mode, power_mode_ids, set_power_mode
 from edgevit.bench.peak import fp32_peak, int8_peak
 from edgevit.bench.stats import summarize
 from edgevit.bundle import read_manifest, verify_files
+from edgevit.backends.reference import REFERENCE, TorchRunner
 from edgevit.manifest import Manifest, PresetEntry
+from edgevit.measure import concurrent, timed
 from edgevit.errors import EdgevitError
 from edgevit.host import cpu_info, tool_versions
 
@@ -62,7 +61,7 @@ class BenchOptions:
 @dataclass
 class Engine:
     preset: PresetEntry
-    backend: str                 # "torch" for the baseline
+    backend: str                 # REFERENCE ("torch") for the baseline
     precision: str
     infer: Callable
     batch: int                   # the engine's static batch (torch: any)
@@ -143,111 +142,89 @@ def _torch_engines(bundle: Path, manifest: Manifest, presets: list[PresetEntry],
     size = _files_mb(bundle, [manifest.checkpoint])
     out = []
     for p in presets:
-        def infer(x, p=p):
-            with torch.inference_mode():
-                return model(torch.from_numpy(x), p.resolution, p.keep_rate).numpy()
-
-        out.append(Engine(p, "torch", "fp32", infer, 0, size, rss))
+        runner = TorchRunner(model, p.resolution, p.keep_rate, batch=64)
+        out.append(Engine(p, REFERENCE, "fp32", runner.infer, 0, size, rss, runner=runner))
     return out, "torch eager FP32 from the bundle's checkpoint, measured interleaved with the engines"
 
 
-def _timed(fn, x, seconds: float | None, iterations: int | None) -> list[float]:
-    times = []
-    deadline = time.perf_counter() + (seconds or 0)
-    while (iterations is not None and len(times) < iterations) or (iterations is None and time.perf_counter() < deadline):
-        t0 = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
+@dataclass
+class _Tally:
+    """What one engine accumulates over the repeats."""
 
-
-def _concurrent(fn, x, workers: int, seconds: float) -> tuple[int, float]:
-    """Images completed by ``workers`` threads, each with one request in flight, in ``seconds``."""
-    stop = threading.Event()
-    counts = [0] * workers
-
-    def loop(i):
-        while not stop.is_set():
-            fn(x)
-            counts[i] += 1
-
-    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(workers)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    return sum(counts), time.perf_counter() - t0
+    timings: list = field(default_factory=list)      # per repeat, ms per call at batch 1
+    joules: float = 0.0
+    calls: int = 0                                    # calls the energy covers
+    throughput: dict = field(default_factory=dict)   # batch -> [images or calls, seconds]
 
 
 def measure(engines: list[Engine], opts: BenchOptions, sensor, input_shape) -> list[dict]:
+    """Every engine timed round-robin, ``opts.repeats`` times, after one warm-up each."""
     rng = np.random.default_rng(0)
     share = None if opts.duration_s is None else opts.duration_s / opts.repeats
     iters = None if opts.iterations is None else max(1, opts.iterations // opts.repeats)
-    timings = {id(e): [] for e in engines}
-    energy = {id(e): [0.0, 0] for e in engines}
-    throughput = {id(e): {} for e in engines}
+    tallies = {id(e): _Tally() for e in engines}
     inputs = {}
 
     def x_for(e: Engine, batch: int):
-        b = batch if e.backend == "torch" else e.batch
+        b = e.batch or batch          # an eager reference takes any batch
         if b not in inputs:
             inputs[b] = rng.standard_normal((b, *input_shape[1:])).astype(np.float32)
         return inputs[b]
 
     for e in engines:  # warm-up, once per engine
-        _timed(e.infer, x_for(e, 1), opts.warmup_s, None if opts.warmup_s else 3)
+        timed(e.infer, x_for(e, 1), opts.warmup_s, None if opts.warmup_s else 3)
     for r in range(opts.repeats):
         for e in engines:
-            x = x_for(e, 1)
-            time.sleep(opts.settle_s)
-            _timed(e.infer, x, None, 2)  # wake this engine's pool before the clock starts
-            if sensor is not None:
-                sensor.start()
-            t = _timed(e.infer, x, share, iters)
-            if sensor is not None:
-                energy[id(e)][0] += sensor.stop()
-                energy[id(e)][1] += len(t)
-            timings[id(e)].append(t)
-            for b in opts.batches:
-                if b == 1:
-                    continue
-                if e.backend == "torch":
-                    xb = x_for(e, b)
-                    tb = _timed(e.infer, xb, share, iters)
-                    done, secs = b * len(tb), sum(tb) / 1e3
-                else:
-                    done, secs = _concurrent(e.infer, x, b, share or 0.5)
-                acc = throughput[id(e)].setdefault(b, [0, 0.0])
-                acc[0] += done
-                acc[1] += secs
+            _one_turn(e, tallies[id(e)], x_for, opts, sensor, share, iters)
         opts.log(f"[bench] repeat {r + 1}/{opts.repeats} done")
+    return [_result(e, tallies[id(e)], sensor) for e in engines]
 
-    results = []
-    for e in engines:
-        stats = summarize(timings[id(e)])
-        per_call = e.batch or 1          # images per call: the engine's static batch (torch at batch 1: 1)
-        pooled = sum(len(t) for t in timings[id(e)])
-        tput = {"1": round(per_call * pooled / (sum(sum(t) for t in timings[id(e)]) / 1e3), 3)}
-        for b, (done, secs) in throughput[id(e)].items():
-            images = done if e.backend == "torch" else done * per_call
-            tput[str(b)] = round(images / secs, 3) if secs else None
-        joules, n = energy[id(e)]
-        n *= per_call
-        results.append({
-            "preset": e.preset.name, "resolution": e.preset.resolution, "keep_rate": e.preset.keep_rate,
-            "gflops": e.preset.gflops, "backend": e.backend, "precision": e.precision,
-            "engine_batch": per_call,
-            "inference_precision": e.inference_precision,
-            "latency_ms": stats.to_dict(), "throughput_ips": tput,
-            "engine_mb": None if e.size_mb is None else round(e.size_mb, 3),
-            "rss_delta_mb": None if e.rss_mb is None else round(e.rss_mb, 2),
-            "energy_mj": round(1e3 * joules / n, 4) if sensor is not None and n else None,
-            "warning": stats.warning,
-        })
-    return results
+
+def _one_turn(e: Engine, tally: _Tally, x_for, opts: BenchOptions, sensor, share, iters) -> None:
+    """One engine's turn in one repeat: batch-1 latency (and energy), then throughput at each batch."""
+    x = x_for(e, 1)
+    time.sleep(opts.settle_s)
+    timed(e.infer, x, None, 2)  # wake this engine's pool before the clock starts
+    if sensor is not None:
+        sensor.start()
+    t = timed(e.infer, x, share, iters)
+    if sensor is not None:
+        tally.joules += sensor.stop()
+        tally.calls += len(t)
+    tally.timings.append(t)
+    for b in opts.batches:
+        if b == 1:
+            continue
+        if not e.batch:   # eager: one call of b images
+            tb = timed(e.infer, x_for(e, b), share, iters)
+            done, secs = b * len(tb), sum(tb) / 1e3
+        else:             # a static-batch engine: b requests in flight
+            done, secs = concurrent(e.infer, x, b, share or 0.5)
+        acc = tally.throughput.setdefault(b, [0, 0.0])
+        acc[0] += done
+        acc[1] += secs
+
+
+def _result(e: Engine, tally: _Tally, sensor) -> dict:
+    stats = summarize(tally.timings)
+    per_call = e.batch or 1          # images per call: the engine's static batch (torch at batch 1: 1)
+    pooled = sum(len(t) for t in tally.timings)
+    tput = {"1": round(per_call * pooled / (sum(sum(t) for t in tally.timings) / 1e3), 3)}
+    for b, (done, secs) in tally.throughput.items():
+        images = done if not e.batch else done * per_call
+        tput[str(b)] = round(images / secs, 3) if secs else None
+    n = tally.calls * per_call
+    return {
+        "preset": e.preset.name, "resolution": e.preset.resolution, "keep_rate": e.preset.keep_rate,
+        "gflops": e.preset.gflops, "backend": e.backend, "precision": e.precision,
+        "engine_batch": per_call,
+        "inference_precision": e.inference_precision,
+        "latency_ms": stats.to_dict(), "throughput_ips": tput,
+        "engine_mb": None if e.size_mb is None else round(e.size_mb, 3),
+        "rss_delta_mb": None if e.rss_mb is None else round(e.rss_mb, 2),
+        "energy_mj": round(1e3 * tally.joules / n, 4) if sensor is not None and n else None,
+        "warning": stats.warning,
+    }
 
 
 def attach_accuracy(results: list[dict], manifest: Manifest, engines: list[Engine], remeasure: bool, log) -> None:
@@ -268,23 +245,17 @@ def attach_accuracy(results: list[dict], manifest: Manifest, engines: list[Engin
     for r in results:
         preset = manifest.preset(r["preset"])
         if data is not None:
-            logits = run_engine(_AsRunner(by_key[(r["preset"], r["backend"])]), data[0])
+            logits = run_engine(by_key[(r["preset"], r["backend"])].runner, data[0])
             r["top1"], r["top1_source"] = float((logits.argmax(-1) == data[1]).mean()), "measured"
-        elif r["backend"] == "torch":
+        elif r["backend"] == REFERENCE:
             r["top1"], r["top1_source"] = preset.torch["top1"], "manifest"
         else:
             r["top1"], r["top1_source"] = preset.engines[r["backend"]].top1, "manifest"
 
 
-class _AsRunner:
-    def __init__(self, e: Engine):
-        self.infer = e.infer
-        self.input_shape = (e.batch or 64,)
-
-
 def attach_ratios(results: list[dict], peaks: dict) -> None:
     """Speed-up over torch (per image) and achieved GFLOP/s; latency is per call of ``engine_batch`` images."""
-    base = {r["preset"]: r["latency_ms"]["p50"] for r in results if r["backend"] == "torch"}
+    base = {r["preset"]: r["latency_ms"]["p50"] for r in results if r["backend"] == REFERENCE}
     for r in results:
         p50 = r["latency_ms"]["p50"]
         per_image = p50 / r.get("engine_batch", 1) if p50 else None
@@ -295,39 +266,33 @@ def attach_ratios(results: list[dict], peaks: dict) -> None:
         r["fraction_of_peak"] = round(achieved / peak, 5) if achieved and peak else None
 
 
-# -- Jetson power modes -------------------------------------------------------------------------------------
-
-def jetson_power_mode() -> str | None:
-    exe = shutil.which("nvpmodel")
-    if not exe:
-        return None
-    out = subprocess.run([exe, "-q"], capture_output=True, text=True, timeout=10).stdout
-    for line in out.splitlines():
-        if "Power Mode" in line:
-            return line.split(":", 1)[1].strip()
-    return None
-
-
-def _mode_ids() -> dict[str, str]:
-    """Mode name -> id from nvpmodel's configuration (``< POWER_MODEL ID=0 NAME=MAXN >``)."""
-    import re
-
-    ids = {}
-    for conf in ("/etc/nvpmodel.conf",):
-        if os.path.exists(conf):
-            for m in re.finditer(r"POWER_MODEL\s+ID=(\d+)\s+NAME=(\S+)\s*>", Path(conf).read_text()):
-                ids[m.group(2)] = m.group(1)
-    return ids
-
-
-def set_power_mode(name: str, ids: dict[str, str]) -> None:
-    if name not in ids:
-        raise EdgevitError(f"power mode {name!r} is not in /etc/nvpmodel.conf; this device has: {', '.join(ids)}")
-    subprocess.run(["nvpmodel", "-m", ids[name]], check=True, capture_output=True, timeout=60)
-    time.sleep(2.0)  # clocks settle
-
-
 # -- the whole run ------------------------------------------------------------------------------------------
+
+def _peaks(threads: int, log) -> dict:
+    log("[bench] host peak: one 1024^3 matmul, FP32 and INT8")
+    i8 = int8_peak(threads=threads)
+    return {"fp32_gflops": round(fp32_peak(threads=threads), 2), "int8_gflops": None if i8 is None else round(i8, 2)}
+
+
+def _over_power_modes(opts: BenchOptions, one_run) -> list[dict]:
+    """``one_run()`` in each of ``--power-modes`` (Jetson, root), the original mode restored; else once."""
+    if not opts.power_modes:
+        return [{**r, "power_mode": None} for r in one_run()]
+    original = jetson_power_mode()
+    if original is None:
+        raise EdgevitError("--power-modes needs a Jetson with nvpmodel on PATH")
+    if os.geteuid() != 0:
+        raise EdgevitError("--power-modes needs root (nvpmodel changes the device's power mode)")
+    ids, runs = power_mode_ids(), []
+    try:
+        for mode in opts.power_modes:
+            opts.log(f"[bench] power mode {mode}")
+            set_power_mode(mode, ids)
+            runs += [{**r, "power_mode": mode} for r in one_run()]
+    finally:
+        set_power_mode(original, ids)
+    return runs
+
 
 def run_bench(opts: BenchOptions) -> dict:
     bundle = Path(opts.bundle)
@@ -339,53 +304,27 @@ def run_bench(opts: BenchOptions) -> dict:
     if not engines:
         raise EdgevitError(f"nothing to measure in {bundle}: {notes['skipped']}")
     sensor, energy_note = find_sensor(opts.sysfs)
-    opts.log("[bench] host peak: one 1024^3 matmul, FP32 and INT8")
-    peaks = {"fp32_gflops": round(fp32_peak(threads=threads), 2), "int8_gflops": None}
-    i8 = int8_peak(threads=threads)
-    peaks["int8_gflops"] = None if i8 is None else round(i8, 2)
+    peaks = _peaks(threads, opts.log)
     opts.log(f"[bench] {len(engines)} engines x {opts.repeats} repeats, interleaved, {threads} threads")
 
-    modes = opts.power_modes or [None]
-    runs = []
-    original = jetson_power_mode() if opts.power_modes else None
-    if opts.power_modes:
-        if original is None:
-            raise EdgevitError("--power-modes needs a Jetson with nvpmodel on PATH")
-        if os.geteuid() != 0:
-            raise EdgevitError("--power-modes needs root (nvpmodel changes the device's power mode)")
-    ids = _mode_ids() if opts.power_modes else {}
+    def one_run() -> list[dict]:
+        results = measure(engines, opts, sensor, manifest.input["shape"])
+        attach_accuracy(results, manifest, engines, opts.accuracy, opts.log)
+        attach_ratios(results, peaks)
+        return results
+
     try:
-        for mode in modes:
-            if mode is not None:
-                opts.log(f"[bench] power mode {mode}")
-                set_power_mode(mode, ids)
-            results = measure(engines, opts, sensor, manifest.input["shape"])
-            attach_accuracy(results, manifest, engines, opts.accuracy, opts.log)
-            attach_ratios(results, peaks)
-            for r in results:
-                r["power_mode"] = mode
-            runs.extend(results)
+        runs = _over_power_modes(opts, one_run)
     finally:
-        if opts.power_modes and original:
-            set_power_mode(original, ids)
-    for e in engines:
-        if e.runner is not None:
-            e.runner.close()
-
-    import resource
-
-    cpu = cpu_info()
+        for e in engines:
+            if e.runner is not None:
+                e.runner.close()
     return {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "edgevit_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "bundle": {"path": str(bundle), "name": manifest.name, "model": manifest.model["name"],
                    "target": manifest.target["name"]},
-        "host": {"cpu": cpu["model"], "arch": platform.machine(), "features": cpu["features"],
-                 "cores": cpu["cores"], "threads": threads, "tools": tool_versions(),
-                 "openvino_inference_precision": sorted({e.inference_precision for e in engines
-                                                         if e.inference_precision}),
-                 "jetson_power_mode": jetson_power_mode(),
-                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)},
+        "host": _host(threads, engines),
         "settings": {"batches": list(opts.batches), "warmup_s": opts.warmup_s, "settle_s": opts.settle_s,
                      "duration_s": opts.duration_s,
                      "iterations": opts.iterations, "repeats": opts.repeats, "accuracy": opts.accuracy},
@@ -396,3 +335,14 @@ def run_bench(opts: BenchOptions) -> dict:
         "resident_mb": notes["resident"],
         "results": runs,
     }
+
+
+def _host(threads: int, engines: list[Engine]) -> dict:
+    import resource
+
+    cpu = cpu_info()
+    return {"cpu": cpu["model"], "arch": platform.machine(), "features": cpu["features"],
+            "cores": cpu["cores"], "threads": threads, "tools": tool_versions(),
+            "openvino_inference_precision": sorted({e.inference_precision for e in engines if e.inference_precision}),
+            "jetson_power_mode": jetson_power_mode(),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

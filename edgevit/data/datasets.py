@@ -63,6 +63,17 @@ def _check_headers(items) -> None:
             raise EdgevitError(f"cannot read image {path}: {e}") from None
 
 
+def _scan_like_train(folder: Path, classes: list, hint: str) -> list:
+    """A split's images, whose classes must be among train/'s."""
+    _, items = _scan(folder)
+    extra = sorted({c for _, c in items} - set(classes))
+    if extra:
+        raise EdgevitError(f"{folder} has classes not in train/: {', '.join(extra)}")
+    if not items:
+        raise EdgevitError(f"{folder} has no images{hint}")
+    return items
+
+
 def load_image_folder(root, crop: int, channels: int = 3, calib_fraction: float = 0.1,
                       calib_max: int = 512, seed: int = 0, preprocess: Preprocess | None = None) -> Dataset:
     """``root/train/<class>/*`` and ``root/val/<class>/*``; calibration is carved from train (and removed
@@ -82,19 +93,9 @@ def load_image_folder(root, crop: int, channels: int = 3, calib_fraction: float 
         raise EdgevitError(f"{split_dirs['train']} has {len(classes)} class folder(s) with images "
                            f"({', '.join(classes) or 'none'}); a classifier needs at least 2")
     index = {c: i for i, c in enumerate(classes)}
-    _, val_items = _scan(split_dirs["val"])
-    extra = sorted({c for _, c in val_items} - set(classes))
-    if extra:
-        raise EdgevitError(f"{split_dirs['val']} has classes not in train/: {', '.join(extra)}")
-    if not val_items:
-        raise EdgevitError(f"{split_dirs['val']} has no images")
+    val_items = _scan_like_train(split_dirs["val"], classes, "")
     if split_dirs["calib"].is_dir():
-        _, calib_items = _scan(split_dirs["calib"])
-        extra = sorted({c for _, c in calib_items} - set(classes))
-        if extra:
-            raise EdgevitError(f"{split_dirs['calib']} has classes not in train/: {', '.join(extra)}")
-        if not calib_items:
-            raise EdgevitError(f"{split_dirs['calib']} has no images (remove it to carve calibration from train/)")
+        calib_items = _scan_like_train(split_dirs["calib"], classes, " (remove it to carve calibration from train/)")
     else:
         labels = np.array([index[c] for _, c in train_items])
         frac = min(calib_fraction, calib_max / max(1, len(labels)))

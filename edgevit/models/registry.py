@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from edgevit.errors import EdgevitError
-from edgevit.models import base as _base
+import edgevit.models.base as _base
 
 _FACTORIES: dict[str, Callable] = {}
 _FAMILY: dict[str, str] = {}

@@ -23,6 +23,28 @@ from edgevit.models.base import Family, ForeignLayout, register_family
 from edgevit.models.registry import checked_options, create_model, register_model
 
 
+def init_linear_and_norm(m: nn.Module) -> None:
+    """timm's ViT initialisation of one module: truncated-normal Linear weights (std 0.02), zero biases,
+    unit LayerNorms. Both SuperViT and VVT start from it."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def to_preset(model, x: torch.Tensor, img_size: int | None, keep_rate: float) -> tuple[torch.Tensor, int]:
+    """The full-size input resized inside the model to the preset's resolution (bilinear, align_corners=True),
+    after the preset is checked; SuperViT and VVT both start their forward here."""
+    img_size = model.img_size if img_size is None else img_size
+    model.check_preset(img_size, keep_rate)
+    if x.shape[-1] != img_size or x.shape[-2] != img_size:
+        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=True)
+    return x, img_size
+
+
 class DropPath(nn.Module):
     """Stochastic depth per sample."""
 
@@ -170,14 +192,8 @@ class SuperViT(PresetLookup, nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         for p in self.pos_embed_list:
             nn.init.trunc_normal_(p, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        for m in self.modules():   # pre-order, as before: the same random draws give the same weights
+            init_linear_and_norm(m)
 
     def with_resolutions(self, resolutions: Sequence[int]) -> "SuperViT":
         if sorted(int(r) for r in resolutions) == self.resolutions:
@@ -229,10 +245,7 @@ class SuperViT(PresetLookup, nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor, img_size: int | None = None, keep_rate: float = 1.0):
-        img_size = self.img_size if img_size is None else img_size
-        self.check_preset(img_size, keep_rate)
-        if x.shape[-1] != img_size or x.shape[-2] != img_size:
-            x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=True)
+        x, img_size = to_preset(self, x, img_size, keep_rate)
         x = self.patch_embed(x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = x + self.pos_embed_list[self.resolutions.index(img_size)]
@@ -360,14 +373,6 @@ def resize_pos_table(table: torch.Tensor, grid: int) -> torch.Tensor:
     pos = pos.reshape(1, g, g, -1).permute(0, 3, 1, 2).float()
     pos = F.interpolate(pos, size=(grid, grid), mode="bicubic", align_corners=False, antialias=True)
     return torch.cat([cls, pos.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(table.dtype)], dim=1)
-
-
-def _from_timm_deit(state: dict, model) -> dict:
-    state = dict(state)
-    table = state.pop("pos_embed")
-    for i, r in enumerate(model.resolutions):
-        state[f"pos_embed_list.{i}"] = resize_pos_table(table, r // model.patch_size)
-    return state
 
 
 def _official(state: dict, model_name, path):

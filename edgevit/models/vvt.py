@@ -26,7 +26,7 @@ from edgevit.errors import EdgevitError
 from edgevit.models.presets import Preset, PresetLookup, preset_name
 from edgevit.models.base import Family, ForeignLayout, register_family
 from edgevit.models.registry import checked_options, create_model, register_model
-from edgevit.models.supervit import DropPath
+from edgevit.models.supervit import DropPath, init_linear_and_norm, to_preset
 
 TOTAL_STRIDE = 32
 EPS = 1e-4          # the reference's denominator epsilon and lower clamp
@@ -205,14 +205,8 @@ class VVT(PresetLookup, nn.Module):
 
     @staticmethod
     def _init_weights(m):
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Conv2d):
+        init_linear_and_norm(m)
+        if isinstance(m, nn.Conv2d):
             fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
             nn.init.normal_(m.weight, 0, math.sqrt(2.0 / fan_out))
             if m.bias is not None:
@@ -270,10 +264,7 @@ class VVT(PresetLookup, nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor, img_size: int | None = None, keep_rate: float = 1.0):
-        img_size = self.img_size if img_size is None else img_size
-        self.check_preset(img_size, keep_rate)
-        if x.shape[-1] != img_size or x.shape[-2] != img_size:
-            x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=True)
+        x, img_size = to_preset(self, x, img_size, keep_rate)
         B = x.shape[0]
         for i in range(4):
             x, H, W = getattr(self, f"patch_embed{i + 1}")(x)

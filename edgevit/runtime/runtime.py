@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.backends.base import PENDING, EngineSpec, get_backend
+from edgevit.backends.base import PENDING, Closing, EngineSpec, get_backend
 from edgevit.bundle import read_manifest, verify_files
 from edgevit.manifest import EngineEntry, Manifest, PresetEntry
 from edgevit.data.preprocess import preprocess_from_dict
@@ -65,7 +65,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-class Runtime:
+class Runtime(Closing):
     """``rt.presets`` (cheapest first), ``rt.use(name)``, ``rt.predict(images)``."""
 
     def __init__(self, bundle: Path, manifest: Manifest, backend: str, runners: dict, infos: list[PresetInfo]):
@@ -233,12 +233,6 @@ class Runtime:
         for r in list(self._runners.values()):
             r.close()
         self._runners.clear()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 _LOADING: "weakref.WeakSet[Runtime]" = weakref.WeakSet()   # runtimes whose background loader may still run

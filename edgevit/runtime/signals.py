@@ -3,7 +3,8 @@ latencies, or a replayed trace.
 
 Every source returns a dict of readings; a reading the platform lacks is absent, and ``status()`` says why
 (``unavailable: ...``), so policies degrade to what is there. ``root`` is a parameter so tests can point the
-sysfs readers at a fake tree. jetson-stats is not used (it is AGPL); everything comes from sysfs and nvpmodel.
+sysfs readers at a fake tree. jetson-stats is not used (it is AGPL); everything comes from sysfs and nvpmodel
+(``edgevit.hardware``, which bench reads too).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import glob
 import math
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 from edgevit.errors import EdgevitError
@@ -114,11 +114,9 @@ class JetsonSource(Source):
 
     def __init__(self, root: str = "/sys"):
         self.root = root
-        loads = glob.glob(os.path.join(root, "devices/platform/*gpu*/load")) + \
-            glob.glob(os.path.join(root, "devices/gpu.0/load"))
-        self.gpu_load = Path(loads[0]) if loads else None
-        from edgevit.bench.energy import RailSensor, find_sensor
+        from edgevit.hardware import RailSensor, find_sensor, gpu_load_file
 
+        self.gpu_load = gpu_load_file(root)
         sensor, _ = find_sensor(root)
         self.rails = sensor if isinstance(sensor, RailSensor) else None
         self.nvpmodel = shutil.which("nvpmodel")
@@ -132,13 +130,11 @@ class JetsonSource(Source):
         if self.rails is not None:
             out["power_w"] = self.rails.watts()
         if self.nvpmodel:
-            try:
-                q = subprocess.run([self.nvpmodel, "-q"], capture_output=True, text=True, timeout=5).stdout
-                for line in q.splitlines():
-                    if "Power Mode" in line:
-                        out["power_mode"] = line.split(":", 1)[1].strip()
-            except (OSError, subprocess.SubprocessError):
-                pass
+            from edgevit.hardware import jetson_power_mode
+
+            mode = jetson_power_mode(timeout=5)
+            if mode is not None:
+                out["power_mode"] = mode
         return out
 
     def status(self) -> str:

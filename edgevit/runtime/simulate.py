@@ -102,22 +102,25 @@ def simulate(opts: SimOptions) -> dict:
                                                                            if k != "latency_p90_ms"}})
         t += opts.step_s
     rt.close()
-    ladder = [p.name for p in rt.candidates]
-    # A policy whose signal the trace never carries abstained throughout: say so, or the run looks fine.
-    measured = {"latency_p90_ms", "queue_depth"}
-    seen = {k for row in timeline for k, v in row.items() if v is not None}
-    notes = [f"{s} is absent from the whole trace: the policies that read it abstained throughout"
-             for s in sorted(policy.signals() - measured - seen)]
     return {
-        "notes": notes,
+        "notes": _abstained(policy, timeline),
         "bundle": manifest.name, "policy": policy.describe(), "dry": opts.dry, "settings": settings,
-        "ladder": ladder, "switches": [e.__dict__ | {"signals": {k: v for k, v in e.signals.items()
-                                                                 if k != "latency_p90_ms"}} for e in sw.events],
+        "ladder": [p.name for p in rt.candidates],
+        "switches": [e.__dict__ | {"signals": {k: v for k, v in e.signals.items() if k != "latency_p90_ms"}}
+                     for e in sw.events],
         "time_per_preset_s": per_preset, "duration_s": end,
         "mean_top1": weighted_top1 / frames_total if frames_total else None,
         "frames": frames_total, "energy_j_estimate": energy_j, "power_w_assumed": opts.power_w,
         "timeline": timeline,
     }
+
+
+def _abstained(policy, timeline: list[dict]) -> list[str]:
+    """A policy whose signal the trace never carries abstained throughout: say so, or the run looks fine."""
+    measured = {"latency_p90_ms", "queue_depth"}
+    seen = {k for row in timeline for k, v in row.items() if v is not None}
+    return [f"{s} is absent from the whole trace: the policies that read it abstained throughout"
+            for s in sorted(policy.signals() - measured - seen)]
 
 
 def summary_text(r: dict) -> str:

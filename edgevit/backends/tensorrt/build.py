@@ -99,6 +99,33 @@ def _logger(trt, verbose: bool):
     return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
 
 
+def _builder_config(trt, builder, settings: dict, strongly_typed: bool):
+    """The builder config ``trtexec_command(settings, ...)`` spells as flags: workspace, optimization level,
+    precision flags (weakly typed only), DLA, hardware and version compatibility."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["workspace_mb"] << 20)
+    config.builder_optimization_level = settings["builder_optimization_level"]
+    if not strongly_typed:
+        if settings["precision"] in ("int8", "fp16"):
+            config.set_flag(trt.BuilderFlag.FP16)
+        if settings["precision"] == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)  # no calibrator: the scales are the Q/DQ nodes'
+    if settings["dla_core"] is not None:
+        if builder.num_DLA_cores <= settings["dla_core"]:
+            raise EdgevitError(f"tensorrt.dla_core {settings['dla_core']} asked for, this device has "
+                               f"{builder.num_DLA_cores} DLA core(s)")
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = settings["dla_core"]
+        if settings["gpu_fallback"]:
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    if settings["hardware_compatibility"] != "none":
+        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel,
+                                                      HW_COMPAT_API[settings["hardware_compatibility"]])
+    if settings["version_compatible"]:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    return config
+
+
 def build_engine_file(onnx_path, engine_path, settings: dict, timing_cache_path=None, verbose: bool = False,
                       log=print) -> dict:
     """Build and serialize one engine with the TensorRT Python API (10.x or 11.x), the same build trtexec
@@ -121,27 +148,7 @@ def build_engine_file(onnx_path, engine_path, settings: dict, timing_cache_path=
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EdgevitError(f"TensorRT {trt.__version__} could not parse {onnx_path}: {errors}")
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings["workspace_mb"] << 20)
-    config.builder_optimization_level = settings["builder_optimization_level"]
-    if not strongly_typed:
-        if settings["precision"] in ("int8", "fp16"):
-            config.set_flag(trt.BuilderFlag.FP16)
-        if settings["precision"] == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)  # no calibrator: the scales are the Q/DQ nodes'
-    if settings["dla_core"] is not None:
-        if builder.num_DLA_cores <= settings["dla_core"]:
-            raise EdgevitError(f"tensorrt.dla_core {settings['dla_core']} asked for, this device has "
-                               f"{builder.num_DLA_cores} DLA core(s)")
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = settings["dla_core"]
-        if settings["gpu_fallback"]:
-            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-    if settings["hardware_compatibility"] != "none":
-        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel,
-                                                      HW_COMPAT_API[settings["hardware_compatibility"]])
-    if settings["version_compatible"]:
-        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    config = _builder_config(trt, builder, settings, strongly_typed)
 
     cache_path = Path(timing_cache_path) if (settings["timing_cache"] and timing_cache_path) else None
     if cache_path is not None:

@@ -136,10 +136,8 @@ def finish(bundle_dir: Path, entries: list[dict], accuracy: dict, validation, *,
     keeps INT8 only where it passes the gate and measures faster. Entries are updated in place; returns a
     summary ``{"built": n, "failed": [...], "built_on": {...}}``.
     """
-    from edgevit.backends.tensorrt.runner import TensorRTRunner
     from edgevit.backends.tensorrt.gpu import device_info
     from edgevit.selection import choose_candidate
-    from edgevit.validate import gate, measure_latency, validate
 
     x, y, refs = validation
     here = device_info()
@@ -154,24 +152,9 @@ def finish(bundle_dir: Path, entries: list[dict], accuracy: dict, validation, *,
         ref = refs.get(e["name"])
         if ref is None:
             raise EdgevitError(f"{VALIDATION_FILE} has no torch logits for preset {e['name']}")
-        torch_top1 = float((ref.argmax(-1) == y).mean())
         options = [spec.settings] + list(spec.settings.get("candidates", []))
-        results = []
-        for s in options:
-            t0 = time.perf_counter()
-            _build_one(bundle_dir, s, use_trtexec, verbose, log)
-            runner = TensorRTRunner(bundle_dir / s["engine"], s)
-            try:
-                v = validate(runner, x, y, ref)
-                g = gate(v, torch_top1, accuracy)
-                ok, why = g.passed, g.reason
-                lat = measure_latency(runner, x) if measure else None
-            finally:
-                runner.close()
-            results.append({"settings": s, "validation": v, "passed": ok, "reason": why, "latency_ms": lat,
-                            "gate": g.to_dict(), "seconds": round(time.perf_counter() - t0, 1)})
-            log(f"[engine] {e['name']:<10} {s['precision']}: top-1 {100 * v.top1:.2f}% agree {100 * v.agreement:.2f}%"
-                + (f" p50 {lat['p50']:.3f} ms" if lat else "") + ("" if ok else f"  FAILS GATE: {why}"))
+        results = [_build_and_gate(bundle_dir, e["name"], s, (x, y, ref), accuracy, use_trtexec, measure, verbose,
+                                   log) for s in options]
         # The same record and rule as the build's candidates: the profile's precision is the floor here.
         tried = [{"id": r["settings"]["precision"], "precision": r["settings"]["precision"],
                   "recipe": r["settings"].get("recipe", r["settings"]["precision"]), "floor": i == 0,
@@ -182,26 +165,54 @@ def finish(bundle_dir: Path, entries: list[dict], accuracy: dict, validation, *,
         for r in results:
             if r is not chosen:
                 (bundle_dir / r["settings"]["engine"]).unlink(missing_ok=True)
-        kit_validation = {k: t.get(k) for k in ("top1", "agreement", "mean_abs_dlogit", "max_abs_dlogit", "samples",
-                                                 "validated_with") if k in t}
         if chosen is None:
             t.update(status="failed-validation", device_attempts=tried,
                      reason="; ".join(f"{r['settings']['precision']}: {r['reason']}" for r in results))
             failed.append(e["name"])
             continue
-        s = chosen["settings"]
-        onnx_files = [o["onnx"] for o in options]
-        new_spec = EngineSpec("tensorrt", s["precision"], s["engine"], extra_files=onnx_files,
-                              settings={**spec.settings, **{k: v for k, v in s.items() if k != "candidates"},
-                                        "built_on": here},
-                              quantization=s.get("quantization", spec.quantization))
-        t.update(status="ok", engine=new_spec.to_dict(), precision=s["precision"], **chosen["validation"].to_dict(),
-                 latency_ms=chosen["latency_ms"], validated_with=f"tensorrt {here['tensorrt']} on {here['gpu']}",
-                 gate=chosen["gate"], kit_validation=kit_validation, device_attempts=tried,
-                 chosen={"id": pick["id"], "precision": pick["precision"], "recipe": pick["recipe"], "why": why})
-        t.pop("reason", None)
+        _record_built(t, spec, chosen, options, tried, pick, why, here)
         built += 1
     return {"built": built, "failed": failed, "built_on": here}
+
+
+def _build_and_gate(bundle_dir: Path, name: str, s: dict, data, accuracy: dict, use_trtexec: bool, measure: bool,
+                    verbose: bool, log) -> dict:
+    """One engine of one preset built from its kit settings ``s``, validated against torch and gated."""
+    from edgevit.backends.tensorrt.runner import TensorRTRunner
+    from edgevit.measure import measure_latency
+    from edgevit.validate import gate, validate
+
+    x, y, ref = data
+    t0 = time.perf_counter()
+    _build_one(bundle_dir, s, use_trtexec, verbose, log)
+    runner = TensorRTRunner(bundle_dir / s["engine"], s)
+    try:
+        v = validate(runner, x, y, ref)
+        g = gate(v, float((ref.argmax(-1) == y).mean()), accuracy)
+        lat = measure_latency(runner, x) if measure else None
+    finally:
+        runner.close()
+    log(f"[engine] {name:<10} {s['precision']}: top-1 {100 * v.top1:.2f}% agree {100 * v.agreement:.2f}%"
+        + (f" p50 {lat['p50']:.3f} ms" if lat else "") + ("" if g.passed else f"  FAILS GATE: {g.reason}"))
+    return {"settings": s, "validation": v, "passed": g.passed, "reason": g.reason, "latency_ms": lat,
+            "gate": g.to_dict(), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _record_built(t: dict, spec: EngineSpec, chosen: dict, options: list[dict], tried: list[dict], pick: dict,
+                  why: str, here: dict) -> None:
+    """The manifest entry ``t`` of an engine built and passed on this device."""
+    kit_validation = {k: t.get(k) for k in ("top1", "agreement", "mean_abs_dlogit", "max_abs_dlogit", "samples",
+                                             "validated_with") if k in t}
+    s = chosen["settings"]
+    new_spec = EngineSpec("tensorrt", s["precision"], s["engine"], extra_files=[o["onnx"] for o in options],
+                          settings={**spec.settings, **{k: v for k, v in s.items() if k != "candidates"},
+                                    "built_on": here},
+                          quantization=s.get("quantization", spec.quantization))
+    t.update(status="ok", engine=new_spec.to_dict(), precision=s["precision"], **chosen["validation"].to_dict(),
+             latency_ms=chosen["latency_ms"], validated_with=f"tensorrt {here['tensorrt']} on {here['gpu']}",
+             gate=chosen["gate"], kit_validation=kit_validation, device_attempts=tried,
+             chosen={"id": pick["id"], "precision": pick["precision"], "recipe": pick["recipe"], "why": why})
+    t.pop("reason", None)
 
 
 def pending_summary(entries: list[dict]) -> list[str]:

@@ -1,13 +1,18 @@
-"""Energy sensors: x86 RAPL counters and Jetson INA3221 power rails, both read from sysfs.
+"""Hardware signals, read in one place for ``edgevit bench`` and the runtime's switcher: x86 RAPL energy
+counters and Jetson INA3221 power rails (sysfs), the Jetson GPU load (sysfs) and power mode (nvpmodel).
 
-``find_sensor()`` returns a sensor or the reason there is none; the bench prints ``n/a`` with that reason.
-``root`` is a parameter so tests can point it at a fake sysfs tree.
+``find_sensor()`` returns an energy sensor or the reason there is none; the bench prints ``n/a`` with that
+reason. ``root`` is a parameter so tests can point the readers at a fake sysfs tree. jetson-stats is not
+used (it is AGPL).
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import re
+import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -91,3 +96,41 @@ def find_sensor(root: str = "/sys"):
     if main or rails:
         return RailSensor(main or rails), ""
     return None, f"no energy sensor: no RAPL under {root}/class/powercap and no INA3221 rails in sysfs"
+
+
+def gpu_load_file(root: str = "/sys") -> Path | None:
+    """The Jetson GPU's load file (per mille), if there is one."""
+    loads = glob.glob(os.path.join(root, "devices/platform/*gpu*/load")) + glob.glob(os.path.join(root, "devices/gpu.0/load"))
+    return Path(loads[0]) if loads else None
+
+
+def jetson_power_mode(timeout: float = 10) -> str | None:
+    """The nvpmodel power mode's name (``nvpmodel -q``), or None where there is no nvpmodel."""
+    exe = shutil.which("nvpmodel")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "-q"], capture_output=True, text=True, timeout=timeout).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        if "Power Mode" in line:
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def power_mode_ids(conf: str = "/etc/nvpmodel.conf") -> dict[str, str]:
+    """Mode name -> id from nvpmodel's configuration (``< POWER_MODEL ID=0 NAME=MAXN >``)."""
+    if not os.path.exists(conf):
+        return {}
+    return {m.group(2): m.group(1)
+            for m in re.finditer(r"POWER_MODEL\s+ID=(\d+)\s+NAME=(\S+)\s*>", Path(conf).read_text())}
+
+
+def set_power_mode(name: str, ids: dict[str, str]) -> None:
+    from edgevit.errors import EdgevitError
+
+    if name not in ids:
+        raise EdgevitError(f"power mode {name!r} is not in /etc/nvpmodel.conf; this device has: {', '.join(ids)}")
+    subprocess.run(["nvpmodel", "-m", ids[name]], check=True, capture_output=True, timeout=60)
+    time.sleep(2.0)  # clocks settle
