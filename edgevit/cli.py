@@ -14,18 +14,23 @@ from edgevit.version import __version__
 from edgevit.errors import EdgevitError
 
 
-# Which extra brings a library a command needs (`pip install edgevit` alone is the device runtime).
+# Which extra brings a library a command needs (`pip install edgevit` alone is the device runtime); each
+# backend's own extra is named after it (Backend.module_names).
 EXTRAS = {"torch": "build", "onnx": "build", "onnxslim": "build", "nncf": "build", "sklearn": "build",
-          "scipy": "build", "rasterio": "map", "matplotlib": "build", "tqdm": "map",
-          "openvino": "openvino", "onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "cuda": "tensorrt"}
+          "scipy": "build", "rasterio": "map", "matplotlib": "build", "tqdm": "map"}
 
 
 def missing_extra(e: ImportError) -> str | None:
     """One line naming the extra to install for a library that is not installed, else None."""
+    from edgevit.backends.base import backend_names, get_backend
+
     top = (getattr(e, "name", None) or "").split(".")[0]
-    if top not in EXTRAS:
+    extras = dict(EXTRAS)
+    for name in backend_names():
+        extras.update({m: name for m in get_backend(name).module_names() if m not in extras})
+    if top not in extras:
         return None
-    return f"this needs {top}, which is not installed: pip install 'edgevit[{EXTRAS[top]}]'"
+    return f"this needs {top}, which is not installed: pip install 'edgevit[{extras[top]}]'"
 
 
 class _Group(click.Group):

@@ -8,14 +8,19 @@ import sys
 from functools import lru_cache
 from importlib import metadata
 
-TOOLS = ("torch", "onnx", "onnxruntime", "openvino", "nncf", "onnxslim", "tensorrt", "numpy")
+TOOLS = ("torch", "onnx", "onnxslim", "numpy")   # the builder's own; each backend adds its own (Backend.tools)
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd")
 
 
 @lru_cache(maxsize=1)
 def _tool_versions() -> tuple:
+    from edgevit.backends.base import backend_names, get_backend
+
+    names = list(TOOLS)
+    for b in backend_names():
+        names += [t for t in get_backend(b).tool_names() if t not in names]
     return (("edgevit", _version("edgevit")), ("python", platform.python_version()),
-            *((name, _version(name)) for name in TOOLS))
+            *((name, _version(name)) for name in names))
 
 
 def tool_versions() -> dict:

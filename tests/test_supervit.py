@@ -173,6 +173,13 @@ def test_kept_tokens_uses_count_with_cls():
 
 
 def test_keep_rate_close_to_one_keeps_every_patch():
+    """ceil(0.99 * N) is N here: every patch token is kept (only reordered by score, which attention does not
+    see), so the logits are the unpruned ones, while 0.5 drops tokens and changes them."""
     m = create_model("supervit-nano", keep_rates=(0.5, 0.99, 1.0)).eval()
+    assert m.token_counts(32, 0.99) == m.token_counts(32, 1.0) == [65] * 6
+    assert m.token_counts(32, 0.5)[-1] < 65
+    x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(m(torch.randn(1, 3, 32, 32), 32, 0.99).shape, torch.Size([1, 10]))
+        full, almost, half = m(x, 32, 1.0), m(x, 32, 0.99), m(x, 32, 0.5)
+    torch.testing.assert_close(almost, full, atol=1e-5, rtol=1e-5)
+    assert (half - full).abs().max() > 1e-3

@@ -145,6 +145,14 @@ class Backend:
     deferred_build: bool = False  # engines are built on the target device from the bundle's kit (TensorRT)
     profile_section: dict = {}    # this backend's keys in a profile (``edgevit.schema.F`` fields)
     device_kinds: tuple | None = None  # the profile device kinds it can serve (None: any)
+    tools: tuple = ()             # distributions whose versions key its engines and go into manifests
+    modules: tuple = ()           # Python modules that come with its pip extra (edgevit[<name>])
+
+    def tool_names(self) -> tuple:
+        return self.tools or (self.library,)
+
+    def module_names(self) -> tuple:
+        return self.modules or (self.library,)
 
     def available(self) -> tuple[bool, str]:
         """Whether this host can compile and run the backend, and if not, why."""

@@ -85,6 +85,7 @@ def bf16_support() -> str | None:
 class OpenVINOBackend(Backend):
     name = "openvino"
     library = "openvino"
+    tools = ("openvino", "nncf")   # NNCF quantizes its INT8 engines
     compile_cache = True
     profile_section = {
         "inference_precision": F(str, "f32", choices=("f32", "bf16", "f16")),

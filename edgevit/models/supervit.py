@@ -106,10 +106,11 @@ class Mlp(nn.Module):
 
 
 def kept_tokens(n_tokens: int, keep_rate: float) -> int:
-    """Tokens after a pruning block: CLS + ceil(r * N), N counting CLS (float ceil, as the official code)."""
+    """Tokens after a pruning block: CLS + ceil(r * N), N counting CLS (float ceil, as the official code), and
+    never more than there are: a rate near 1 keeps every patch, as the block's forward does."""
     if keep_rate >= 1.0:
         return n_tokens
-    return 1 + math.ceil(keep_rate * n_tokens)
+    return min(n_tokens, 1 + math.ceil(keep_rate * n_tokens))
 
 
 class Block(nn.Module):

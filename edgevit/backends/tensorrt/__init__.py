@@ -26,6 +26,7 @@ from edgevit.schema import F
 class TensorRTBackend(Backend):
     name = "tensorrt"
     library = "tensorrt"
+    modules = ("tensorrt", "cuda")   # cuda-python: the runner's device buffers
     deferred_build = True
     device_kinds = ("gpu", "jetson")
     profile_section = {
