@@ -575,3 +575,32 @@ def test_a_registered_family_works_through_build_load_and_bench(tmp_path):
         torch.testing.assert_close(again.model.conv.weight, ck.model.conv.weight)
     finally:
         unregister_family("toy")
+
+
+@pytest.mark.slow
+def test_the_build_stages_run_alone(quick_checkpoint, tmp_path):
+    """Each stage takes and returns typed values and can be called on its own: plan -> references -> engines
+    -> choose -> assemble gives a manifest the shipped schema accepts, with no bundle written."""
+    from edgevit.builder import Engines, Plan, assemble, choose, plan_build, references, static_engines
+    from edgevit.cache import Cache
+    from edgevit.manifest import Manifest, parse
+
+    opts = BuildOptions(target="x86-cpu", checkpoint=str(quick_checkpoint), presets=["r16-k0.5"],
+                        out=str(tmp_path / "b"), cache_dir=str(tmp_path / "c"), measure=False, log=lambda m: None)
+    cache = Cache(opts.cache_dir)
+    plan = plan_build(opts, cache)
+    assert isinstance(plan, Plan) and [p.name for p in plan.presets] == ["r16-k0.5"] and not plan.measure
+    refs = references(plan)
+    assert refs["r16-k0.5"].shape == (len(plan.vx), plan.model.num_classes)
+    work = tmp_path / "work"
+    work.mkdir()
+    with cache.scratch("compiled") as compiled:
+        engines = static_engines(plan, refs, cache, work, str(compiled))
+        assert isinstance(engines, Engines) and [e["name"] for e in engines.entries] == ["r16-k0.5"]
+        entries = choose(plan, engines, work, str(compiled))
+    manifest = parse({**assemble(plan, entries, None, 1.0), "files": {}}, "the assembled manifest")
+    assert isinstance(manifest, Manifest) and not (tmp_path / "b").exists()
+    preset = manifest.preset("r16-k0.5")
+    assert set(preset.engines) == {"openvino", "onnxruntime"} and preset.default_backend() == "openvino"
+    for e in preset.engines.values():
+        assert e.gate["passed"] and (work / e.engine["file"]).is_file()
