@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+from edgevit.errors import EdgevitError
+
 
 class RaplSensor:
     """Sum of the package domains' ``energy_uj`` counters (wrap-around handled)."""
@@ -128,8 +130,6 @@ def power_mode_ids(conf: str = "/etc/nvpmodel.conf") -> dict[str, str]:
 
 
 def set_power_mode(name: str, ids: dict[str, str]) -> None:
-    from edgevit.errors import EdgevitError
-
     if name not in ids:
         raise EdgevitError(f"power mode {name!r} is not in /etc/nvpmodel.conf; this device has: {', '.join(ids)}")
     subprocess.run(["nvpmodel", "-m", ids[name]], check=True, capture_output=True, timeout=60)

@@ -158,6 +158,14 @@ def schema() -> dict:
     return json.loads(SCHEMA_FILE.read_text())
 
 
+@lru_cache(maxsize=1)
+def _validator():
+    # Built once per process: a runtime reading several bundles, or a build writing one, checks each with it.
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(schema())
+
+
 def check(d, where: str) -> None:
     """Raise ``EdgevitError`` naming ``where`` and the field, unless ``d`` is a manifest this edgevit reads."""
     if not isinstance(d, dict):
@@ -174,10 +182,10 @@ def check(d, where: str) -> None:
         advice = "upgrade edgevit" if version > SCHEMA_VERSION else "rebuild the bundle with this edgevit"
         raise EdgevitError(f"{where}: schema_version {version} is not the one this edgevit ({__version__}) reads "
                            f"({SCHEMA_VERSION}); {advice}")
-    import jsonschema
-
-    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(d), key=lambda e: list(e.absolute_path))
+    errors = list(_validator().iter_errors(d))
     if errors:
+        import jsonschema
+
         e = jsonschema.exceptions.best_match(errors)
         at = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         raise EdgevitError(f"{where}: field {at}: {e.message} (manifest.schema.json, schema_version "
