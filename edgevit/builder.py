@@ -527,7 +527,7 @@ def shared_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path) -> Engines:
     src, report, hit = shared_build.export_cached(plan.model, plan.weights, plan.vx[:max(64, profile.batch)],
                                                   profile, cache)
     shared_build.copy_into(src, tmp)
-    shared_build.write_inputs(plan.model, tmp)
+    shared_build.write_inputs(plan.model, plan.presets, tmp)
     log(f"[export] every preset in one graph {'(cached)' if hit else 'done'}: parity "
         f"{report['parity_max_abs']:.1e} over {report['presets_checked']} presets")
     entries = []

@@ -2,9 +2,10 @@
 backend, so all presets are resident for about the memory of one.
 
 The presets' static engines each hold a copy of the same weights (12 presets: 10.6x one preset's memory).
-Here one graph holds every preset (``SharedPresets``: the resize, the position table and the three kept-token
-counts are inputs), each backend loads it once (``edgevit.backends.base.shared_runner``), and a preset is a
-small set of inputs (``engines/shared-inputs.npz``: a resize matrix and a position table per resolution).
+Here one graph holds every preset (``SharedPresets``: the resolution, the position table and the three
+kept-token counts are inputs), each backend loads it once (``edgevit.backends.base.shared_runner``), and a
+preset is a small set of inputs: its arrays in ``engines/shared-inputs.npz`` (a position table per
+resolution) and the inputs given by their length alone, as integers in its binding (``binding``).
 
 Stages as in the per-preset build: export once, candidates per backend (FP32, weight-only INT8; calibrated
 INT8 is fitted to one preset's activations and is not a candidate), every candidate validated and gated at
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgevit.backends.base import EngineSpec
+from edgevit.errors import EdgevitError
 from edgevit.selection import choose_backend, choose_candidate
 from edgevit import engine_cache
 from edgevit.engine_cache import compile_cached, remove_unchosen
@@ -32,20 +34,37 @@ ONNX_FILE = "onnx/shared.onnx"
 INPUTS_FILE = "engines/shared-inputs.npz"
 
 
-def binding(model, preset) -> dict:
-    """What selects ``preset`` on the shared engine (recorded in each preset's engine settings)."""
-    counts = model.token_counts(preset.resolution, preset.keep_rate)
-    return {"inputs": INPUTS_FILE, "resolution": preset.resolution, "keep": [counts[i] - 1 for i in model.prune_at]}
-
-
-def write_inputs(model, bundle_dir: Path) -> None:
+def _split(model, preset) -> tuple[dict, dict]:
+    """A preset's inputs on the shared graph as (arrays, lengths): the inputs its family marks as carried by
+    their length alone are stored as integers, the rest as arrays."""
     from edgevit.models import family_of
 
-    arrays = {}
-    for r in model.resolutions:
-        feeds = family_of(model).shared_presets.preset_inputs(model, r, 1.0)
-        arrays[f"r{r}/resize_rows"] = feeds["resize_rows"]
-        arrays[f"r{r}/pos_embed"] = feeds["pos_embed"]
+    graph = family_of(model).shared_presets
+    feeds = graph.preset_inputs(model, preset.resolution, preset.keep_rate)
+    lengths = {k: int(feeds[k].shape[0]) for k in graph.LENGTHS}
+    return {k: v for k, v in feeds.items() if k not in lengths}, lengths
+
+
+def binding(model, preset) -> dict:
+    """What selects ``preset`` on the shared engine (recorded in each preset's engine settings): its arrays'
+    group in the inputs file, and the inputs given by their length. ``backends.base.preset_feeds`` turns it
+    back into feeds without knowing the model."""
+    _, lengths = _split(model, preset)
+    return {"inputs": INPUTS_FILE, "arrays": f"r{preset.resolution}", "lengths": lengths,
+            "resolution": preset.resolution}
+
+
+def write_inputs(model, presets, bundle_dir: Path) -> None:
+    """The presets' arrays, once per group: every preset of one resolution shares its position table."""
+    arrays: dict[str, np.ndarray] = {}
+    for p in presets:
+        group = binding(model, p)["arrays"]
+        for name, value in _split(model, p)[0].items():
+            key = f"{group}/{name}"
+            if key in arrays and not np.array_equal(arrays[key], value):
+                raise EdgevitError(f"{model.variant}: preset {p.name} gives input {name!r} another value than the "
+                                   f"other presets of group {group}; the shared inputs file cannot hold both")
+            arrays[key] = value
     path = bundle_dir / INPUTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **arrays)
@@ -53,9 +72,12 @@ def write_inputs(model, bundle_dir: Path) -> None:
 
 def export_cached(model, weights: str, sample, profile, cache) -> tuple[Path, dict, bool]:
     from edgevit.export import export_shared
+    from edgevit.models import family_of
 
+    # The graph's inputs are its contract with the bundle: an export cached under another contract is stale.
+    contract = getattr(family_of(model).shared_presets, "INPUTS", None)
     return engine_cache.export_cached(
-        "export-shared", (weights, model.variant, model.config, profile.opset, profile.batch), cache,
+        "export-shared", (weights, model.variant, model.config, profile.opset, profile.batch, contract), cache,
         lambda path: export_shared(model, path, sample, opset=profile.opset, batch=profile.batch))
 
 

@@ -4,18 +4,45 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn.functional as F
 
 from edgevit.models import create_model
-from edgevit.models.supervit import SharedPresets, interpolation_matrix
+from edgevit.models.supervit import SharedPresets
 
 
-def test_interpolation_matrix_is_bilinear_align_corners():
-    x = torch.randn(1, 3, 32, 32)
-    for r in (16, 20, 24, 32, 7):
-        w = torch.from_numpy(interpolation_matrix(32, r))
-        ref = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=True)
-        torch.testing.assert_close(w @ x @ w.T, ref, atol=1e-5, rtol=0)
+def test_the_bundle_stores_a_preset_as_arrays_and_lengths_and_the_runtime_reads_it_back(tmp_path):
+    from edgevit.backends.base import preset_feeds
+    from edgevit.errors import EdgevitError
+    from edgevit.shared_build import binding, write_inputs
+
+    m = create_model("supervit-nano").eval()
+    write_inputs(m, m.presets(), tmp_path)
+    with np.load(tmp_path / "engines/shared-inputs.npz") as z:
+        assert sorted(z.files) == sorted(f"r{r}/pos_embed" for r in m.resolutions)   # one table per resolution
+    for p in m.presets():
+        b = binding(m, p)
+        assert b["lengths"]["size"] == p.resolution
+        want = SharedPresets.preset_inputs(m, p.resolution, p.keep_rate)
+        got = preset_feeds(tmp_path, b)
+        assert sorted(got) == sorted(want)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"{p.name}/{k}")
+    old = {"inputs": "engines/shared-inputs.npz", "resolution": 32, "keep": [40, 30, 20]}
+    with pytest.raises(EdgevitError, match="binding of an older edgevit .*rebuild the bundle"):
+        preset_feeds(tmp_path, old)
+    with pytest.raises(EdgevitError, match="no arrays for group 'r99'"):
+        preset_feeds(tmp_path, {**binding(m, m.presets()[0]), "arrays": "r99"})
+
+
+def test_the_shared_graph_resizes_like_the_model_and_needs_no_shape_arithmetic_per_block(tmp_path):
+    """One Resize whose size comes from the ``size`` input (not two matmuls on the image), and the attention's
+    scale a constant, not the Sqrt of a shape: a shape computation is one more step for the engine to redo per
+    request (OpenVINO measured 1.13x -> 1.04x its static engines with these two and reshape(-1))."""
+    from edgevit.export import export_shared
+
+    m = create_model("supervit-nano").eval()
+    export_shared(m, tmp_path / "s.onnx", np.zeros((1, 3, 32, 32), np.float32))
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "s.onnx")).graph.node]
+    assert ops.count("Resize") == 1 and "Sqrt" not in ops
 
 
 def test_shared_graph_equals_every_preset_and_holds_the_weights_once(tmp_path):

@@ -33,7 +33,7 @@ CHILD = r"""
 import json, sys, psutil, numpy as np
 spec = json.loads(sys.argv[1])
 proc = psutil.Process()
-from edgevit.backends.base import SharedRunner
+from edgevit.backends.base import SharedRunner, preset_feeds
 from edgevit.backends.onnxruntime import OrtRunner
 from edgevit.backends.openvino import OvRunner
 import onnxruntime, openvino   # the libraries' own import cost is not the engines'
@@ -43,11 +43,8 @@ x = np.zeros(spec["shape"], np.float32)
 runners = []
 if spec["shared"]:
     base = make(spec["files"][0])
-    z = np.load(spec["inputs"])
-    for name in spec["presets"]:
-        feeds = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith(name + "/")}
-        feeds = {k: (np.zeros(int(v), np.float32) if k.startswith("keep") else v) for k, v in feeds.items()}
-        runners.append(SharedRunner(base, feeds, None))
+    for b in spec["bindings"]:      # as the runtime reads a shared bundle: arrays from the file, lengths
+        runners.append(SharedRunner(base, preset_feeds(spec["bundle"], b), None))
 else:
     runners = [make(f) for f in spec["files"]]
 for r in runners:
@@ -91,25 +88,31 @@ def _switch_cost(runners: dict, x: np.ndarray, switches: int) -> tuple[float, fl
     return q(cost, 50), q(cost, 99), q(null, 50), q(null, 99), len(cost)
 
 
+def _paired_ratio(shared_rounds, static_rounds) -> float:
+    """shared / static as the median over rounds of each round's ratio: the two ran back to back in every
+    round, so a slow spell of the host (frequent on a shared 2-core VM) moves both, not the ratio."""
+    return float(np.median(np.asarray(shared_rounds) / np.asarray(static_rounds)))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="supervit-deit-s")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--switches", type=int, default=300)
     ap.add_argument("--md", default=None)
     args = ap.parse_args()
 
     import torch
 
-    from edgevit.backends.base import SharedRunner
+    from edgevit.backends.base import SharedRunner, preset_feeds
     from edgevit.backends.onnxruntime import OrtRunner
     from edgevit.backends.openvino import OvRunner
     from edgevit.export import export_preset, export_shared
     from edgevit.host import cpu_info, tool_versions
     from edgevit.models import create_model
-    from edgevit.models.supervit import SharedPresets
     from edgevit.quantize import convert_openvino_fp32, quantize_onnxruntime_dynamic
     from edgevit.measure import measure_latencies_interleaved
+    from edgevit.shared_build import INPUTS_FILE, binding, write_inputs
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     torch.manual_seed(0)
@@ -138,13 +141,11 @@ def main() -> int:
         shared = {"openvino fp32": (tmp / "shared.xml", [tmp / "shared.bin"]),
                   "onnxruntime fp32": (tmp / "shared.onnx", []),
                   "onnxruntime int8-dynamic": (tmp / "shared.int8.onnx", [])}
-        feeds = {p.name: SharedPresets.preset_inputs(model, p.resolution, p.keep_rate) for p in presets}
-        # The bundle stores a resize matrix and a position table per resolution; keep lengths are integers.
-        inputs = tmp / "inputs.npz"
-        np.savez(inputs, **{f"{n}/{k}": (np.asarray(len(v)) if k.startswith("keep") else v)
-                            for n, f in feeds.items() for k, v in f.items()})
-        per_res = sum(feeds[p.name]["resize_rows"].nbytes + feeds[p.name]["pos_embed"].nbytes
-                      for p in presets if p.keep_rate == 1.0) / 2 ** 20
+        # The shared bundle's inputs file and bindings, as `edgevit build --shared-weights` writes them.
+        write_inputs(model, presets, tmp)
+        bindings = {p.name: binding(model, p) for p in presets}
+        feeds = {p.name: preset_feeds(tmp, bindings[p.name]) for p in presets}
+        inputs_mb = mb([tmp / INPUTS_FILE])
 
         rows = []
         for kind in files:
@@ -155,12 +156,13 @@ def main() -> int:
             all_ = child_rss({"backend": backend, "shared": False, "files": [str(f) for f in files[kind]],
                               "shape": list(x.shape)})
             s_one = child_rss({"backend": backend, "shared": True, "files": [str(shared[kind][0])],
-                               "inputs": str(inputs), "presets": names[-1:], "shape": list(x.shape)})
+                               "bundle": str(tmp), "bindings": [bindings[n] for n in names[-1:]],
+                               "shape": list(x.shape)})
             s_all = child_rss({"backend": backend, "shared": True, "files": [str(shared[kind][0])],
-                               "inputs": str(inputs), "presets": names, "shape": list(x.shape)})
+                               "bundle": str(tmp), "bindings": [bindings[n] for n in names], "shape": list(x.shape)})
             disk_one = mb([files[kind][-1], *aux[kind][-1:]])
             disk_all = mb(files[kind] + aux[kind])
-            disk_shared = mb([shared[kind][0], *shared[kind][1]]) + per_res
+            disk_shared = mb([shared[kind][0], *shared[kind][1]]) + inputs_mb
             rows.append((kind, one, all_, s_one, s_all, disk_one, disk_all, disk_shared))
             log(f"[memory] {kind}: static 1 {one:.0f} MB, 12 {all_:.0f} MB; shared 1 {s_one:.0f} MB, "
                 f"12 {s_all:.0f} MB")
@@ -172,10 +174,13 @@ def main() -> int:
             static = {p.name: make(f) for p, f in zip(presets, files[kind])}
             base = make(shared[kind][0])
             shared_r = {p.name: SharedRunner(base, feeds[p.name], None) for p in presets}
-            runners = {**{f"static/{n}": r for n, r in static.items()}, **{f"shared/{n}": r for n, r in shared_r.items()}}
+            # A preset's static and shared runners side by side in each round, so both see the same host.
+            runners = {f"{k}/{p.name}": (static if k == "static" else shared_r)[p.name]
+                       for p in presets for k in ("static", "shared")}
             log(f"[latency] {kind}: {len(runners)} runners, interleaved")
             lat = measure_latencies_interleaved(runners, x, rounds=args.rounds)
-            ratios = {p.name: lat[f"shared/{p.name}"]["p50"] / lat[f"static/{p.name}"]["p50"] for p in presets}
+            ratios = {p.name: _paired_ratio(lat[f"shared/{p.name}"]["rounds"], lat[f"static/{p.name}"]["rounds"])
+                      for p in presets}
             lat_rows.append((kind, {p.name: (lat[f"static/{p.name}"]["p50"], lat[f"shared/{p.name}"]["p50"], ratios[p.name])
                                     for p in presets}))
             switch_rows.append((kind, *_switch_cost(shared_r, x, args.switches)))
@@ -193,7 +198,8 @@ def main() -> int:
     for kind, one, all_, s_one, s_all, d1, d12, ds in rows:
         out.append(f"| {kind} | {one:.0f} MB | {all_:.0f} MB | {s_one:.0f} MB | {s_all:.0f} MB | **{s_all / one:.2f}x** | "
                    f"{d1:.1f} MB | {d12:.1f} MB | {ds:.1f} MB | **{ds / d1:.2f}x** |")
-    out += ["", "p50 latency per preset, ms (static / shared, ratio); interleaved in one process:", "",
+    out += ["", f"p50 latency per preset, ms (static / shared, and shared / static: the median over {args.rounds} "
+            "rounds of each round's ratio, the two timed back to back in every round); interleaved in one process:", "",
             "| preset | " + " | ".join(k for k, _ in lat_rows) + " |", "|---|" + "---|" * len(lat_rows)]
     for p in presets:
         cells = [f"{d[p.name][0]:.2f} / {d[p.name][1]:.2f} ({d[p.name][2]:.2f}x)" for _, d in lat_rows]

@@ -129,12 +129,19 @@ def shared_runner(bundle_dir, spec: EngineSpec, make) -> SharedRunner:
 
 
 def preset_feeds(bundle_dir, shared: dict) -> dict:
-    """The inputs that select one preset of a shared engine, from the bundle's shared-inputs file."""
-    with np.load(Path(bundle_dir) / shared["inputs"], allow_pickle=False) as z:
-        rows = z[f"r{shared['resolution']}/resize_rows"]
-        pos = z[f"r{shared['resolution']}/pos_embed"]
-    feeds = {"resize_rows": rows, "resize_cols": np.ascontiguousarray(rows.T), "pos_embed": pos}
-    feeds.update({f"keep{i + 1}": np.zeros(int(k), np.float32) for i, k in enumerate(shared["keep"])})
+    """The inputs that select one preset of a shared engine: its arrays from the bundle's shared-inputs file
+    and, for the inputs carried by their length alone, zero vectors of that length (``shared_build.binding``)."""
+    if "lengths" not in shared or "arrays" not in shared:
+        raise EdgevitError(f"engine settings field shared: {sorted(shared)} is the shared-weight binding of an older "
+                           f"edgevit (expected 'arrays' and 'lengths'); rebuild the bundle with --shared-weights")
+    path = Path(bundle_dir) / shared["inputs"]
+    prefix = shared["arrays"] + "/"
+    with np.load(path, allow_pickle=False) as z:
+        feeds = {k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)}
+        groups = sorted({k.split("/")[0] for k in z.files})
+    if not feeds:
+        raise EdgevitError(f"{path}: no arrays for group {shared['arrays']!r} (it has {groups})")
+    feeds.update({name: np.zeros(int(n), np.float32) for name, n in shared["lengths"].items()})
     return feeds
 
 

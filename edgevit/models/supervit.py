@@ -81,11 +81,14 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cls_scores: bool = False):
         """Returns (output, scores): scores[b, j] is the head-mean CLS attention to patch token j (or None)."""
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # The token count is left to reshape (-1) and the scale is a constant, not derived from shapes: in a
+        # graph where the token count varies (SharedPresets) that is 3 shape computations fewer per block for
+        # the engine to redo on every request. The same math as reshape(B, N, ...) and SDPA's default scale.
+        B, _, C = x.shape
+        qkv = self.qkv(x).reshape(B, -1, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = self.proj(out.transpose(1, 2).reshape(B, N, C))
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        out = self.proj(out.transpose(1, 2).reshape(B, -1, C))
         scores = None
         if cls_scores:
             # The fused kernel hides the probabilities, so the CLS row is computed on its own: O(N*D).
@@ -262,47 +265,36 @@ class SuperViT(PresetLookup, nn.Module):
         return self.forward_head(self.forward_features(x, img_size, keep_rate))
 
 
-def interpolation_matrix(src: int, dst: int) -> np.ndarray:
-    """(dst, src) weights of 1-D linear interpolation with align_corners=True: ``W @ x`` resizes rows, and
-    ``W @ x @ W.T`` is exactly F.interpolate(bilinear, align_corners=True), which is separable."""
-    w = np.zeros((dst, src), np.float32)
-    if dst == 1 or src == 1:
-        w[:, 0] = 1.0
-        return w
-    for i in range(dst):
-        pos = i * (src - 1) / (dst - 1)
-        i0 = min(int(math.floor(pos)), src - 1)
-        i1 = min(i0 + 1, src - 1)
-        frac = pos - i0
-        w[i, i0] += 1.0 - frac
-        w[i, i1] += frac
-    return w
-
-
-SHARED_INPUTS = ("input", "resize_rows", "resize_cols", "pos_embed", "keep1", "keep2", "keep3")
+SHARED_INPUTS = ("input", "size", "pos_embed", "keep1", "keep2", "keep3")
 
 
 class SharedPresets(nn.Module):
     """Every preset in one graph, so one set of weights serves them all in an engine (issue: 12 resident
     presets for the memory of one). The preset is chosen by inputs, not constants:
 
-    * ``resize_rows`` (R, S) and ``resize_cols`` (S, R): the bilinear resize as two matmuls
-      (``interpolation_matrix``; the identity at full size);
+    * ``size``: a zero vector whose *length* is the preset's resolution R; the full-size input is resized to
+      R x R by one bilinear (align_corners=True) resize whose output size is that length;
     * ``pos_embed`` (1, 1 + (R/p)^2, D): that resolution's position table;
-    * ``keep1..3``: zero vectors whose *lengths* are the patch tokens kept by the three pruning blocks (a
+    * ``keep1..3``: zero vectors whose lengths are the patch tokens kept by the three pruning blocks (a
       shape, so the exported TopK takes a run-time K; keep rate 1.0 keeps all, in score order, which changes
       nothing a ViT computes).
+
+    Lengths rather than values: the engines read them from shapes, which they know before they run, and the
+    bundle stores an integer, not an array (``LENGTHS``). A resize to the full size is the identity
+    (align_corners=True lands every output pixel on an input pixel), so R = S needs no branch.
     """
 
     INPUTS = SHARED_INPUTS
+    LENGTHS = ("size", "keep1", "keep2", "keep3")
 
     def __init__(self, model: SuperViT):
         super().__init__()
         self.model = model
 
-    def forward(self, x, resize_rows, resize_cols, pos_embed, keep1, keep2, keep3):
+    def forward(self, x, size, pos_embed, keep1, keep2, keep3):
         m = self.model
-        x = torch.matmul(torch.matmul(resize_rows, x), resize_cols)
+        r = size.shape[0]
+        x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=True)
         x = m.patch_embed(x)
         x = torch.cat([m.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + pos_embed
         keeps = iter((keep1, keep2, keep3))
@@ -319,18 +311,17 @@ class SharedPresets(nn.Module):
 
     @staticmethod
     def dynamic_axes() -> dict:
-        return {"resize_rows": {0: "R"}, "resize_cols": {1: "R"}, "pos_embed": {1: "tokens"},
-                "keep1": {0: "k1"}, "keep2": {0: "k2"}, "keep3": {0: "k3"}}
+        return {"size": {0: "R"}, "pos_embed": {1: "tokens"}, "keep1": {0: "k1"}, "keep2": {0: "k2"},
+                "keep3": {0: "k3"}}
 
     @staticmethod
     def preset_inputs(model: SuperViT, img_size: int, keep_rate: float) -> dict[str, np.ndarray]:
         """The inputs that select one preset (everything but ``input``)."""
         model.check_preset(img_size, keep_rate)
-        rows = interpolation_matrix(model.img_size, img_size)
         counts = model.token_counts(img_size, keep_rate)
         kept = [counts[i] - 1 for i in model.prune_at]
         table = model.pos_embed_list[model.resolutions.index(img_size)].detach().cpu().numpy().astype(np.float32)
-        return {"resize_rows": rows, "resize_cols": np.ascontiguousarray(rows.T), "pos_embed": table,
+        return {"size": np.zeros(img_size, np.float32), "pos_embed": table,
                 **{f"keep{i + 1}": np.zeros(k, np.float32) for i, k in enumerate(kept)}}
 
 
