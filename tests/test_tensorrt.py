@@ -81,8 +81,10 @@ def test_jetson_orin_trtexec_line_uses_only_trtexec_10_3_flags():
     flags = check_trtexec_10_3(cmd)
     assert cmd == ["trtexec", "--onnx=kit/tensorrt/r32-k1.int8.onnx", "--saveEngine=engines/tensorrt/r32-k1.int8.plan",
                    "--int8", "--fp16", "--memPoolSize=workspace:4096M", "--builderOptimizationLevel=3",
-                   "--timingCacheFile=kit/t.cache", "--skipInference"]
+                   "--timingCacheFile=kit/t.cache", "--stripWeights", "--skipInference"]
     assert "useDLACore" not in flags and "hardwareCompatibilityLevel" not in flags
+    assert "--stripWeights" not in trtexec_command(build_settings(_variant("jetson-orin", strip_weights=False), "int8"),
+                                                   "a.onnx", "a.plan", None)
 
 
 @pytest.mark.parametrize("profile,precision", [("jetson-orin", "int8"), ("jetson-orin-nano", "int8"),
@@ -112,6 +114,7 @@ def test_dla_line_and_tensorrt_11_line():
     s = build_settings(_variant("jetson-orin", dla_core=1), "int8")
     flags = check_trtexec_10_3(trtexec_command(s, "a.onnx", "a.plan", None))
     assert flags["useDLACore"] == "1" and "allowGPUFallback" in flags and "timingCacheFile" not in flags
+    assert "stripWeights" not in flags and not s["strip_weights"]   # TensorRT cannot refit DLA engines
     s11 = build_settings(_variant("desktop-gpu", version="11", hardware_compatibility="same_compute_capability"),
                          "int8")
     cmd = trtexec_command(s11, "a.onnx", "a.plan", "t.cache")
@@ -138,6 +141,42 @@ def test_settings_refuse_what_tensorrt_refuses(tensorrt, match):
         build_settings(_variant("jetson-orin-nano", dla_core=0), "int8")
     with pytest.raises(EdgevitError, match="needs TensorRT 11"):
         build_settings(_variant("desktop-gpu", hardware_compatibility="same_compute_capability"), "fp16")
+
+
+def _linear_onnx(path, w: np.ndarray, b: np.ndarray):
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, w.shape[0]])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, w.shape[1]])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_the_kit_stores_each_weight_once_and_every_reader_still_gets_it(tmp_path):
+    """Presets built from one set of weights: the kit's ONNX files point into one weights file where each
+    distinct tensor is stored once, and ONNX Runtime (as TensorRT's parser and refitter) reads the same values."""
+    import onnxruntime as ort
+
+    from edgevit.backends.tensorrt.kit import WEIGHTS_FILE, share_weights
+
+    rng = np.random.default_rng(0)
+    w, w2 = (rng.standard_normal((64, 64)).astype(np.float32) for _ in range(2))
+    models = {"kit/tensorrt/a.onnx": (w, np.zeros(64, np.float32)), "kit/tensorrt/b.onnx": (w, np.ones(64, np.float32)),
+              "kit/tensorrt/c.onnx": (w2, np.ones(64, np.float32))}
+    for rel, (wi, bi) in models.items():
+        _linear_onnx(tmp_path / rel, wi, bi)
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    run = lambda rel: ort.InferenceSession(str(tmp_path / rel)).run(None, {"x": x})[0]  # noqa: E731
+    before = {rel: run(rel) for rel in models}
+    for attempt in range(2):                # a second pass (a rebuilt kit) gives the same file
+        stats = share_weights(tmp_path, list(models))
+        assert stats["tensors"] == 2 and stats["bytes_in_onnx"] == 3 * w.nbytes
+        assert (tmp_path / WEIGHTS_FILE).stat().st_size == 2 * w.nbytes    # w once, w2 once; biases stay inline
+        for rel in models:
+            np.testing.assert_array_equal(run(rel), before[rel])
+            assert (tmp_path / rel).stat().st_size < 1024 < w.nbytes     # the graph and its small constants
 
 
 # -- device facts and the portability guard ----------------------------------------------------------------
@@ -249,6 +288,16 @@ def test_jetson_build_writes_a_validated_kit(orin_bundle):
     assert any("NOT DONE" in line and "edgevit engine build" in line for line in logs)
     x, y, refs = __import__("edgevit.backends.tensorrt.device_build", fromlist=["x"]).read_validation(out)
     assert len(x) == len(y) == 360 and set(refs) == set(TWO)
+    # One weights file for the kit: every distinct tensor stored once, whatever preset or candidate uses it.
+    assert any(line.startswith("[kit]") and "kit/tensorrt/weights.bin stores them once" in line for line in logs)
+    blob, seen = (out / "kit" / "tensorrt" / "weights.bin").read_bytes(), {}
+    for f in (out / "kit" / "tensorrt").glob("*.onnx"):
+        for t in onnx.load(str(f), load_external_data=False).graph.initializer:
+            ext = {e.key: e.value for e in t.external_data}
+            if ext:
+                start, length = int(ext["offset"]), int(ext["length"])
+                seen.setdefault(blob[start:start + length], set()).add(start)
+    assert seen and all(len(starts) == 1 for starts in seen.values())
 
 
 def test_pending_engines_refuse_to_load_and_onnxruntime_still_runs(orin_bundle):
@@ -271,12 +320,14 @@ def test_engine_build_without_tensorrt_says_where_to_run(orin_bundle):
 # -- the on-device build, with ONNX Runtime standing in for the TensorRT calls ------------------------------
 
 class OrtAsTensorRT:
-    """Runs the 'engine' (a copy of the ONNX it was built from) with ONNX Runtime."""
+    """Runs the 'engine' (a copy of the ONNX it was built from) with ONNX Runtime. A weight-stripped one is
+    'refitted' from the kit ONNX it names: that file and the kit's weights file are what the device reads."""
 
-    def __init__(self, path, settings):
+    def __init__(self, path, settings, refit_onnx=None):
         from edgevit.backends.onnxruntime import OrtRunner
 
-        self._r = OrtRunner(path, ["CPUExecutionProvider"])
+        assert (refit_onnx is not None) == bool(settings.get("strip_weights"))
+        self._r = OrtRunner(refit_onnx or path, ["CPUExecutionProvider"])
         self.input_shape, self.output_shape = self._r.input_shape, self._r.output_shape
 
     def infer(self, x):
@@ -362,7 +413,8 @@ def test_engine_build_on_the_device_validates_and_records(orin_bundle, fake_devi
         assert t["status"] == "ok" and t["engine"]["file"] == f"engines/tensorrt/{p['name']}.{cid}.plan"
         assert t["engine"]["settings"]["built_on"] == ORIN and t["latency_ms"]["p50"] > 0
         assert t["gate"]["passed"] and t["kit_validation"]["agreement"] == old["engines"]["tensorrt"]["agreement"]
-        assert t["engine"]["extra_files"] == [f"kit/tensorrt/{p['name']}.{cid}.onnx"]
+        assert t["engine"]["extra_files"] == [f"kit/tensorrt/{p['name']}.{cid}.onnx", "kit/tensorrt/weights.bin"]
+        assert t["engine"]["settings"]["strip_weights"]
         assert t["chosen"]["precision"] == t["precision"] and t["device_attempts"][0]["floor"]
     with edgevit.load(bundle) as rt:                      # the guard passes on the device it was built on
         assert rt.backend == "tensorrt" and len(rt.presets) == 2

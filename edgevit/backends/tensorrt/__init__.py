@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgevit.backends.base import PENDING, Backend, Candidate, EngineSpec, Runner
 from edgevit.backends.tensorrt.build import build_settings, shell_line, trtexec_command
-from edgevit.backends.tensorrt.kit import TIMING_CACHE, artifact_paths, write_artifact
+from edgevit.backends.tensorrt.kit import TIMING_CACHE, artifact_paths, refit_from, write_artifact
 from edgevit.backends.tensorrt.runner import TensorRTRunner
 from edgevit.errors import EdgevitError
 from edgevit.schema import F
@@ -39,6 +39,9 @@ class TensorRTBackend(Backend):
         "hardware_compatibility": F(str, "none", choices=("none", "ampere_plus", "same_compute_capability")),
         "version_compatible": F(bool, False),
         "int8_if_faster": F(bool, False),   # fp16 profiles: also build INT8 on the device, keep it where faster
+        # Weight-stripped plans refitted at load from the kit's one weights file (kit.share_weights): the
+        # bundle holds one copy of the weights on disk, not one per preset plan.
+        "strip_weights": F(bool, True),
     }
 
     def build_deferred(self, bundle_dir, entries, profile, vx, vy, refs, measure: bool, log) -> dict:
@@ -118,7 +121,7 @@ class TensorRTBackend(Backend):
             raise EdgevitError(f"bundle {bundle_dir}: refusing to load {spec.file}: " + "; ".join(problems) +
                                f". Rebuild it for this device from the bundle's kit: edgevit engine build "
                                f"{bundle_dir} --force")
-        return TensorRTRunner(Path(bundle_dir) / spec.file, spec.settings)
+        return TensorRTRunner(Path(bundle_dir) / spec.file, spec.settings, refit_from(bundle_dir, spec.settings))
 
     def validation_runner(self, bundle_dir, spec: EngineSpec) -> Runner:
         if spec.status != PENDING:

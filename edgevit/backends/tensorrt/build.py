@@ -60,6 +60,8 @@ def build_settings(profile, precision: str) -> dict:
         "gpu_fallback": t["gpu_fallback"],
         "hardware_compatibility": hw,
         "version_compatible": t["version_compatible"],
+        # DLA engines cannot be refitted: their plans keep their weights whatever strip_weights says.
+        "strip_weights": bool(t.get("strip_weights", False)) and t["dla_core"] is None,
     }
 
 
@@ -85,6 +87,8 @@ def trtexec_command(settings: dict, onnx: str, engine: str, timing_cache: str | 
         cmd.append(f"--hardwareCompatibilityLevel={hw}")
     if settings["version_compatible"]:
         cmd.append("--versionCompatible")
+    if settings.get("strip_weights"):
+        cmd.append("--stripWeights")   # refit with identical weights, from the kit's ONNX at load
     cmd.append("--skipInference")  # build only: `edgevit engine build` validates and measures afterwards
     return cmd
 
@@ -123,6 +127,11 @@ def _builder_config(trt, builder, settings: dict, strongly_typed: bool):
                                                       HW_COMPAT_API[settings["hardware_compatibility"]])
     if settings["version_compatible"]:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if settings.get("strip_weights"):
+        # What trtexec --stripWeights does: the plan leaves out the weights it may refit, which are
+        # identical to the ONNX's (the builder may still fold them); the runner refits them at load.
+        config.set_flag(trt.BuilderFlag.STRIP_PLAN)
+        config.set_flag(trt.BuilderFlag.REFIT_IDENTICAL)
     return config
 
 

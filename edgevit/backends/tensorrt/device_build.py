@@ -178,6 +178,7 @@ def finish(bundle_dir: Path, entries: list[dict], accuracy: dict, validation, *,
 def _build_and_gate(bundle_dir: Path, name: str, s: dict, data, accuracy: dict, use_trtexec: bool, measure: bool,
                     verbose: bool, log) -> dict:
     """One engine of one preset built from its kit settings ``s``, validated against torch and gated."""
+    from edgevit.backends.tensorrt.kit import refit_from
     from edgevit.backends.tensorrt.runner import TensorRTRunner
     from edgevit.measure import measure_latency
     from edgevit.validate import gate, validate
@@ -185,7 +186,7 @@ def _build_and_gate(bundle_dir: Path, name: str, s: dict, data, accuracy: dict, 
     x, y, ref = data
     t0 = time.perf_counter()
     _build_one(bundle_dir, s, use_trtexec, verbose, log)
-    runner = TensorRTRunner(bundle_dir / s["engine"], s)
+    runner = TensorRTRunner(bundle_dir / s["engine"], s, refit_from(bundle_dir, s))
     try:
         v = validate(runner, x, y, ref)
         g = gate(v, float((ref.argmax(-1) == y).mean()), accuracy)
@@ -204,7 +205,8 @@ def _record_built(t: dict, spec: EngineSpec, chosen: dict, options: list[dict], 
     kit_validation = {k: t.get(k) for k in ("top1", "agreement", "mean_abs_dlogit", "max_abs_dlogit", "samples",
                                              "validated_with") if k in t}
     s = chosen["settings"]
-    new_spec = EngineSpec("tensorrt", s["precision"], s["engine"], extra_files=[o["onnx"] for o in options],
+    kit_files = [o["onnx"] for o in options] + ([spec.settings["weights"]] if spec.settings.get("weights") else [])
+    new_spec = EngineSpec("tensorrt", s["precision"], s["engine"], extra_files=kit_files,
                           settings={**spec.settings, **{k: v for k, v in s.items() if k != "candidates"},
                                     "built_on": here},
                           quantization=s.get("quantization", spec.quantization))
@@ -297,6 +299,7 @@ def defer(backend, bundle_dir: Path, entries, profile, vx, vy, refs, measure: bo
     from edgevit.backends.tensorrt.gpu import device_info, target_mismatches
 
     info = write_validation(bundle_dir, vx, vy, refs)
+    _share_kit_weights(bundle_dir, entries, backend.name, log)
     reason = backend.deferred()
     if reason is None:
         problems = target_mismatches(profile.device, device_info())
@@ -313,6 +316,23 @@ def defer(backend, bundle_dir: Path, entries, profile, vx, vy, refs, measure: bo
                 t["reason"] = f"not built here ({reason}); run `edgevit engine build BUNDLE` on the target device"
     write_kit(bundle_dir, entries, profile.to_dict(), reason)
     return {"summary": summary, "reason": reason}
+
+
+def _share_kit_weights(bundle_dir: Path, entries, name: str, log) -> None:
+    """The kit's ONNX files (every preset, every candidate) with their weights stored once (``share_weights``);
+    each engine lists the weights file among its files."""
+    from edgevit.backends.tensorrt.kit import share_weights
+
+    engines = [e["engines"][name]["engine"] for e in entries if "engine" in e["engines"].get(name, {})]
+    rels = [s["onnx"] for spec in engines for s in [spec["settings"], *spec["settings"].get("candidates", [])]]
+    if not rels:
+        return
+    stats = share_weights(bundle_dir, rels)
+    for spec in engines:
+        spec["settings"]["weights"] = stats["file"]
+        spec["extra_files"] = [*spec.get("extra_files", []), stats["file"]]
+    log(f"[kit] {stats['onnx_files']} ONNX files held {stats['bytes_in_onnx'] / 2 ** 20:.1f} MB of weights; "
+        f"{stats['file']} stores them once: {stats['bytes_stored'] / 2 ** 20:.1f} MB")
 
 
 def pending_note(manifest: dict, result: dict, bundle: Path, target: str) -> str | None:

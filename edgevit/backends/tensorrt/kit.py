@@ -27,3 +27,64 @@ def write_artifact(fp32_onnx, out: Path, precision: str, calib, level, profile) 
         return convert_fp16(fp32_onnx, out)
     shutil.copyfile(fp32_onnx, out)
     return {}
+
+
+WEIGHTS_FILE = KIT_DIR / "weights.bin"
+
+
+def refit_from(bundle_dir, settings: dict) -> Path | None:
+    """The ONNX a weight-stripped plan takes its weights from at load (None: the plan holds its own)."""
+    return Path(bundle_dir) / settings["onnx"] if settings.get("strip_weights") else None
+_ALIGN = 64
+
+
+def share_weights(bundle_dir: Path, onnx_rels: list[str], min_bytes: int = 1024) -> dict:
+    """Store every initializer of at least ``min_bytes`` in the kit's ONNX files once, in ``WEIGHTS_FILE``
+    (ONNX external data; TensorRT's parser, its refitter and ONNX Runtime all read it): 12 presets built from
+    one set of weights hold one copy on disk instead of 12. Identical tensors (by content) share one range;
+    each ONNX file keeps its graph and its small constants. Returns the bytes before and after."""
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+
+    bundle_dir = Path(bundle_dir)
+    weights = bundle_dir / WEIGHTS_FILE
+    protos = {rel: onnx.load(str(bundle_dir / rel)) for rel in dict.fromkeys(onnx_rels)}  # loads shared data too
+    where: dict[str, tuple[int, int]] = {}
+    before = after = 0
+    tmp = weights.with_suffix(".bin.tmp")
+    with open(tmp, "wb") as out:
+        for proto in protos.values():
+            for t in proto.graph.initializer:
+                data = numpy_helper.to_array(t).tobytes()
+                if len(data) < min_bytes:
+                    continue
+                before += len(data)
+                key = hashlib.sha256(data).hexdigest() + str(t.data_type)
+                if key not in where:
+                    out.write(b"\0" * (-out.tell() % _ALIGN))
+                    where[key] = (out.tell(), len(data))
+                    out.write(data)
+                    after += len(data)
+                offset, length = where[key]
+                _point_at(t, WEIGHTS_FILE.name, offset, length)
+    tmp.replace(weights)
+    for rel, proto in protos.items():
+        onnx.save(proto, str(bundle_dir / rel))
+    return {"file": WEIGHTS_FILE.as_posix(), "onnx_files": len(protos), "tensors": len(where),
+            "bytes_in_onnx": before, "bytes_stored": after}
+
+
+def _point_at(t, location: str, offset: int, length: int) -> None:
+    """Make initializer ``t`` read its data from ``location`` at ``offset`` (ONNX external data)."""
+    import onnx
+
+    for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data",
+                  "string_data"):
+        t.ClearField(field)
+    del t.external_data[:]
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = t.external_data.add()
+        entry.key, entry.value = k, v

@@ -18,10 +18,22 @@ def _numpy_dtype(trt, dtype) -> np.dtype:
         raise EdgevitError(f"engine tensor type {dtype} has no numpy equivalent ({e})") from None
 
 
+def _refit(trt, engine, onnx_path, logger) -> None:
+    """Give a weight-stripped plan its weights from the ONNX it was built from (and its weights file)."""
+    refitter = trt.Refitter(engine, logger)
+    parser = trt.OnnxParserRefitter(refitter, logger)
+    if not parser.refit_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EdgevitError(f"TensorRT {trt.__version__} could not read the weights of {onnx_path}: {errors}")
+    if not refitter.refit_cuda_engine():
+        raise EdgevitError(f"TensorRT {trt.__version__} could not refit the engine from {onnx_path}; rebuild it "
+                           f"on this device with: edgevit engine build BUNDLE --force")
+
+
 class TensorRTRunner(Runner):
     """One deserialized engine, one execution context, device buffers allocated once."""
 
-    def __init__(self, engine_path, settings: dict):
+    def __init__(self, engine_path, settings: dict, refit_onnx=None):
         import tensorrt as trt
 
         from edgevit.backends.tensorrt.cuda_memory import device_memory
@@ -34,6 +46,8 @@ class TensorRTRunner(Runner):
         if self.engine is None:
             raise EdgevitError(f"TensorRT {trt.__version__} could not deserialize {engine_path}; rebuild it on this "
                                f"device with: edgevit engine build BUNDLE --force")
+        if refit_onnx is not None:
+            _refit(trt, self.engine, refit_onnx, logger)
         self.context = self.engine.create_execution_context()
         self.mem = device_memory()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
