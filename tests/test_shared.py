@@ -82,7 +82,7 @@ def test_only_supervit_has_shared_engines(tmp_path):
 
 
 @pytest.mark.slow
-def test_shared_bundle_loads_one_engine_per_backend(quick_checkpoint, tmp_path):
+def test_shared_bundle_loads_one_engine_per_backend(quick_checkpoint, tmp_path, monkeypatch):
     import edgevit
     from edgevit.builder import BuildOptions, build
     from edgevit.bundle import read_manifest
@@ -104,6 +104,13 @@ def test_shared_bundle_loads_one_engine_per_backend(quick_checkpoint, tmp_path):
             assert e["shared"] and e["gate"]["passed"] and e["engine"]["settings"]["shared"]["resolution"] == p["resolution"]
     engine_files = [f for f in m["files"] if f.startswith("engines/") and not f.endswith(".npz")]
     assert len([f for f in engine_files if f.endswith((".xml", ".onnx"))]) == 2   # one per backend
+    import edgevit.bundle
+
+    hashed = []                                                  # the shared engine is checked once, not per preset
+    real = edgevit.bundle.sha256_file
+    monkeypatch.setattr(edgevit.bundle, "sha256_file", lambda path, *a: hashed.append(str(path)) or real(path, *a))
+    edgevit.load(out, backend="onnxruntime").close()
+    assert hashed and len(hashed) == len(set(hashed))
     ds = load_digits()
     images = [ds.val.image(i) for i in range(len(ds.val))]
     for b in ("openvino", "onnxruntime"):

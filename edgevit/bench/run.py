@@ -94,7 +94,7 @@ def load_engines(bundle: Path, manifest: Manifest, opts: BenchOptions, threads: 
     for b in backends:
         if b not in manifest.backends and b not in manifest.unavailable_backends:
             raise EdgevitError(f"backend {b!r} is not in this bundle; it has: {', '.join(manifest.backends)}")
-    engines, skipped, resident = [], {}, {}
+    engines, skipped, resident, verified = [], {}, {}, set()
     for b in backends:            # backend by backend, so each one's resident memory with all presets is clear
         rss_before, loaded = _rss_mb(), 0
         for p in chosen:
@@ -104,7 +104,8 @@ def load_engines(bundle: Path, manifest: Manifest, opts: BenchOptions, threads: 
                 continue
             spec = EngineSpec(**entry.engine)
             spec.settings = {**spec.settings, "threads": threads}
-            verify_files(bundle, manifest, spec.files)
+            verify_files(bundle, manifest, [f for f in spec.files if f not in verified])   # shared files once
+            verified.update(spec.files)
             before = _rss_mb()
             runner = get_backend(b).load(bundle, spec)
             engines.append(Engine(p, b, spec.precision, runner.infer, runner.input_shape[0],

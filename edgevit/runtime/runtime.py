@@ -351,12 +351,14 @@ def load(bundle, backend: str | None = None, presets: list[str] | None = None, v
         raise EdgevitError(f"unknown preset(s) {sorted(set(presets) - set(known))}; this bundle has: {', '.join(known)}")
     loads, infos, used = {}, [], []
     installed = _Installed()
+    verified: set[str] = set()   # a file several presets share (a shared engine, a kit's weights) is hashed once
     for p in chosen:
         b = backend or default_backend(manifest, p, installed)
         entry = _usable_entry(bundle, p, b, installed, backend is None, manifest)
         spec = EngineSpec(**entry.engine)
         if verify:
-            verify_files(bundle, manifest, spec.files)
+            verify_files(bundle, manifest, [f for f in spec.files if f not in verified])
+            verified.update(spec.files)
         impl = get_backend(b)
         sha = manifest.files.get(spec.file)
         if cache and sha and impl.compile_cache:
