@@ -85,6 +85,11 @@ class Runner(Closing):
         """Several named inputs (shared-weight engines); the first output."""
         raise NotImplementedError
 
+    def bind(self, feeds: dict):
+        """``infer`` for a fixed set of extra inputs (one preset of a shared engine). By default they go with
+        every request; a backend that can set them once, and gains by it, overrides this."""
+        return lambda batch: self.run({self.input_name: batch, **feeds})
+
 
 class SharedRunner(Runner):
     """One preset of a shared-weight engine (``SharedPresets``): the one loaded engine, fed the inputs that
@@ -93,9 +98,10 @@ class SharedRunner(Runner):
     def __init__(self, base, feeds: dict, release):
         self.base, self.feeds, self._release = base, feeds, release
         self.input_name, self.input_shape, self.output_shape = base.input_name, base.input_shape, base.output_shape
+        self._infer = base.bind(feeds)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.base.run({self.input_name: batch, **self.feeds})
+        return self._infer(batch)
 
     def close(self) -> None:
         if self._release is not None:
