@@ -31,6 +31,9 @@ def test_the_bundle_stores_a_preset_as_arrays_and_lengths_and_the_runtime_reads_
         preset_feeds(tmp_path, old)
     with pytest.raises(EdgevitError, match="no arrays for group 'r99'"):
         preset_feeds(tmp_path, {**binding(m, m.presets()[0]), "arrays": "r99"})
+    (tmp_path / "engines/shared-inputs.npz").unlink()
+    with pytest.raises(EdgevitError, match="engines/shared-inputs.npz is missing"):
+        preset_feeds(tmp_path, binding(m, m.presets()[0]))
 
 
 def test_the_shared_graph_resizes_like_the_model_and_needs_no_shape_arithmetic_per_block(tmp_path):

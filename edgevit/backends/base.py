@@ -141,6 +141,9 @@ def preset_feeds(bundle_dir, shared: dict) -> dict:
         raise EdgevitError(f"engine settings field shared: {sorted(shared)} is the shared-weight binding of an older "
                            f"edgevit (expected 'arrays' and 'lengths'); rebuild the bundle with --shared-weights")
     path = Path(bundle_dir) / shared["inputs"]
+    if not path.is_file():
+        raise EdgevitError(f"bundle {bundle_dir}: {shared['inputs']} is missing (a shared-weight engine's preset "
+                           f"inputs); rebuild the bundle with --shared-weights")
     prefix = shared["arrays"] + "/"
     with np.load(path, allow_pickle=False) as z:
         feeds = {k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)}

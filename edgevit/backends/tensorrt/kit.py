@@ -50,12 +50,15 @@ def share_weights(bundle_dir: Path, onnx_rels: list[str], min_bytes: int = 1024)
 
     bundle_dir = Path(bundle_dir)
     weights = bundle_dir / WEIGHTS_FILE
-    protos = {rel: onnx.load(str(bundle_dir / rel)) for rel in dict.fromkeys(onnx_rels)}  # loads shared data too
     where: dict[str, tuple[int, int]] = {}
     before = after = 0
     tmp = weights.with_suffix(".bin.tmp")
+    rels = list(dict.fromkeys(onnx_rels))
+    # One file at a time (one model in memory): a file already pointing into the old weights file reads it
+    # until the new one replaces it at the end.
     with open(tmp, "wb") as out:
-        for proto in protos.values():
+        for rel in rels:
+            proto = onnx.load(str(bundle_dir / rel))
             for t in proto.graph.initializer:
                 data = numpy_helper.to_array(t).tobytes()
                 if len(data) < min_bytes:
@@ -67,12 +70,10 @@ def share_weights(bundle_dir: Path, onnx_rels: list[str], min_bytes: int = 1024)
                     where[key] = (out.tell(), len(data))
                     out.write(data)
                     after += len(data)
-                offset, length = where[key]
-                _point_at(t, WEIGHTS_FILE.name, offset, length)
+                _point_at(t, WEIGHTS_FILE.name, *where[key])
+            onnx.save(proto, str(bundle_dir / rel))
     tmp.replace(weights)
-    for rel, proto in protos.items():
-        onnx.save(proto, str(bundle_dir / rel))
-    return {"file": WEIGHTS_FILE.as_posix(), "onnx_files": len(protos), "tensors": len(where),
+    return {"file": WEIGHTS_FILE.as_posix(), "onnx_files": len(rels), "tensors": len(where),
             "bytes_in_onnx": before, "bytes_stored": after}
 
 
