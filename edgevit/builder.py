@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -534,9 +535,19 @@ def shared_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path) -> Engines:
     for i, p in enumerate(plan.presets, 1):
         entries.append(_preset_record(p, shared_build.ONNX_FILE, report, refs[p.name], plan.vy))
         log(f"[{i:>2}/{len(plan.presets)}] {p.name:<10} torch {plan.acc} {100 * entries[-1]['torch']['top1']:.2f}%")
-    chosen = shared_build.build_shared(plan.model, plan.presets, plan.backends, profile, plan.cx, plan.vx, plan.vy,
-                                       refs, tmp / shared_build.ONNX_FILE, cache, tmp, plan.measure,
-                                       array_digest(plan.cx), log)
+    with tempfile.TemporaryDirectory(prefix="edgevit-sources-") as scratch:
+        sources = None
+        if shared_build.needs_preset_graphs(plan.backends, profile):
+            # OpenVINO's branches engine is built from each preset's static graph (the export cache keeps them)
+            graphs = {}
+            for p in plan.presets:
+                graphs[p.name], _, hit = export_cached(plan.model, p, plan.weights, plan.vx[:max(64, profile.batch)],
+                                                       profile, cache)
+                log(f"[export] {p.name} static graph {'(cached)' if hit else 'done'}")
+            sources = shared_build.write_sources(graphs, Path(scratch) / "sources.json")
+        chosen = shared_build.build_shared(plan.model, plan.presets, plan.backends, profile, plan.cx, plan.vx,
+                                           plan.vy, refs, tmp / shared_build.ONNX_FILE, cache, tmp, plan.measure,
+                                           array_digest(plan.cx), log, sources)
     return Engines(entries, shared=chosen)
 
 

@@ -205,8 +205,10 @@ def eval_cmd(checkpoint, data, model, presets, trust_checkpoint):
 @click.option("--calib-samples", default=None, type=click.IntRange(1),
               help="Calibration images for INT8 (profile default 512; the split may hold fewer).")
 @click.option("--shared-weights/--per-preset-engines", "shared_weights", default=None,
-              help="SuperViT: one engine per backend serving every preset, so all presets are resident for "
-                   "about the memory of one (default: the profile's shared_weights, false).")
+              help="SuperViT: one engine per backend serving every preset, its weights stored and loaded once "
+                   "(default: the profile's shared_weights, false). OpenVINO puts each preset's static graph "
+                   "behind a branch (profile openvino.shared_graph: branches) or runs one dynamic-shape graph "
+                   "(dynamic: less memory, slower requests); ONNX Runtime runs the dynamic-shape graph.")
 @click.option("--no-latency", is_flag=True,
               help="Skip the latency pass: the profile's preference order then picks each engine.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow full pickle loading of --checkpoint (trusted files only).")

@@ -2,19 +2,27 @@
 backend, so all presets are resident for about the memory of one.
 
 The presets' static engines each hold a copy of the same weights (12 presets: 10.6x one preset's memory).
-Here one graph holds every preset (``SharedPresets``: the resolution, the position table and the three
-kept-token counts are inputs), each backend loads it once (``edgevit.backends.base.shared_runner``), and a
-preset is a small set of inputs: its arrays in ``engines/shared-inputs.npz`` (a position table per
-resolution) and the inputs given by their length alone, as integers in its binding (``binding``).
+Here each backend loads one engine once (``edgevit.backends.base.shared_runner``) and a preset is a small set
+of inputs to it. Two kinds of engine, one binding:
 
-Stages as in the per-preset build: export once, candidates per backend (FP32, weight-only INT8; calibrated
-INT8 is fitted to one preset's activations and is not a candidate), every candidate validated and gated at
-every preset (a candidate passes only if it passes at all of them), one interleaved latency pass, then one
-choice per backend for all presets by the geometric mean over presets, with the selection's noise rule.
+* one graph for every preset (``SharedPresets``: the resolution, the position table and the three kept-token
+  counts are inputs, so shapes inside are dynamic): ONNX Runtime, and OpenVINO with
+  ``openvino.shared_graph: dynamic``. A preset is its arrays in ``engines/shared-inputs.npz`` (a position
+  table per resolution) and the inputs given by their length alone, as integers in its binding;
+* a branch per preset (``backends.openvino_branches``, OpenVINO's default): every preset's static graph in
+  one IR behind ``If`` nodes, the weights stored and packed once. A preset is its branch index. These
+  candidates (``source="presets"``) compile from the presets' static exports, listed by ``write_sources``.
+
+``binding`` records every form (``preset_feeds`` turns it into feeds; an engine takes the inputs it has).
+Stages as in the per-preset build: export, candidates per backend (FP32, weight-only INT8; calibrated INT8 is
+fitted to one preset's activations and is not a candidate), every candidate validated and gated at every
+preset (a candidate passes only if it passes at all of them), one interleaved latency pass, then one choice
+per backend for all presets by the geometric mean over presets, with the selection's noise rule.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -45,13 +53,31 @@ def _split(model, preset) -> tuple[dict, dict]:
     return {k: v for k, v in feeds.items() if k not in lengths}, lengths
 
 
-def binding(model, preset) -> dict:
+def binding(model, preset, branch: int | None = None) -> dict:
     """What selects ``preset`` on the shared engine (recorded in each preset's engine settings): its arrays'
-    group in the inputs file, and the inputs given by their length. ``backends.base.preset_feeds`` turns it
-    back into feeds without knowing the model."""
+    group in the inputs file, the inputs given by their length, and its branch (its index among the built
+    presets: engines with a branch per preset). ``backends.base.preset_feeds`` turns it back into feeds
+    without knowing the model."""
     _, lengths = _split(model, preset)
-    return {"inputs": INPUTS_FILE, "arrays": f"r{preset.resolution}", "lengths": lengths,
-            "resolution": preset.resolution}
+    out = {"inputs": INPUTS_FILE, "arrays": f"r{preset.resolution}", "lengths": lengths,
+           "resolution": preset.resolution}
+    if branch is not None:
+        out["branch"] = branch
+    return out
+
+
+def write_sources(preset_onnx: dict, path: Path) -> Path:
+    """The file a ``source="presets"`` candidate compiles from: every preset's static ONNX, in branch order,
+    with its digest (the file's own digest is the engine cache key, so it must change when a graph does)."""
+    from edgevit.bundle import sha256_file
+
+    path.write_text(json.dumps({"presets": [{"name": n, "onnx": str(p), "sha256": sha256_file(p)}
+                                            for n, p in preset_onnx.items()]}, indent=1))
+    return path
+
+
+def needs_preset_graphs(backends, profile) -> bool:
+    return any(c.source == "presets" and not c.skip for b in backends for c in b.candidates(profile, shared=True))
 
 
 def write_inputs(model, presets, bundle_dir: Path) -> None:
@@ -106,13 +132,15 @@ class _Candidate:
         return self.cand.floor or all(r["gate"]["passed"] for r in self.per_preset.values())
 
 
-def _preset_spec(spec: EngineSpec, model, preset) -> EngineSpec:
-    return EngineSpec(**{**spec.to_dict(), "settings": {**spec.settings, "shared": binding(model, preset)}})
+def _preset_spec(spec: EngineSpec, model, presets, preset) -> EngineSpec:
+    shared = binding(model, preset, presets.index(preset))
+    return EngineSpec(**{**spec.to_dict(), "settings": {**spec.settings, "shared": shared}})
 
 
 def build_shared(model, presets, backends, profile, cx, vx, vy, refs: dict, onnx_path: Path, cache, bundle_dir: Path,
-                 measure: bool, calib_digest, log) -> dict[str, dict]:
-    """Engines entries ``{preset: {backend: entry}}`` and each preset's ``default``, for a shared bundle."""
+                 measure: bool, calib_digest, log, sources: Path | None = None) -> dict[str, dict]:
+    """Engines entries ``{preset: {backend: entry}}`` and each preset's ``default``, for a shared bundle.
+    ``sources`` (``write_sources``) is what candidates with ``source="presets"`` compile from."""
     out: dict[str, dict] = {p.name: {} for p in presets}
     work: dict[str, list[_Candidate]] = {}
     for b in backends:
@@ -122,7 +150,11 @@ def build_shared(model, presets, backends, profile, cx, vx, vy, refs: dict, onnx
                 skipped.append({**cand.record(), "passed": False, "skipped": True, "reason": cand.skip,
                                 "latency_ms": None})
                 continue
-            c = _build_and_gate(b, cand, model, presets, profile, cx, vx, vy, refs, onnx_path, cache, bundle_dir,
+            src = sources if cand.source == "presets" else onnx_path
+            if src is None:
+                raise EdgevitError(f"{b.name} {cand.id}: builds from every preset's static graph, and none was "
+                                   f"exported (shared_build.write_sources)")
+            c = _build_and_gate(b, cand, model, presets, profile, cx, vx, vy, refs, src, cache, bundle_dir,
                                 calib_digest, log)
             if c.passed:
                 work[b.name].append(c)
@@ -143,7 +175,7 @@ def build_shared(model, presets, backends, profile, cx, vx, vy, refs: dict, onnx
         remove_unchosen([c.spec for c in cands], chosen[b.name].spec, bundle_dir)
         for p in presets:
             records = [c.per_preset[p.name] for c in cands] + work[b.name + "/skipped"]
-            out[p.name][b.name] = _entry(chosen[b.name], records, model, p, profile, why, measure)
+            out[p.name][b.name] = _entry(chosen[b.name], records, model, presets, p, profile, why, measure)
     totals = {b: {"status": "ok", "latency_ms": _aggregate([chosen[b].per_preset[p.name] for p in presets])}
               for b in chosen}
     default, why = choose_backend(totals, [b.name for b in backends], measure)
@@ -159,7 +191,7 @@ def _build_and_gate(b, cand, model, presets, profile, cx, vx, vy, refs, onnx_pat
     t0 = time.perf_counter()
     spec, cached = compile_cached(b, onnx_path, "shared", cand, cx, calib_digest, profile, cache, bundle_dir)
     c = _Candidate(cand, spec, 0.0, cached)
-    runners = {p.name: b.load(bundle_dir, _preset_spec(spec, model, p)) for p in presets}
+    runners = {p.name: b.load(bundle_dir, _preset_spec(spec, model, presets, p)) for p in presets}
     try:
         for p in presets:
             v = validate(runners[p.name], vx, vy, refs[p.name])
@@ -182,8 +214,8 @@ def _build_and_gate(b, cand, model, presets, profile, cx, vx, vy, refs, onnx_pat
 
 
 def _measure(model, presets, backends, work, bundle_dir: Path, vx, log) -> None:
-    loads = {f"{p.name}/{b.name}/{c.cand.id}": (lambda b=b, s=_preset_spec(c.spec, model, p): b.load(bundle_dir, s),
-                                                 c.per_preset[p.name])
+    loads = {f"{p.name}/{b.name}/{c.cand.id}": (
+        lambda b=b, s=_preset_spec(c.spec, model, presets, p): b.load(bundle_dir, s), c.per_preset[p.name])
              for b in backends for c in work[b.name] for p in presets}
     t0 = time.perf_counter()
     n = measure_into_records(loads, vx)
@@ -191,9 +223,10 @@ def _measure(model, presets, backends, work, bundle_dir: Path, vx, log) -> None:
         f"({time.perf_counter() - t0:.1f} s)")
 
 
-def _entry(c: _Candidate, records: list[dict], model, preset, profile, why: str, measured: bool) -> dict:
+def _entry(c: _Candidate, records: list[dict], model, presets, preset, profile, why: str,
+           measured: bool) -> dict:
     mine = c.per_preset[preset.name]
-    spec = _preset_spec(c.spec, model, preset)
+    spec = _preset_spec(c.spec, model, presets, preset)
     figures = {k: mine[k] for k in ("top1", "agreement", "mean_abs_dlogit", "max_abs_dlogit", "samples",
                                     "predictions_sha256", "kappa", "discordant", "gate", "latency_ms")}
     entry = {"status": "ok", "engine": spec.to_dict(), "precision": c.cand.precision, "recipe": c.cand.recipe,

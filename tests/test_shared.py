@@ -84,6 +84,76 @@ def test_only_supervit_has_shared_engines(tmp_path):
         export_shared(vvt, tmp_path / "s.onnx", np.zeros((1, 3, 64, 64), np.float32))
 
 
+
+def _affine_onnx(path, weight, bias, shape=(2, 6)):
+    """A graph y = x @ weight + bias, its weight an initializer of its own (as each preset's export has)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["logits"])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [shape[0], weight.shape[1]])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_openvino_branches_run_each_presets_graph_and_store_equal_weights_once(tmp_path):
+    """Five graphs with equal (not the same) weight tensors and their own biases: the branches engine picks
+    graph i for preset=i, and its weights file holds the weight once, where the graphs hold it five times."""
+    import openvino as ov
+
+    from edgevit.backends import openvino_branches
+    from edgevit.shared_build import write_sources
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 512)).astype(np.float32)          # 12 KB
+    biases = [rng.standard_normal(512).astype(np.float32) for _ in range(5)]
+    graphs = {f"p{i}": _affine_onnx(tmp_path / f"p{i}.onnx", w.copy(), b) for i, b in enumerate(biases)}
+    report = openvino_branches.build(write_sources(graphs, tmp_path / "sources.json"), tmp_path / "e.xml")
+    assert report["branches"] == list(graphs)
+    assert (tmp_path / "e.bin").stat().st_size < w.nbytes + 5 * biases[0].nbytes + 1024
+    compiled = ov.Core().compile_model(str(tmp_path / "e.xml"), "CPU")
+    assert [p.get_any_name() for p in compiled.inputs] == ["input", "preset"]
+    x = rng.standard_normal((2, 6)).astype(np.float32)
+    req = compiled.create_infer_request()
+    for i, b in enumerate(biases):
+        got = req.infer({"input": x, "preset": np.array(i, np.int64)})[0]
+        np.testing.assert_allclose(got, x @ w + b, rtol=1e-5, atol=1e-5, err_msg=f"branch {i}")
+
+
+def test_openvino_branches_refuse_graphs_of_other_shapes(tmp_path):
+    from edgevit.backends import openvino_branches
+    from edgevit.errors import EdgevitError
+    from edgevit.shared_build import write_sources
+
+    w, b = np.ones((6, 4), np.float32), np.zeros(4, np.float32)
+    graphs = {"a": _affine_onnx(tmp_path / "a.onnx", w, b), "b": _affine_onnx(tmp_path / "b.onnx", w, b, (1, 6))}
+    with pytest.raises(EdgevitError, match="different shapes .*same image and output shapes"):
+        openvino_branches.build(write_sources(graphs, tmp_path / "s.json"), tmp_path / "e.xml")
+
+
+def test_a_branch_binding_feeds_the_index_and_an_openvino_preset_binds_it_once(tmp_path):
+    """The binding's branch becomes a 0-d int64 ``preset`` input (numpy's ascontiguousarray would make it 1-d,
+    which OpenVINO refuses); engines without that input ignore it."""
+    from edgevit.backends import openvino_branches
+    from edgevit.backends.base import SharedRunner, preset_feeds
+    from edgevit.backends.openvino import OvRunner
+    from edgevit.shared_build import binding, write_inputs, write_sources
+
+    m = create_model("supervit-nano").eval()
+    write_inputs(m, m.presets(), tmp_path)
+    feeds = preset_feeds(tmp_path, binding(m, m.presets()[3], branch=3))
+    assert feeds["preset"].shape == () and feeds["preset"].dtype == np.int64 and int(feeds["preset"]) == 3
+    w = np.eye(6, dtype=np.float32)
+    graphs = {f"p{i}": _affine_onnx(tmp_path / f"p{i}.onnx", w, np.full(6, i, np.float32)) for i in range(4)}
+    openvino_branches.build(write_sources(graphs, tmp_path / "s.json"), tmp_path / "e.xml")
+    base = OvRunner(tmp_path / "e.xml", {"snippets_mode": "DISABLE"})
+    x = np.zeros((2, 6), np.float32)
+    for i in range(4):
+        runner = SharedRunner(base, {**feeds, "preset": np.array(i, np.int64)}, None)
+        np.testing.assert_array_equal(runner.infer(x), np.full((2, 6), i, np.float32))
+
 @pytest.mark.slow
 def test_shared_bundle_loads_one_engine_per_backend(quick_checkpoint, tmp_path, monkeypatch):
     import edgevit
@@ -105,6 +175,11 @@ def test_shared_bundle_loads_one_engine_per_backend(quick_checkpoint, tmp_path, 
         for p in m["presets"]:
             e = p["engines"][b]
             assert e["shared"] and e["gate"]["passed"] and e["engine"]["settings"]["shared"]["resolution"] == p["resolution"]
+    # OpenVINO builds branches (each preset's static graph): a preset is its branch, the weights stored once
+    branches = [p["engines"]["openvino"]["engine"]["settings"]["shared"]["branch"] for p in m["presets"]]
+    assert branches == [0, 1]
+    ov_bin = (out / m["presets"][0]["engines"]["openvino"]["engine"]["file"]).with_suffix(".bin")
+    assert ov_bin.stat().st_size < 1.05 * (out / "onnx/shared.onnx").stat().st_size
     engine_files = [f for f in m["files"] if f.startswith("engines/") and not f.endswith(".npz")]
     assert len([f for f in engine_files if f.endswith((".xml", ".onnx"))]) == 2   # one per backend
     import edgevit.bundle
@@ -123,3 +198,18 @@ def test_shared_bundle_loads_one_engine_per_backend(quick_checkpoint, tmp_path, 
             for p in m["presets"]:
                 pred = rt.predict(images, preset=p["name"])
                 assert predictions_digest(pred.indices) == p["engines"][b]["predictions_sha256"]
+
+
+def test_openvino_shared_candidates_follow_the_profiles_shared_graph():
+    """``openvino.shared_graph`` picks what a shared OpenVINO engine is built from: each preset's static graph
+    (branches, the default) or the one dynamic-shape graph; ONNX Runtime always takes the one graph."""
+    from edgevit.backends.base import get_backend
+    from edgevit.profiles import load_profile
+
+    ov, ort = get_backend("openvino"), get_backend("onnxruntime")
+    branches = load_profile("x86-cpu")
+    dynamic = branches.with_overrides(**{"openvino.shared_graph": "dynamic"})
+    built = [c for c in ov.candidates(branches, shared=True) if not c.skip]
+    assert built and {c.source for c in built} == {"presets"} and built[-1].floor
+    assert {c.source for c in ov.candidates(dynamic, shared=True)} == {"model"}
+    assert {c.source for c in ort.candidates(branches, shared=True)} == {"model"}

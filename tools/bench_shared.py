@@ -6,7 +6,9 @@
 
 For each backend (OpenVINO FP32, ONNX Runtime FP32, ONNX Runtime dynamic INT8: the engine the x86 build
 chooses on AVX2 hosts) it writes the 12 static engines `edgevit build` makes per preset and the one
-shared-weight engine `edgevit build --shared-weights` makes (``SharedPresets``), then:
+shared-weight engine `edgevit build --shared-weights` makes: on OpenVINO the branches engine (every preset's
+static graph behind If, ``backends.openvino_branches``) and, as a second row, the dynamic-shape graph
+(``openvino.shared_graph: dynamic``); on ONNX Runtime the dynamic-shape graph (``SharedPresets``). Then:
 
 * disk: the engine files of one preset, of all 12, and of the shared engine (+ its per-preset inputs);
 * memory: resident-set growth of a fresh process that loads one preset, then of one that loads all 12
@@ -38,7 +40,7 @@ from edgevit.backends.onnxruntime import OrtRunner
 from edgevit.backends.openvino import OvRunner
 import onnxruntime, openvino   # the libraries' own import cost is not the engines'
 before = proc.memory_info().rss
-make = (lambda p: OvRunner(p, {"inference_precision": "f32"})) if spec["backend"] == "openvino" else OrtRunner
+make = (lambda p: OvRunner(p, spec["settings"])) if spec["backend"] == "openvino" else OrtRunner
 x = np.zeros(spec["shape"], np.float32)
 runners = []
 if spec["shared"]:
@@ -104,6 +106,7 @@ def main() -> int:
 
     import torch
 
+    from edgevit.backends import openvino_branches
     from edgevit.backends.base import SharedRunner, preset_feeds
     from edgevit.backends.onnxruntime import OrtRunner
     from edgevit.backends.openvino import OvRunner
@@ -112,7 +115,7 @@ def main() -> int:
     from edgevit.models import create_model
     from edgevit.quantize import convert_openvino_fp32, quantize_onnxruntime_dynamic
     from edgevit.measure import measure_latencies_interleaved
-    from edgevit.shared_build import INPUTS_FILE, binding, write_inputs
+    from edgevit.shared_build import INPUTS_FILE, binding, write_inputs, write_sources
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     torch.manual_seed(0)
@@ -122,7 +125,8 @@ def main() -> int:
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        files = {"openvino fp32": [], "onnxruntime fp32": [], "onnxruntime int8-dynamic": []}
+        files = {"openvino fp32": [], "openvino fp32 dynamic": [], "onnxruntime fp32": [],
+                 "onnxruntime int8-dynamic": []}
         aux = {k: [] for k in files}       # files loaded beside the engine (.bin), for disk figures
         for p in presets:
             log(f"[export] {p.name}")
@@ -131,35 +135,47 @@ def main() -> int:
             convert_openvino_fp32(onnx_path, tmp / f"{p.name}.xml")
             quantize_onnxruntime_dynamic(onnx_path, tmp / f"{p.name}.int8.onnx")
             files["onnxruntime fp32"].append(onnx_path)
-            files["openvino fp32"].append(tmp / f"{p.name}.xml")
-            aux["openvino fp32"].append(tmp / f"{p.name}.bin")
+            for k in ("openvino fp32", "openvino fp32 dynamic"):   # the same static engines for both rows
+                files[k].append(tmp / f"{p.name}.xml")
+                aux[k].append(tmp / f"{p.name}.bin")
             files["onnxruntime int8-dynamic"].append(tmp / f"{p.name}.int8.onnx")
         log("[export] shared")
         export_shared(model, tmp / "shared.onnx", x, opset=17, batch=1)
         convert_openvino_fp32(tmp / "shared.onnx", tmp / "shared.xml")
         quantize_onnxruntime_dynamic(tmp / "shared.onnx", tmp / "shared.int8.onnx")
-        shared = {"openvino fp32": (tmp / "shared.xml", [tmp / "shared.bin"]),
+        log("[export] branches")
+        openvino_branches.build(write_sources({p.name: files["onnxruntime fp32"][i] for i, p in enumerate(presets)},
+                                              tmp / "sources.json"), tmp / "branches.xml")
+        shared = {"openvino fp32": (tmp / "branches.xml", [tmp / "branches.bin"]),
+                  "openvino fp32 dynamic": (tmp / "shared.xml", [tmp / "shared.bin"]),
                   "onnxruntime fp32": (tmp / "shared.onnx", []),
                   "onnxruntime int8-dynamic": (tmp / "shared.int8.onnx", [])}
         # The shared bundle's inputs file and bindings, as `edgevit build --shared-weights` writes them.
         write_inputs(model, presets, tmp)
-        bindings = {p.name: binding(model, p) for p in presets}
+        bindings = {p.name: binding(model, p, i) for i, p in enumerate(presets)}
         feeds = {p.name: preset_feeds(tmp, bindings[p.name]) for p in presets}
         inputs_mb = mb([tmp / INPUTS_FILE])
 
-        rows = []
+        static_f32 = {"inference_precision": "f32"}
+        # What the build records for each shared engine: the branches engine runs without snippets
+        # (edgevit.backends.openvino.OpenVINOBackend.compile).
+        shared_settings = {"openvino fp32": {**static_f32, "snippets_mode": "DISABLE"},
+                           "openvino fp32 dynamic": static_f32}
+        rows, static_rss = [], {}
         for kind in files:
             backend = kind.split()[0]
             names = [p.name for p in presets]
-            one = child_rss({"backend": backend, "shared": False, "files": [str(files[kind][-1])],
-                             "shape": list(x.shape)})
-            all_ = child_rss({"backend": backend, "shared": False, "files": [str(f) for f in files[kind]],
-                              "shape": list(x.shape)})
-            s_one = child_rss({"backend": backend, "shared": True, "files": [str(shared[kind][0])],
-                               "bundle": str(tmp), "bindings": [bindings[n] for n in names[-1:]],
-                               "shape": list(x.shape)})
-            s_all = child_rss({"backend": backend, "shared": True, "files": [str(shared[kind][0])],
-                               "bundle": str(tmp), "bindings": [bindings[n] for n in names], "shape": list(x.shape)})
+            common = {"backend": backend, "shape": list(x.shape)}
+            key = tuple(map(str, files[kind]))
+            if key not in static_rss:     # the two OpenVINO rows share their static engines
+                static_rss[key] = (
+                    child_rss({**common, "shared": False, "files": [str(files[kind][-1])], "settings": static_f32}),
+                    child_rss({**common, "shared": False, "files": list(key), "settings": static_f32}))
+            one, all_ = static_rss[key]
+            on_shared = {**common, "shared": True, "files": [str(shared[kind][0])], "bundle": str(tmp),
+                         "settings": shared_settings.get(kind, static_f32)}
+            s_one = child_rss({**on_shared, "bindings": [bindings[n] for n in names[-1:]]})
+            s_all = child_rss({**on_shared, "bindings": [bindings[n] for n in names]})
             disk_one = mb([files[kind][-1], *aux[kind][-1:]])
             disk_all = mb(files[kind] + aux[kind])
             disk_shared = mb([shared[kind][0], *shared[kind][1]]) + inputs_mb
@@ -170,9 +186,9 @@ def main() -> int:
         lat_rows, switch_rows = [], []
         for kind in files:
             backend = kind.split()[0]
-            make = (lambda f: OvRunner(f, {"inference_precision": "f32"})) if backend == "openvino" else OrtRunner
-            static = {p.name: make(f) for p, f in zip(presets, files[kind])}
-            base = make(shared[kind][0])
+            make = (lambda f, s: OvRunner(f, s)) if backend == "openvino" else (lambda f, s: OrtRunner(f))
+            static = {p.name: make(f, static_f32) for p, f in zip(presets, files[kind])}
+            base = make(shared[kind][0], shared_settings.get(kind, static_f32))
             shared_r = {p.name: SharedRunner(base, feeds[p.name], None) for p in presets}
             # A preset's static and shared runners side by side in each round, so both see the same host.
             runners = {f"{k}/{p.name}": (static if k == "static" else shared_r)[p.name]

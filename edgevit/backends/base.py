@@ -20,6 +20,7 @@ from edgevit.errors import EdgevitError
 
 
 PENDING = "pending-device-build"   # an engine the target device builds from the bundle's kit (TensorRT)
+BRANCH_INPUT = "preset"            # the int64 input that picks a preset's branch (backends.openvino_branches)
 
 
 @dataclass
@@ -53,6 +54,8 @@ class Candidate:
     escalates: str | None = None       # tried only where the candidate with this id failed the gate
     floor: bool = False                # what ships when nothing faster passes (FP32)
     skip: str | None = None            # why this host cannot build or run it
+    source: str = "model"              # what it compiles: the exported graph, or (shared engines) "presets":
+                                       # every preset's static graph, listed in a sources file
 
     def record(self) -> dict:
         return {"id": self.id, "precision": self.precision, "recipe": self.recipe, "floor": self.floor}
@@ -135,8 +138,9 @@ def shared_runner(bundle_dir, spec: EngineSpec, make) -> SharedRunner:
 
 
 def preset_feeds(bundle_dir, shared: dict) -> dict:
-    """The inputs that select one preset of a shared engine: its arrays from the bundle's shared-inputs file
-    and, for the inputs carried by their length alone, zero vectors of that length (``shared_build.binding``)."""
+    """The inputs that select one preset of a shared engine: its arrays from the bundle's shared-inputs file,
+    for the inputs carried by their length alone zero vectors of that length, and its branch index
+    (``shared_build.binding``). Every form of the preset is given; an engine takes the inputs it has."""
     if "lengths" not in shared or "arrays" not in shared:
         raise EdgevitError(f"engine settings field shared: {sorted(shared)} is the shared-weight binding of an older "
                            f"edgevit (expected 'arrays' and 'lengths'); rebuild the bundle with --shared-weights")
@@ -151,6 +155,8 @@ def preset_feeds(bundle_dir, shared: dict) -> dict:
     if not feeds:
         raise EdgevitError(f"{path}: no arrays for group {shared['arrays']!r} (it has {groups})")
     feeds.update({name: np.zeros(int(n), np.float32) for name, n in shared["lengths"].items()})
+    if "branch" in shared:   # engines with a branch per preset take its index (backends.openvino_branches)
+        feeds[BRANCH_INPUT] = np.array(int(shared["branch"]), np.int64)
     return feeds
 
 

@@ -29,6 +29,8 @@ def compile_config(settings: dict) -> dict:
            "NUM_STREAMS": str(settings.get("num_streams", 1))}
     if settings.get("threads"):
         cfg["INFERENCE_NUM_THREADS"] = int(settings["threads"])
+    if settings.get("snippets_mode"):
+        cfg["SNIPPETS_MODE"] = settings["snippets_mode"]
     if settings.get("cache_dir"):
         # OpenVINO's model cache: a later load imports the compiled blob instead of compiling again.
         cfg["CACHE_DIR"] = str(settings["cache_dir"])
@@ -70,7 +72,8 @@ class OvRunner(Runner):
         AVX2, paired rounds); a switch is still picking another preset's request."""
         import openvino as ov
 
-        tensors = {k: ov.Tensor(np.ascontiguousarray(v)) for k, v in feeds.items() if k in self._names}
+        # np.array, not ascontiguousarray: that makes a 0-d input (a branch index) 1-d
+        tensors = {k: ov.Tensor(np.array(v, order="C")) for k, v in feeds.items() if k in self._names}
         local = threading.local()
 
         def infer(batch: np.ndarray) -> np.ndarray:
@@ -112,6 +115,10 @@ class OpenVINOBackend(Backend):
         "performance_hint": F(str, "LATENCY", choices=("LATENCY", "THROUGHPUT")),
         "num_streams": F(int, 1, min=1),
         "threads": F(int, 0, min=0),
+        # --shared-weights: "branches" (each preset's static graph behind If, weights once; static-engine
+        # speed, 1.6x one preset's memory on DeiT-S) or "dynamic" (one dynamic-shape graph; 1.3x the memory,
+        # but 1.5-2 ms more per request and ~2 ms per preset switch). docs/benchmarks/shared-deit-s-avx2.md
+        "shared_graph": F(str, "branches", choices=("branches", "dynamic")),
     }
 
     def recipes(self, precision, profile) -> list[Candidate]:
@@ -125,7 +132,16 @@ class OpenVINOBackend(Backend):
         return super().recipes(precision, profile)
 
     def shared_recipes(self, precision, profile) -> list[Candidate]:
-        if precision == "int8":   # weight-only: nothing fitted to one preset's activations
+        if profile.openvino.get("shared_graph", "branches") == "branches":
+            how = "every preset's static graph behind If, weights stored once"
+            if precision == "int8":   # weight-only: nothing fitted to one preset's activations
+                return [Candidate("int8-weights", "int8", f"nncf.compress_weights INT8 (weights only); {how}",
+                                  source="presets")]
+            if precision in ("fp32", "bf16"):
+                skip = bf16_support() if precision == "bf16" else None
+                return [Candidate(precision, precision, f"convert_model; {how}", skip=skip, source="presets")]
+            return super().shared_recipes(precision, profile)
+        if precision == "int8":
             return [Candidate("int8-weights", "int8", "nncf.compress_weights INT8 (weights only)")]
         if precision == "bf16":
             return self.recipes(precision, profile)
@@ -135,9 +151,18 @@ class OpenVINOBackend(Backend):
         from edgevit.quantize import compress_openvino_weights, convert_openvino_fp32, quantize_openvino
 
         settings = dict(profile.openvino)
+        settings.pop("shared_graph", None)     # a build choice, not a runtime setting
         rel = Path("engines") / self.name / f"{name}.{candidate.id}.xml"
         out = Path(out_dir) / rel
-        if candidate.id == "int8-weights":
+        if candidate.source == "presets":
+            from edgevit.backends import openvino_branches
+
+            quant = openvino_branches.build(onnx_path, out, "int8" if candidate.precision == "int8" else "fp32")
+            # Snippets compile per branch: +11 MB a branch (SuperViT-DeiT-S, AVX2) for no measured speed.
+            settings["snippets_mode"] = "DISABLE"
+            if candidate.precision == "bf16":
+                settings["inference_precision"] = "bf16"
+        elif candidate.id == "int8-weights":
             quant = compress_openvino_weights(onnx_path, out)
         elif candidate.precision == "int8":
             drop = min(profile.accuracy["max_top1_drop"], 1 - profile.accuracy["min_agreement"])

@@ -1,0 +1,125 @@
+"""OpenVINO shared-weight engine as branches: every preset's static graph in one IR, behind a tree of ``If``
+nodes that a ``preset`` input steers, each weight tensor stored once.
+
+Why not the dynamic-shape graph (``SharedPresets``) on OpenVINO: the CPU plugin redoes shape work on every
+request of a dynamic graph (1.5-2 ms on SuperViT-DeiT-S, 7-11 % of a small preset) and re-prepares its
+kernels when the shapes change (a preset switch: ~1.8 ms). Why not twelve static compiled models of one IR:
+the plugin keeps repacked weights per compiled model, so twelve of them hold twelve copies (10.6x one).
+
+Inside one compiled model the plugin keys repacked weights by the address of the constant's data and the
+packed layout (``DnnlExtensionUtils::computeWeightsStringHash``, MLAS ``gemm_mlas_<N>_<K>_<size>_<ptr>``), so
+branches whose constants are the same ``Constant`` share one packed copy; ``save_model`` writes equal
+constants to the ``.bin`` once and a read IR points them at the same bytes. Each branch keeps static shapes:
+the plugin runs it like the preset's own static engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgevit.backends.base import BRANCH_INPUT
+from edgevit.errors import EdgevitError
+
+
+def _dedup_into(model, seen: dict) -> int:
+    """Point every constant of ``model`` equal to one in ``seen`` (type, shape and bytes) at that one, and add
+    the rest to ``seen``; returns how many were replaced. One model at a time, so a replaced copy is freed
+    before the next model is read."""
+    replaced = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Constant":
+            continue
+        data = np.ascontiguousarray(op.get_data())
+        key = (str(op.get_element_type()), tuple(op.get_shape()), hashlib.sha1(data.view(np.uint8)).hexdigest())
+        keep = seen.setdefault(key, op)
+        if keep is not op:
+            for target in list(op.output(0).get_target_inputs()):
+                target.replace_source_output(keep.output(0))
+            replaced += 1
+    return replaced
+
+
+def assemble(models: list, names: list[str]):
+    """One ``ov.Model``: ``models`` (one image input and one output each, the same shapes) as branches;
+    input ``preset`` = i runs ``models[i]``. A balanced binary tree of ``If``: depth ceil(log2 n)."""
+    import openvino as ov
+    from openvino import opset8 as ops
+
+    if not models:
+        raise EdgevitError("no preset graphs to put behind branches")
+    shapes = set()
+    for name, m in zip(names, models):
+        if len(m.inputs) != 1 or len(m.outputs) != 1:
+            raise EdgevitError(f"preset {name}: its graph has {len(m.inputs)} inputs and {len(m.outputs)} outputs; "
+                               f"a branch takes one image and gives one output")
+        shapes.add((str(m.inputs[0].get_partial_shape()), str(m.outputs[0].get_partial_shape())))
+    if len(shapes) != 1:
+        raise EdgevitError(f"the preset graphs take or give different shapes {sorted(shapes)}; branches of one "
+                           f"engine need the same image and output shapes")
+    in_port, out_port = models[0].inputs[0], models[0].outputs[0]
+    image_shape, image_type = in_port.get_partial_shape(), in_port.get_element_type()
+
+    def tree(idx: list[int], preset, image):
+        half = len(idx) // 2
+        node = ops.if_op(ops.less(preset, ops.constant(np.int64(idx[half]))).output(0))
+        bodies = []
+        for part in (idx[:half], idx[half:]):
+            p = ops.parameter([], np.int64)
+            if len(part) == 1:
+                leaf = models[part[0]]
+                x = leaf.get_parameters()[0]
+                body = ov.Model(leaf.get_results(), [x, p], names[part[0]])
+            else:
+                x = ops.parameter(image_shape, image_type)
+                body = ov.Model([ops.result(tree(part, p.output(0), x.output(0)))], [x, p])
+            bodies.append((body, x, p))
+        (then_b, then_x, then_p), (else_b, else_x, else_p) = bodies
+        node.set_then_body(then_b)
+        node.set_else_body(else_b)
+        node.set_input(image, then_x, else_x)
+        node.set_input(preset, then_p, else_p)
+        return node.set_output(then_b.get_results()[0], else_b.get_results()[0])
+
+    preset = ops.parameter([], np.int64, name=BRANCH_INPUT)
+    preset.output(0).set_names({BRANCH_INPUT})
+    if len(models) == 1:   # nothing to choose; the input stays so a binding works the same
+        return ov.Model(models[0].get_results(), [models[0].get_parameters()[0], preset], "presets")
+    image = ops.parameter(image_shape, image_type, name=in_port.get_any_name())
+    image.output(0).set_names({in_port.get_any_name()})
+    out = tree(list(range(len(models))), preset.output(0), image.output(0))
+    result = ops.result(out)
+    result.output(0).set_names({out_port.get_any_name()})
+    return ov.Model([result], [image, preset], "presets")
+
+
+def build(sources_json, out_xml, weights: str = "fp32") -> dict:
+    """Read the presets' static ONNX graphs listed in ``sources_json`` (``shared_build.write_sources``), in
+    branch order; ``weights`` "int8" compresses each with NNCF (INT8 weights, FP32 activations: equal weights
+    compress to equal constants, so they are still stored once). Writes the branches IR."""
+    import openvino as ov
+
+    spec = json.loads(Path(sources_json).read_text())
+    models, names, seen, replaced, tool = [], [], {}, 0, f"openvino {ov.__version__} convert_model"
+    for item in spec["presets"]:
+        m = ov.convert_model(str(item["onnx"]))
+        if weights == "int8":
+            import logging
+
+            import nncf
+
+            nncf.set_log_level(logging.WARNING)
+            m = nncf.compress_weights(m, mode=nncf.CompressWeightsMode.INT8_ASYM)
+            tool = f"nncf {nncf.__version__} compress_weights INT8_ASYM"
+        replaced += _dedup_into(m, seen)
+        models.append(m)
+        names.append(item["name"])
+    model = assemble(models, names)
+    out_xml = Path(out_xml)
+    out_xml.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(out_xml), compress_to_fp16=False)
+    return {"tool": tool, "level": None, "branches": names, "constants_shared": replaced,
+            **({"mode": "INT8_ASYM"} if weights == "int8" else {})}
