@@ -122,6 +122,12 @@ def obtain(opts: BuildOptions, cache: Cache) -> Obtained:
 
 # -- export ------------------------------------------------------------------------------------------------
 
+def export_sample(plan) -> np.ndarray:
+    """The images an export's parity check runs on. Part of the export cache key: the per-preset and the
+    shared builds take the same, so a shared build reuses the per-preset exports and the other way round."""
+    return plan.vx[:max(64, plan.profile.batch)]
+
+
 def export_cached(model, preset, weights: str, sample, profile: Profile, cache: Cache) -> tuple[Path, dict, bool]:
     from edgevit.export import export_preset
 
@@ -497,7 +503,7 @@ def static_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path, compiled: st
         t0 = time.perf_counter()
         ref = refs[p.name]
         torch_top1 = float((ref.argmax(-1) == vy).mean())
-        onnx_src, report, hit = export_cached(plan.model, p, plan.weights, vx[:max(64, profile.batch)], profile,
+        onnx_src, report, hit = export_cached(plan.model, p, plan.weights, export_sample(plan), profile,
                                               cache)
         onnx_rel = Path("onnx") / f"{p.name}.onnx"
         (tmp / onnx_rel).parent.mkdir(parents=True, exist_ok=True)
@@ -521,11 +527,12 @@ def static_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path, compiled: st
 
 
 def shared_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path) -> Engines:
-    """Every preset in one graph per backend (``--shared-weights``): export once, then build and choose."""
+    """One engine per backend for every preset (``--shared-weights``): export the shared graph, and each
+    preset's static graph where a backend builds a branch per preset, then build and choose."""
     from edgevit import shared_build
 
     log, profile = plan.opts.log, plan.profile
-    src, report, hit = shared_build.export_cached(plan.model, plan.weights, plan.vx[:max(64, profile.batch)],
+    src, report, hit = shared_build.export_cached(plan.model, plan.weights, export_sample(plan),
                                                   profile, cache)
     shared_build.copy_into(src, tmp)
     shared_build.write_inputs(plan.model, plan.presets, tmp)
@@ -541,7 +548,7 @@ def shared_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path) -> Engines:
             # OpenVINO's branches engine is built from each preset's static graph (the export cache keeps them)
             graphs = {}
             for p in plan.presets:
-                graphs[p.name], _, hit = export_cached(plan.model, p, plan.weights, plan.vx[:max(64, profile.batch)],
+                graphs[p.name], _, hit = export_cached(plan.model, p, plan.weights, export_sample(plan),
                                                        profile, cache)
                 log(f"[export] {p.name} static graph {'(cached)' if hit else 'done'}")
             sources = shared_build.write_sources(graphs, Path(scratch) / "sources.json")
