@@ -122,6 +122,39 @@ def test_openvino_branches_run_each_presets_graph_and_store_equal_weights_once(t
         np.testing.assert_allclose(got, x @ w + b, rtol=1e-5, atol=1e-5, err_msg=f"branch {i}")
 
 
+def test_openvino_branches_keep_the_activation_out_of_the_matmul_so_its_weights_pack_once(tmp_path):
+    """An activation fused into an FP32 matmul takes it off the weight packing that is shared whatever the
+    token count: the FP32 branches build keeps them apart (the output unchanged), the INT8-weights one not."""
+    import openvino as ov
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgevit.backends import openvino_branches
+    from edgevit.shared_build import write_sources
+
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((6, 64)).astype(np.float32), rng.standard_normal(64).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["pre"]),
+         helper.make_node("Relu", ["pre"], ["act"]), helper.make_node("MatMul", ["act", "w2"], ["logits"])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [4, 6])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [4, 3])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"),
+         numpy_helper.from_array(np.ones((64, 3), np.float32), "w2")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "p.onnx"))
+    report = openvino_branches.build(write_sources({"p": tmp_path / "p.onnx"}, tmp_path / "s.json"),
+                                     tmp_path / "e.xml")
+    assert report["activations_unfused"] == 1
+    compiled = ov.Core().compile_model(str(tmp_path / "e.xml"), "CPU")
+    fused = [op.get_rt_info()["originalLayersNames"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
+             if op.get_rt_info()["layerType"].astype(str) == "FullyConnected"]
+    assert len(fused) == 2 and not any("act" in names.split(",") for names in fused), fused
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    got = compiled.create_infer_request().infer({"input": x, "preset": np.array(0, np.int64)})[0]
+    np.testing.assert_allclose(got, np.maximum(x @ w + b, 0) @ np.ones((64, 3), np.float32), rtol=1e-5, atol=1e-4)
+    int8 = openvino_branches.build(tmp_path / "s.json", tmp_path / "q.xml", weights="int8")
+    assert int8["activations_unfused"] == 0
+
+
 def test_openvino_branches_refuse_graphs_of_other_shapes(tmp_path):
     from edgevit.backends import openvino_branches
     from edgevit.errors import EdgevitError

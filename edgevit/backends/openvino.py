@@ -139,7 +139,8 @@ class OpenVINOBackend(Backend):
                                   source="presets")]
             if precision in ("fp32", "bf16"):
                 skip = bf16_support() if precision == "bf16" else None
-                return [Candidate(precision, precision, f"convert_model; {how}", skip=skip, source="presets")]
+                return [Candidate(precision, precision, f"convert_model, activations kept out of the matmuls; {how}",
+                                  skip=skip, source="presets")]
             return super().shared_recipes(precision, profile)
         if precision == "int8":
             return [Candidate("int8-weights", "int8", "nncf.compress_weights INT8 (weights only)")]
