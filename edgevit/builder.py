@@ -123,8 +123,9 @@ def obtain(opts: BuildOptions, cache: Cache) -> Obtained:
 # -- export ------------------------------------------------------------------------------------------------
 
 def export_sample(plan) -> np.ndarray:
-    """The images an export's parity check runs on. Part of the export cache key: the per-preset and the
-    shared builds take the same, so a shared build reuses the per-preset exports and the other way round."""
+    """The images an export's parity check runs on. They check the ONNX and do not shape it, so the export
+    cache key leaves them out; the per-preset and the shared builds take the same ones all the same, so the
+    parity each export records does not depend on which build made it."""
     return plan.vx[:max(64, plan.profile.batch)]
 
 

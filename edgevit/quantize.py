@@ -279,20 +279,27 @@ def quantize_openvino(fp32_onnx, out_xml, calib: np.ndarray, level: int = 0, bat
     return info
 
 
-def compress_openvino_weights(fp32_onnx, out_xml) -> dict:
-    """INT8 weights, FP32 activations (NNCF weight compression): nothing is calibrated, so one engine can
-    serve inputs of every shape, as a shared-weight engine does."""
+def compress_openvino_model(model):
+    """(model with INT8 weights, report): NNCF weight compression, FP32 activations. Nothing is calibrated,
+    so one engine can serve inputs of every shape, as a shared-weight engine does."""
     import logging
 
     import nncf
-    import openvino as ov
 
     nncf.set_log_level(logging.WARNING)
-    model = nncf.compress_weights(ov.convert_model(str(fp32_onnx)), mode=nncf.CompressWeightsMode.INT8_ASYM)
+    return (nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM),
+            {"tool": f"nncf {nncf.__version__} compress_weights", "mode": "INT8_ASYM", "level": None})
+
+
+def compress_openvino_weights(fp32_onnx, out_xml) -> dict:
+    """``compress_openvino_model`` of the ONNX, written as an IR."""
+    import openvino as ov
+
+    model, report = compress_openvino_model(ov.convert_model(str(fp32_onnx)))
     out_xml = Path(out_xml)
     out_xml.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(out_xml), compress_to_fp16=False)
-    return {"tool": f"nncf {nncf.__version__} compress_weights", "mode": "INT8_ASYM", "level": None}
+    return report
 
 
 def convert_openvino_fp32(fp32_onnx, out_xml) -> dict:

@@ -129,6 +129,7 @@ def test_openvino_branches_keep_the_activation_out_of_the_matmul_so_its_weights_
     from onnx import TensorProto, helper, numpy_helper
 
     from edgevit.backends import openvino_branches
+    from edgevit.errors import EdgevitError
     from edgevit.shared_build import write_sources
 
     rng = np.random.default_rng(0)
@@ -145,14 +146,20 @@ def test_openvino_branches_keep_the_activation_out_of_the_matmul_so_its_weights_
                                      tmp_path / "e.xml")
     assert report["activations_unfused"] == 1
     compiled = ov.Core().compile_model(str(tmp_path / "e.xml"), "CPU")
-    fused = [op.get_rt_info()["originalLayersNames"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
-             if op.get_rt_info()["layerType"].astype(str) == "FullyConnected"]
-    assert len(fused) == 2 and not any("act" in names.split(",") for names in fused), fused
+    layers = [(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["originalLayersNames"].astype(str).split(","))
+              for op in compiled.get_runtime_model().get_ordered_ops()]
+    fcs = [names for kind, names in layers if kind == "FullyConnected"]
+    assert len(fcs) == 2 and not any("act" in names for names in fcs), layers
+    assert any("act" in names for kind, names in layers if kind != "FullyConnected"), layers
     x = rng.standard_normal((4, 6)).astype(np.float32)
     got = compiled.create_infer_request().infer({"input": x, "preset": np.array(0, np.int64)})[0]
     np.testing.assert_allclose(got, np.maximum(x @ w + b, 0) @ np.ones((64, 3), np.float32), rtol=1e-5, atol=1e-4)
-    int8 = openvino_branches.build(tmp_path / "s.json", tmp_path / "q.xml", weights="int8")
-    assert int8["activations_unfused"] == 0
+    assert openvino_branches.build(tmp_path / "s.json", tmp_path / "q.xml", weights="int8")["activations_unfused"] == 0
+    assert openvino_branches.build(tmp_path / "s.json", tmp_path / "b.xml", unfuse=False)["activations_unfused"] == 0
+    # a graph changed since the sources file listed it is refused, not built into another engine
+    onnx.save(onnx.load(str(tmp_path / "p.onnx")), str(tmp_path / "p.onnx"), save_as_external_data=True)
+    with pytest.raises(EdgevitError, match="preset p: .*p.onnx is changed since it was listed"):
+        openvino_branches.build(tmp_path / "s.json", tmp_path / "c.xml")
 
 
 def test_openvino_branches_refuse_graphs_of_other_shapes(tmp_path):
@@ -211,6 +218,9 @@ def test_shared_bundle_loads_one_engine_per_backend(quick_checkpoint, tmp_path, 
     # OpenVINO builds branches (each preset's static graph): a preset is its branch, the weights stored once
     branches = [p["engines"]["openvino"]["engine"]["settings"]["shared"]["branch"] for p in m["presets"]]
     assert branches == [0, 1]
+    ov_engine = m["presets"][0]["engines"]["openvino"]
+    # an FP32 engine keeps each MLP's GELU out of its matmul (the weights then pack once); others need not
+    assert (ov_engine["engine"]["quantization"]["activations_unfused"] > 0) == (ov_engine["precision"] == "fp32")
     ov_bin = (out / m["presets"][0]["engines"]["openvino"]["engine"]["file"]).with_suffix(".bin")
     assert ov_bin.stat().st_size < 1.05 * (out / "onnx/shared.onnx").stat().st_size
     engine_files = [f for f in m["files"] if f.startswith("engines/") and not f.endswith(".npz")]

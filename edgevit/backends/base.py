@@ -95,8 +95,8 @@ class Runner(Closing):
 
 
 class SharedRunner(Runner):
-    """One preset of a shared-weight engine (``SharedPresets``): the one loaded engine, fed the inputs that
-    select this preset. Switching presets is choosing another ``SharedRunner``: a reference swap."""
+    """One preset of a shared-weight engine (the ``SharedPresets`` graph, or OpenVINO branches): the one
+    loaded engine, fed the inputs that select this preset. Switching presets is choosing another ``SharedRunner``: a reference swap."""
 
     def __init__(self, base, feeds: dict, release):
         self.base, self.feeds, self._release = base, feeds, release

@@ -158,7 +158,8 @@ class OpenVINOBackend(Backend):
         if candidate.source == "presets":
             from edgevit.backends import openvino_branches
 
-            quant = openvino_branches.build(onnx_path, out, "int8" if candidate.precision == "int8" else "fp32")
+            quant = openvino_branches.build(onnx_path, out, "int8" if candidate.precision == "int8" else "fp32",
+                                            unfuse=candidate.precision == "fp32")
             # Snippets compile per branch: +11 MB a branch (SuperViT-DeiT-S, AVX2) for no measured speed.
             settings["snippets_mode"] = "DISABLE"
             if candidate.precision == "bf16":

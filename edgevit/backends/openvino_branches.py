@@ -45,19 +45,30 @@ def _keep_fc_unfused(model) -> int:
     """
     from openvino import opset8 as ops
 
+    def constant(value) -> bool:     # a weight or bias, possibly behind the Convert of a compressed one
+        node = value.get_node()
+        if node.get_type_name() == "Convert":
+            node = node.input_value(0).get_node()
+        return node.get_type_name() == "Constant"
+
+    def weight_matmul(value) -> bool:
+        node = value.get_node()
+        return node.get_type_name() == "MatMul" and constant(node.input_value(1))
+
     guarded = 0
     for op in model.get_ordered_ops():
         if op.get_type_name() not in _FUSED_ACTIVATIONS:
             continue
         src = op.input_value(0)
-        producer = src.get_node()
-        if producer.get_type_name() == "Add":     # the bias add the plugin folds into the matmul
-            producer = next((v.get_node() for v in producer.input_values()
-                             if v.get_node().get_type_name() == "MatMul"), producer)
-        if producer.get_type_name() != "MatMul":
-            continue
-        op.input(0).replace_source_output(ops.maximum(src, src).output(0))
-        guarded += 1
+        node = src.get_node()
+        if node.get_type_name() == "Add":     # the bias add the plugin folds into the matmul
+            a, b = node.input_values()
+            fc = (weight_matmul(a) and constant(b)) or (weight_matmul(b) and constant(a))
+        else:
+            fc = weight_matmul(src)
+        if fc:
+            op.input(0).replace_source_output(ops.maximum(src, src).output(0))
+            guarded += 1
     return guarded
 
 
@@ -132,25 +143,32 @@ def assemble(models: list, names: list[str]):
     return ov.Model([result], [image, preset], "presets")
 
 
-def build(sources_json, out_xml, weights: str = "fp32") -> dict:
+def build(sources_json, out_xml, weights: str = "fp32", unfuse: bool | None = None) -> dict:
     """Read the presets' static ONNX graphs listed in ``sources_json`` (``shared_build.write_sources``), in
     branch order; ``weights`` "int8" compresses each with NNCF (INT8 weights, FP32 activations: equal weights
-    compress to equal constants, so they are still stored once). Writes the branches IR."""
+    compress to equal constants, so they are still stored once). ``unfuse`` (default: FP32 weights) keeps
+    activations out of the matmuls, for an engine that runs in FP32 (``_keep_fc_unfused``); a bf16 one runs
+    oneDNN either way. Writes the branches IR."""
     import openvino as ov
 
+    from edgevit.bundle import sha256_file
+    from edgevit.quantize import compress_openvino_model
+
+    unfuse = weights == "fp32" if unfuse is None else unfuse
     spec = json.loads(Path(sources_json).read_text())
-    models, names, seen, replaced, guarded, tool = [], [], {}, 0, 0, f"openvino {ov.__version__} convert_model"
+    models, names, seen, replaced, guarded = [], [], {}, 0, 0
+    report = {"tool": f"openvino {ov.__version__} convert_model", "level": None}
     for item in spec["presets"]:
-        m = ov.convert_model(str(item["onnx"]))
+        onnx_path = Path(item["onnx"])
+        # The sources file's digest keys the engine cache; a graph changed or gone since would build another.
+        if not onnx_path.is_file() or sha256_file(onnx_path) != item["sha256"]:
+            raise EdgevitError(f"{sources_json}: preset {item['name']}: {onnx_path} is "
+                               f"{'changed since it was listed' if onnx_path.is_file() else 'missing'}; "
+                               f"build again (or remove the build's --cache-dir)")
+        m = ov.convert_model(str(onnx_path))
         if weights == "int8":
-            import logging
-
-            import nncf
-
-            nncf.set_log_level(logging.WARNING)
-            m = nncf.compress_weights(m, mode=nncf.CompressWeightsMode.INT8_ASYM)
-            tool = f"nncf {nncf.__version__} compress_weights INT8_ASYM"
-        else:   # FP32 matmuls run on MLAS only without a fused activation (see _keep_fc_unfused)
+            m, report = compress_openvino_model(m)
+        if unfuse:
             guarded += _keep_fc_unfused(m)
         replaced += _dedup_into(m, seen)
         models.append(m)
@@ -159,6 +177,4 @@ def build(sources_json, out_xml, weights: str = "fp32") -> dict:
     out_xml = Path(out_xml)
     out_xml.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(out_xml), compress_to_fp16=False)
-    return {"tool": tool, "level": None, "branches": names, "constants_shared": replaced,
-            "activations_unfused": guarded,
-            **({"mode": "INT8_ASYM"} if weights == "int8" else {})}
+    return {**report, "branches": names, "constants_shared": replaced, "activations_unfused": guarded}
