@@ -4,10 +4,12 @@
     python tools/bench_shared.py                       # supervit-deit-s, random weights, all 12 presets
     python tools/bench_shared.py --model supervit-nano --md docs/benchmarks/shared-nano.md
 
-For each backend (OpenVINO FP32, ONNX Runtime FP32, ONNX Runtime dynamic INT8: the engine the x86 build
-chooses on AVX2 hosts) it writes the 12 static engines `edgevit build` makes per preset and the one
-shared-weight engine `edgevit build --shared-weights` makes: on OpenVINO the branches engine (every preset's
-static graph behind If, ``backends.openvino_branches``) and, as a second row, the dynamic-shape graph
+For each backend and precision (OpenVINO FP32 and INT8 weights, ONNX Runtime FP32 and dynamic INT8: the
+engine the x86 build chooses on AVX2 hosts) it writes the 12 static engines, one per preset, and the one
+shared-weight engine `edgevit build --shared-weights` makes, with the build's own functions: on OpenVINO the
+branches engine (every preset's static graph behind If, ``backends.openvino_branches``; FP32, and INT8
+weights by NNCF ``compress_weights``, whose static engines are that recipe per preset: the per-preset build's
+calibrated INT8 is another recipe) and, as a further row, the dynamic-shape graph
 (``openvino.shared_graph: dynamic``); on ONNX Runtime the dynamic-shape graph (``SharedPresets``). Then:
 
 * disk: the engine files of one preset, of all 12, and of the shared engine (+ its per-preset inputs);
@@ -16,7 +18,8 @@ static graph behind If, ``backends.openvino_branches``) and, as a second row, th
 * latency: every static and shared preset runner in one process, interleaved, batch 1, p50 per preset;
 * switching: a switch to a random other preset on the shared engine, then three requests on it: the first
   minus the second is what the switch costs; the third minus the second, two requests with no switch
-  between them, is the host's jitter measured the same way (p50 and p99 of each).
+  between them, is the host's jitter measured the same way (p50 and p99 of each). On a shared 2-core host
+  the p99 of either is the host's (several ms); what a switch adds at p99 is the one p99 minus the other.
 """
 
 from __future__ import annotations
@@ -66,11 +69,13 @@ def mb(paths) -> float:
     return sum(Path(p).stat().st_size for p in paths) / 2 ** 20
 
 
-def _switch_cost(runners: dict, x: np.ndarray, switches: int) -> tuple[float, float, float, float, int]:
+def _switch_cost(runners: dict, x: np.ndarray, switches: int) -> tuple:
     """A switch is choosing another preset's inputs on the same engine. Each trial switches to a random other
     preset and times three requests on it: the first after the switch (t1) and two more (t2, t3). The switch's
     cost is t1 - t2; t3 - t2, two requests that follow no switch, is the host's own jitter measured the same
-    way. Returns p50 and p99 of each, and the number of switches."""
+    way. Returns p50 and p99 of each, what a switch adds at p99 (the one p99 minus the other) with its 95 %
+    bootstrap interval over trials (on a noisy host a p99 rests on a few trials: the interval says how far it
+    can move), and the number of switches."""
     rng = np.random.default_rng(1)
     names, cur = list(runners), None
     cost, null = [], []
@@ -86,8 +91,13 @@ def _switch_cost(runners: dict, x: np.ndarray, switches: int) -> tuple[float, fl
         cost.append(t[0] - t[1])
         null.append(t[2] - t[1])
         cur = nxt
+    cost, null = np.asarray(cost), np.asarray(null)
     q = lambda a, p: float(np.percentile(a, p))  # noqa: E731
-    return q(cost, 50), q(cost, 99), q(null, 50), q(null, 99), len(cost)
+    # Trials resampled as pairs: a trial's cost and jitter share its t2 and its moment of the host.
+    idx = rng.integers(len(cost), size=(2000, len(cost)))
+    beyond = np.percentile(cost[idx], 99, axis=1) - np.percentile(null[idx], 99, axis=1)
+    lo, hi = (float(v) for v in np.percentile(beyond, [2.5, 97.5]))
+    return q(cost, 50), q(cost, 99), q(null, 50), q(null, 99), q(cost, 99) - q(null, 99), lo, hi, len(cost)
 
 
 def _paired_ratio(shared_rounds, static_rounds) -> float:
@@ -100,9 +110,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="supervit-deit-s")
     ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--switches", type=int, default=300)
+    ap.add_argument("--switches", type=int, default=600, help="switch trials per engine (at least 20)")
     ap.add_argument("--md", default=None)
     args = ap.parse_args()
+    if args.switches < 20:
+        ap.error("--switches: at least 20 (a p99 of fewer trials is one trial)")
 
     import torch
 
@@ -113,7 +125,7 @@ def main() -> int:
     from edgevit.export import export_preset, export_shared
     from edgevit.host import cpu_info, tool_versions
     from edgevit.models import create_model
-    from edgevit.quantize import convert_openvino_fp32, quantize_onnxruntime_dynamic
+    from edgevit.quantize import compress_openvino_weights, convert_openvino_fp32, quantize_onnxruntime_dynamic
     from edgevit.measure import measure_latencies_interleaved
     from edgevit.shared_build import INPUTS_FILE, binding, write_inputs, write_sources
 
@@ -125,8 +137,8 @@ def main() -> int:
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        files = {"openvino fp32": [], "openvino fp32 dynamic": [], "onnxruntime fp32": [],
-                 "onnxruntime int8-dynamic": []}
+        files = {"openvino fp32": [], "openvino fp32 dynamic": [], "openvino int8-weights": [],
+                 "onnxruntime fp32": [], "onnxruntime int8-dynamic": []}
         aux = {k: [] for k in files}       # files loaded beside the engine (.bin), for disk figures
         for p in presets:
             log(f"[export] {p.name}")
@@ -134,6 +146,9 @@ def main() -> int:
             export_preset(model, p, onnx_path, x, opset=17, batch=1)
             convert_openvino_fp32(onnx_path, tmp / f"{p.name}.xml")
             quantize_onnxruntime_dynamic(onnx_path, tmp / f"{p.name}.int8.onnx")
+            compress_openvino_weights(onnx_path, tmp / f"{p.name}.w8.xml")
+            files["openvino int8-weights"].append(tmp / f"{p.name}.w8.xml")
+            aux["openvino int8-weights"].append(tmp / f"{p.name}.w8.bin")
             files["onnxruntime fp32"].append(onnx_path)
             for k in ("openvino fp32", "openvino fp32 dynamic"):   # the same static engines for both rows
                 files[k].append(tmp / f"{p.name}.xml")
@@ -144,10 +159,13 @@ def main() -> int:
         convert_openvino_fp32(tmp / "shared.onnx", tmp / "shared.xml")
         quantize_onnxruntime_dynamic(tmp / "shared.onnx", tmp / "shared.int8.onnx")
         log("[export] branches")
-        openvino_branches.build(write_sources({p.name: files["onnxruntime fp32"][i] for i, p in enumerate(presets)},
-                                              tmp / "sources.json"), tmp / "branches.xml")
+        sources = write_sources({p.name: files["onnxruntime fp32"][i] for i, p in enumerate(presets)},
+                                tmp / "sources.json")
+        openvino_branches.build(sources, tmp / "branches.xml")
+        openvino_branches.build(sources, tmp / "branches.w8.xml", weights="int8")
         shared = {"openvino fp32": (tmp / "branches.xml", [tmp / "branches.bin"]),
                   "openvino fp32 dynamic": (tmp / "shared.xml", [tmp / "shared.bin"]),
+                  "openvino int8-weights": (tmp / "branches.w8.xml", [tmp / "branches.w8.bin"]),
                   "onnxruntime fp32": (tmp / "shared.onnx", []),
                   "onnxruntime int8-dynamic": (tmp / "shared.int8.onnx", [])}
         # The shared bundle's inputs file and bindings, as `edgevit build --shared-weights` writes them.
@@ -160,6 +178,7 @@ def main() -> int:
         # What the build records for each shared engine: the branches engine runs without snippets
         # (edgevit.backends.openvino.OpenVINOBackend.compile).
         shared_settings = {"openvino fp32": {**static_f32, "snippets_mode": "DISABLE"},
+                           "openvino int8-weights": {**static_f32, "snippets_mode": "DISABLE"},
                            "openvino fp32 dynamic": static_f32}
         rows, static_rss = [], {}
         for kind in files:
@@ -226,8 +245,10 @@ def main() -> int:
     out += ["", "A switch (another preset's inputs on the same engine) followed by the first result: the first request "
             "after the switch minus the next request of the same preset, beside the same difference between two "
             "requests that follow no switch (the host's jitter, measured the same way), ms:", "",
-            "| engine | switch p50 | switch p99 | no switch p50 | no switch p99 | switches |", "|---|---|---|---|---|---|"]
-    out += [f"| {k} | {a:.3f} | {b:.3f} | {c:.3f} | {d:.3f} | {n} |" for k, a, b, c, d, n in switch_rows]
+            "| engine | switch p50 | switch p99 | no switch p50 | no switch p99 | switch p99 beyond no-switch p99 "
+            "(95 % interval) | switches |", "|---|---|---|---|---|---|---|"]
+    out += [f"| {k} | {a:.3f} | {b:.3f} | {c:.3f} | {d:.3f} | **{e:.3f}** ({lo:.1f} to {hi:.1f}) | {n} |"
+            for k, a, b, c, d, e, lo, hi, n in switch_rows]
     text = "\n".join(out) + "\n"
     print(text)
     if args.md:

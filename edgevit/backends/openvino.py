@@ -116,8 +116,9 @@ class OpenVINOBackend(Backend):
         "num_streams": F(int, 1, min=1),
         "threads": F(int, 0, min=0),
         # --shared-weights: "branches" (each preset's static graph behind If, weights once; static-engine
-        # speed, 1.6x one preset's memory on DeiT-S) or "dynamic" (one dynamic-shape graph; 1.3x the memory,
-        # but 1.5-2 ms more per request and ~2 ms per preset switch). docs/benchmarks/shared-deit-s-avx2.md
+        # speed, 1.5x one preset's memory on DeiT-S in FP32) or "dynamic" (one dynamic-shape graph; 1.3x the
+        # memory, but 1.5-2 ms more per request and 1.3-1.8 ms per preset switch).
+        # docs/benchmarks/shared-deit-s-avx2.md
         "shared_graph": F(str, "branches", choices=("branches", "dynamic")),
     }
 
