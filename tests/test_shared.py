@@ -134,12 +134,16 @@ def test_openvino_branches_keep_the_activation_out_of_the_matmul_so_its_weights_
 
     rng = np.random.default_rng(0)
     w, b = rng.standard_normal((6, 64)).astype(np.float32), rng.standard_normal(64).astype(np.float32)
+    # a reshape between the bias add and the activation, as some exports have: the plugin moves the
+    # activation up through it, then fuses
     g = helper.make_graph(
         [helper.make_node("MatMul", ["input", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["pre"]),
-         helper.make_node("Relu", ["pre"], ["act"]), helper.make_node("MatMul", ["act", "w2"], ["logits"])], "g",
+         helper.make_node("Reshape", ["pre", "shape"], ["pre3"]),
+         helper.make_node("Relu", ["pre3"], ["act"]), helper.make_node("MatMul", ["act", "w2"], ["logits"])], "g",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [4, 6])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [4, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 2, 3])],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"),
+         numpy_helper.from_array(np.array([2, 2, 64], np.int64), "shape"),
          numpy_helper.from_array(np.ones((64, 3), np.float32), "w2")])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "p.onnx"))
     report = openvino_branches.build(write_sources({"p": tmp_path / "p.onnx"}, tmp_path / "s.json"),
@@ -149,11 +153,11 @@ def test_openvino_branches_keep_the_activation_out_of_the_matmul_so_its_weights_
     layers = [(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["originalLayersNames"].astype(str).split(","))
               for op in compiled.get_runtime_model().get_ordered_ops()]
     fcs = [names for kind, names in layers if kind == "FullyConnected"]
-    assert len(fcs) == 2 and not any("act" in names for names in fcs), layers
-    assert any("act" in names for kind, names in layers if kind != "FullyConnected"), layers
+    assert len(fcs) == 2 and all(len(names) == 1 for names in fcs), layers      # nothing fused into either
     x = rng.standard_normal((4, 6)).astype(np.float32)
     got = compiled.create_infer_request().infer({"input": x, "preset": np.array(0, np.int64)})[0]
-    np.testing.assert_allclose(got, np.maximum(x @ w + b, 0) @ np.ones((64, 3), np.float32), rtol=1e-5, atol=1e-4)
+    want = np.maximum(x @ w + b, 0).reshape(2, 2, 64) @ np.ones((64, 3), np.float32)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
     assert openvino_branches.build(tmp_path / "s.json", tmp_path / "q.xml", weights="int8")["activations_unfused"] == 0
     assert openvino_branches.build(tmp_path / "s.json", tmp_path / "b.xml", unfuse=False)["activations_unfused"] == 0
     # a graph changed since the sources file listed it is refused, not built into another engine

@@ -32,6 +32,9 @@ _FUSED_ACTIVATIONS = frozenset({"Gelu", "Relu", "Swish", "Sigmoid", "Tanh", "Cla
                                 "Mish", "SoftPlus"})
 
 
+_DATA_MOVES = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Transpose"})
+
+
 def _keep_fc_unfused(model) -> int:
     """Put ``Maximum(x, x)`` (x, exactly) between each matmul and the activation after it; returns how many.
 
@@ -59,7 +62,11 @@ def _keep_fc_unfused(model) -> int:
     for op in model.get_ordered_ops():
         if op.get_type_name() not in _FUSED_ACTIVATIONS:
             continue
-        src = op.input_value(0)
+        # The plugin moves an activation up through reshapes and transposes (MoveEltwiseUpThroughDataMov)
+        # before it fuses, so look through them and guard the matmul's own output.
+        into, src = op.input(0), op.input_value(0)
+        while src.get_node().get_type_name() in _DATA_MOVES and len(src.get_target_inputs()) == 1:
+            into, src = src.get_node().input(0), src.get_node().input_value(0)
         node = src.get_node()
         if node.get_type_name() == "Add":     # the bias add the plugin folds into the matmul
             a, b = node.input_values()
@@ -67,7 +74,7 @@ def _keep_fc_unfused(model) -> int:
         else:
             fc = weight_matmul(src)
         if fc:
-            op.input(0).replace_source_output(ops.maximum(src, src).output(0))
+            into.replace_source_output(ops.maximum(src, src).output(0))
             guarded += 1
     return guarded
 
