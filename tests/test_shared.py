@@ -150,8 +150,8 @@ def test_openvino_branches_keep_the_activation_out_of_the_matmul_so_its_weights_
                                      tmp_path / "e.xml")
     assert report["activations_unfused"] == 1
     compiled = ov.Core().compile_model(str(tmp_path / "e.xml"), "CPU")
-    layers = [(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["originalLayersNames"].astype(str).split(","))
-              for op in compiled.get_runtime_model().get_ordered_ops()]
+    info = [op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops()]
+    layers = [(i["layerType"].astype(str), i["originalLayersNames"].astype(str).split(",")) for i in info]
     fcs = [names for kind, names in layers if kind == "FullyConnected"]
     assert len(fcs) == 2 and all(len(names) == 1 for names in fcs), layers      # nothing fused into either
     x = rng.standard_normal((4, 6)).astype(np.float32)

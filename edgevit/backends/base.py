@@ -96,7 +96,8 @@ class Runner(Closing):
 
 class SharedRunner(Runner):
     """One preset of a shared-weight engine (the ``SharedPresets`` graph, or OpenVINO branches): the one
-    loaded engine, fed the inputs that select this preset. Switching presets is choosing another ``SharedRunner``: a reference swap."""
+    loaded engine, fed the inputs that select this preset. Switching presets is choosing another
+    ``SharedRunner``: a reference swap."""
 
     def __init__(self, base, feeds: dict, release):
         self.base, self.feeds, self._release = base, feeds, release

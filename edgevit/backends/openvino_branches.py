@@ -27,11 +27,10 @@ from edgevit.backends.base import BRANCH_INPUT
 from edgevit.errors import EdgevitError
 
 
-# Activations the CPU plugin fuses into the FullyConnected before them as a post-op.
+# Activations the CPU plugin fuses into the FullyConnected before them as a post-op, and the data moves it
+# lifts them over to get there.
 _FUSED_ACTIVATIONS = frozenset({"Gelu", "Relu", "Swish", "Sigmoid", "Tanh", "Clamp", "Elu", "HSwish", "HSigmoid",
                                 "Mish", "SoftPlus"})
-
-
 _DATA_MOVES = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Transpose"})
 
 
