@@ -164,6 +164,9 @@ def test_openvino_branches_keep_the_activation_out_of_the_matmul_so_its_weights_
     onnx.save(onnx.load(str(tmp_path / "p.onnx")), str(tmp_path / "p.onnx"), save_as_external_data=True)
     with pytest.raises(EdgevitError, match="preset p: .*p.onnx is changed since it was listed"):
         openvino_branches.build(tmp_path / "s.json", tmp_path / "c.xml")
+    (tmp_path / "p.onnx").unlink()
+    with pytest.raises(EdgevitError, match="preset p: .*p.onnx is missing; build again"):
+        openvino_branches.build(tmp_path / "s.json", tmp_path / "c.xml")
 
 
 def test_openvino_branches_refuse_graphs_of_other_shapes(tmp_path):
