@@ -23,6 +23,7 @@ from edgevit.bundle import read_manifest, verify_files
 from edgevit.errors import EdgevitError
 from edgevit.backends.tensorrt.gpu import engine_mismatches, l4t_release, target_mismatches, tensorrt_ready
 from edgevit.profiles import load_profile, parse_profile
+from pinned import ort_session
 
 TWO = ["r32-k1", "r16-k0.5"]
 
@@ -157,8 +158,6 @@ def _linear_onnx(path, w: np.ndarray, b: np.ndarray):
 def test_the_kit_stores_each_weight_once_and_every_reader_still_gets_it(tmp_path):
     """Presets built from one set of weights: the kit's ONNX files point into one weights file where each
     distinct tensor is stored once, and ONNX Runtime (as TensorRT's parser and refitter) reads the same values."""
-    import onnxruntime as ort
-
     from edgevit.backends.tensorrt.kit import WEIGHTS_FILE, share_weights
 
     rng = np.random.default_rng(0)
@@ -168,7 +167,7 @@ def test_the_kit_stores_each_weight_once_and_every_reader_still_gets_it(tmp_path
     for rel, (wi, bi) in models.items():
         _linear_onnx(tmp_path / rel, wi, bi)
     x = rng.standard_normal((1, 64)).astype(np.float32)
-    run = lambda rel: ort.InferenceSession(str(tmp_path / rel)).run(None, {"x": x})[0]  # noqa: E731
+    run = lambda rel: ort_session(tmp_path / rel).run(None, {"x": x})[0]  # noqa: E731
     before = {rel: run(rel) for rel in models}
     for attempt in range(2):                # a second pass (a rebuilt kit) gives the same file
         stats = share_weights(tmp_path, list(models))

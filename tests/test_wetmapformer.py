@@ -10,6 +10,7 @@ from edgevit.bundle import read_manifest
 from edgevit.data.rasters import fill_invalid, open_raster, write_geotiff
 from edgevit.data.scenes import load_scene_dataset, pad_scene, patches_at, synthetic_scene, write_synthetic_scene
 from edgevit.errors import EdgevitError
+from rules import check_unmeasured_choice
 from edgevit.models import create_model
 from edgevit.models.wetmapformer import LocalWindowAttention, WetMapFormer, window_attention_reference
 
@@ -262,9 +263,12 @@ def test_wetmapformer_bundle_reports_oa_and_kappa_and_int8_agrees(wmf_bundle):
     (p,) = m["presets"]
     assert p["torch"]["top1"] >= 0.9 and p["torch"]["kappa"] >= 0.85
     for b, e in p["engines"].items():
-        # Not measured (measure=False): the preference order ships INT8 wherever it passes the gate.
-        assert e["precision"] == "int8" and e["gate"]["passed"] and e["agreement"] >= 0.98, (b, e["gate"])
-        assert 0.85 <= e["kappa"] <= 1.0
+        # Not measured (measure=False): the preference order ships the first candidate that passes the gate
+        # (INT8 where its kernels' rounding on this host keeps it inside the gate).
+        check_unmeasured_choice(e, m["precision"][0])
+        assert e["agreement"] >= 0.98 and 0.85 <= e["kappa"] <= 1.0, (b, e["gate"])
+        int8 = [c for c in e["candidates"] if c["precision"] == "int8" and not c.get("skipped")]
+        assert int8 and all("kappa" in c and "agreement" in c for c in int8)   # INT8 was built and validated
 
 
 def test_map_command_end_to_end(wmf_bundle, tmp_path):
