@@ -3,8 +3,11 @@
 The top level stays import-light (no torch) so that device programs and ``edgevit --help`` start fast.
 """
 
+from edgevit import privacy
 from edgevit.errors import EdgevitError
 from edgevit.version import __version__
+
+privacy.off()   # before any library is imported: nothing is sent from edgevit's processes (EDGEVIT_TELEMETRY=1 opts in)
 
 __all__ = ["__version__", "EdgevitError", "load"]
 
