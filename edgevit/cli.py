@@ -536,7 +536,17 @@ def inspect_cmd(bundle, as_json, verify, candidates):
 
 
 def main():
-    cli(prog_name="edgevit")
+    from edgevit.cleanup import finish
+
+    code = 1
+    try:
+        cli(prog_name="edgevit")
+        code = 0
+    except SystemExit as e:
+        code = e.code
+        raise
+    finally:
+        finish(code)   # the work is done: nothing a library left running may hold the exit
 
 
 if __name__ == "__main__":
