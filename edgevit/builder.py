@@ -490,6 +490,8 @@ class Engines:
     entries: list[dict]
     work: dict = field(default_factory=dict)
     shared: dict | None = None
+    resident: dict = field(default_factory=dict)    # backend -> resident.Resident, sets measured already
+    shared_check: dict | None = None                # the shared engines' memory against the presets' own
 
 
 def static_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path, compiled: str) -> Engines:
@@ -556,7 +558,47 @@ def shared_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path) -> Engines:
         chosen = shared_build.build_shared(plan.model, plan.presets, plan.backends, profile, plan.cx, plan.vx,
                                            plan.vy, refs, tmp / shared_build.ONNX_FILE, cache, tmp, plan.measure,
                                            array_digest(plan.cx), log, sources)
-    return Engines(entries, shared=chosen)
+    if not plan.measure:
+        return Engines(entries, shared=chosen)
+    return _memory_rule(plan, Engines(entries, shared=chosen), cache, tmp)
+
+
+def _memory_rule(plan: Plan, engines: Engines, cache: Cache, tmp: Path) -> Engines:
+    """Shared engines that hold more than the presets' own engines would are not the default; where that is
+    every backend's, the shared engines leave the bundle (``shared`` None: the per-preset build follows)."""
+    from edgevit import build_memory, shared_build
+
+    largest = max(plan.presets, key=lambda p: p.flops)
+    reference, _, _ = export_cached(plan.model, largest, plan.weights, export_sample(plan), plan.profile, cache)
+    engines.resident, engines.shared_check = build_memory.shared_check(plan, engines.shared, tmp, reference, cache)
+    excluded = {b: (f"{c['shared_mb']:.0f} MB with all {c['presets']} presets resident, more than {c['presets']} x "
+                    f"{c['per_preset_mb']:.0f} MB of one preset's own engine")
+                for b, c in engines.shared_check.items() if not c["passed"]}
+    if len(excluded) < len(plan.backends):
+        if excluded:
+            shared_build.set_default(engines.shared, plan.presets, [b.name for b in plan.backends], True, excluded)
+        return engines
+    for rel in {shared_build.ONNX_FILE, shared_build.INPUTS_FILE,
+                *(f for e in engines.shared.values() for b in plan.backends for f in
+                  EngineSpec(**e[b.name]["engine"]).files)}:
+        (tmp / rel).unlink(missing_ok=True)
+    engines.shared, engines.resident = None, {}
+    return engines
+
+
+def engines_stage(plan: Plan, refs: dict, cache: Cache, tmp: Path, compiled: str) -> Engines:
+    """The engines of every preset: shared-weight ones where the profile asks and they hold less memory than
+    the presets' own engines, else per preset."""
+    if not plan.profile.shared_weights:
+        return static_engines(plan, refs, cache, tmp, compiled)
+    engines = shared_engines(plan, refs, cache, tmp)
+    if engines.shared is not None:
+        return engines
+    plan.opts.log("[memory] no backend's shared-weight engine holds less than the presets' own engines: "
+                  "building an engine per preset instead")
+    static = static_engines(plan, refs, cache, tmp, compiled)
+    static.shared_check = engines.shared_check
+    return static
 
 
 def choose(plan: Plan, engines: Engines, tmp: Path, compiled: str) -> list[dict]:
@@ -614,6 +656,7 @@ def assemble(plan: Plan, entries: list[dict], checkpoint: str | None, seconds: f
 def build(opts: BuildOptions) -> Path:
     """profile + model -> references -> export and candidates -> measure and choose -> device engines ->
     manifest -> bundle, renamed into place only when complete."""
+    from edgevit import build_memory
     from edgevit.checkpoints import save_checkpoint
     from edgevit.report import manifest_report
 
@@ -623,9 +666,11 @@ def build(opts: BuildOptions) -> Path:
     refs = references(plan)
     with BundleWriter(plan.out) as writer, cache.scratch("compiled") as compiled:
         tmp = writer.tmp
-        engines = (shared_engines(plan, refs, cache, tmp) if plan.profile.shared_weights else
-                   static_engines(plan, refs, cache, tmp, str(compiled)))
+        engines = engines_stage(plan, refs, cache, tmp, str(compiled))
         entries = choose(plan, engines, tmp, str(compiled))
+        memory = build_memory.record(plan, entries, tmp, engines.resident)
+        if memory is not None and engines.shared_check:
+            memory["shared_check"] = engines.shared_check
         device = _deferred_engines(plan, tmp, entries, refs)
         mark_pareto(entries, plan.backends[0].name)     # after the device build, which may add latencies
         checkpoint = None
@@ -636,6 +681,8 @@ def build(opts: BuildOptions) -> Path:
                             classes=list(ds.classes), data={"name": ds.name, "split_hash": ds.split_hash()})
         seconds = time.perf_counter() - t_start
         manifest = assemble(plan, entries, checkpoint, seconds)
+        if memory is not None:
+            manifest["memory"] = memory
         if device is not None:
             device[0].record_deferred(manifest, device[1])
         path = writer.commit(manifest, manifest_report(manifest))

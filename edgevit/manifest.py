@@ -79,6 +79,7 @@ class EngineEntry(_Record):
     fallback: dict | None = None
     pareto: bool | None = None
     reason: str | None = None
+    resident_mb: dict | None = None     # {"added", "all_presets"}: MB resident, measured in a fresh process
     extra: dict = field(default_factory=dict)
     present: tuple = field(default=(), repr=False, compare=False)
 
@@ -142,6 +143,7 @@ class Manifest(_Record):
     files: dict = field(default_factory=dict)   # relative path -> sha256
     obtain_seconds: float | None = None
     device_build: dict | None = None    # a deferred backend's record (TensorRT's kit)
+    memory: dict | None = None          # per backend, MB resident with every preset loaded (edgevit.build_memory)
     present: tuple = field(default=(), repr=False, compare=False)
     _nested = {"presets": lambda ps: [PresetEntry.from_dict(p) for p in ps]}
 

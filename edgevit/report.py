@@ -108,6 +108,7 @@ def summary_lines(m: dict) -> list[str]:
             lines.append(f"missing    {b}: {why}")
     if not m.get("latency_measured_here"):
         lines.append(f"latency    not measured: {m.get('latency_note')}")
+    lines += memory_lines(m)
     dev = m.get("device_build")
     if dev and dev["status"] == "pending":
         lines.append(f"TensorRT   {len(dev['pending_presets'])} engine(s) pending-device-build ({dev['reason']}): run "
@@ -117,6 +118,23 @@ def summary_lines(m: dict) -> list[str]:
         lines.append(f"TensorRT   engines built on {on.get('gpu')} (compute capability {on.get('compute_capability')}, "
                      f"TensorRT {on.get('tensorrt')}" + (f", L4T {on['l4t']}" if on.get("l4t") else "") + ")"
                      + (f"; failed validation: {', '.join(dev['failed'])}" if dev.get("failed") else ""))
+    return lines
+
+
+def memory_lines(m: dict) -> list[str]:
+    """Resident memory with every preset loaded, per backend, and the shared engines' check against the
+    presets' own engines."""
+    mem = m.get("memory")
+    if not mem:
+        return []
+    lines = ["memory     every preset resident: " + "; ".join(
+        f"{b} {v['all_presets_mb']:.1f} MB for {v['presets']}{' (shared weights)' if v['shared_weights'] else ''}"
+        for b, v in mem["backends"].items()) + " (fresh process)"]
+    for b, c in (mem.get("shared_check") or {}).items():
+        verdict = "kept" if c["passed"] else "not the default"
+        lines.append(f"shared     {b} {c.get('shared_engine', '')}: {c['shared_mb']:.1f} MB for {c['presets']} presets "
+                     f"against {c['presets']} x {c['per_preset_mb']:.1f} MB of one preset's own engine "
+                     f"({c.get('per_preset_engine', '')}): {verdict}")
     return lines
 
 

@@ -176,12 +176,20 @@ def build_shared(model, presets, backends, profile, cx, vx, vy, refs: dict, onnx
         for p in presets:
             records = [c.per_preset[p.name] for c in cands] + work[b.name + "/skipped"]
             out[p.name][b.name] = _entry(chosen[b.name], records, model, presets, p, profile, why, measure)
-    totals = {b: {"status": "ok", "latency_ms": _aggregate([chosen[b].per_preset[p.name] for p in presets])}
-              for b in chosen}
-    default, why = choose_backend(totals, [b.name for b in backends], measure)
-    for p in presets:   # one backend for every preset: two shared engines resident would double the memory
-        out[p.name]["default"] = {"backend": default, "why": f"for every preset (shared weights): {why}"}
+    set_default(out, presets, [b.name for b in backends], measure)
     return out
+
+
+def set_default(out: dict, presets, order: list[str], measure: bool, excluded: dict | None = None) -> None:
+    """One default backend for every preset (two shared engines resident would double the memory): the
+    fastest by the geometric mean over presets, among the backends not ``excluded`` (name -> why)."""
+    excluded = excluded or {}
+    totals = {b: {"status": "ok", "latency_ms": _aggregate([out[p.name][b] for p in presets])}
+              for b in order if b not in excluded}
+    default, why = choose_backend(totals, [b for b in order if b not in excluded], measure)
+    note = "".join(f"; not {b}: {reason}" for b, reason in excluded.items())
+    for p in presets:
+        out[p.name]["default"] = {"backend": default, "why": f"for every preset (shared weights): {why}{note}"}
 
 
 def _build_and_gate(b, cand, model, presets, profile, cx, vx, vy, refs, onnx_path, cache, bundle_dir,

@@ -62,7 +62,7 @@ def test_rapl_sensor_with_wraparound(tmp_path):
     assert sensor.stop() == pytest.approx(0.005)
 
 
-def test_ina3221_rails_and_no_sensor(tmp_path):
+def test_ina3221_rails_and_no_sensor(tmp_path, monkeypatch):
     hw = tmp_path / "bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon3"
     hw.mkdir(parents=True)
     (hw / "in1_label").write_text("VDD_IN\n")
@@ -73,11 +73,25 @@ def test_ina3221_rails_and_no_sensor(tmp_path):
     (hw / "curr2_input").write_text("500\n")
     sensor, _ = find_sensor(str(tmp_path))
     assert isinstance(sensor, RailSensor) and [r[0] for r in sensor.rails] == ["VDD_IN"]  # the board input only
-    import time
+    # A clock that moves 10 ms per reading, counted: the integral is exact however busy the host is.
+    import threading
+    import types
+
+    import edgevit.hardware as hardware
+
+    readings, enough = [], threading.Event()
+
+    def perf_counter():
+        readings.append(None)
+        if len(readings) >= 20:
+            enough.set()
+        return 0.01 * len(readings)
+
+    monkeypatch.setattr(hardware, "time", types.SimpleNamespace(perf_counter=perf_counter, sleep=lambda s: None))
     sensor.start()
-    time.sleep(0.2)
+    assert enough.wait(10)
     joules = sensor.stop()
-    assert 1.5 < joules < 3.5   # ~10 W for ~0.2 s
+    assert joules == pytest.approx(10.0 * 0.01 * (len(readings) - 1))   # 10 W over every reading's 10 ms
     none, why = find_sensor(str(tmp_path / "empty"))
     assert none is None and "no RAPL" in why and "INA3221" in why
 

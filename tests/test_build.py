@@ -18,6 +18,7 @@ from edgevit.bundle import BundleWriter, read_manifest, remove_stale_partials
 from edgevit.cache import Cache
 from edgevit.data.datasets import load_digits
 from edgevit.errors import EdgevitError
+from rules import check_fallback
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO = ["r32-k1", "r16-k0.5"]
@@ -44,10 +45,7 @@ def test_bundle_manifest_describes_every_engine(built):
             assert e["status"] == "ok" and e["precision"] in ("int8", "bf16", "fp32")
             assert (out / e["engine"]["file"]).is_file() and e["engine"]["file"] in m["files"]
             _check_choice(p["name"], b, e)
-            if e["precision"] != "fp32":
-                assert e["fallback"] is None
-            else:
-                assert e["fallback"]["reason"]  # an FP32 engine in an INT8-first build must say why
+            check_fallback(e, m["precision"][0])   # INT8 wins on AVX2 hosts, bf16 can on AVX512-BF16 ones
             # Only the chosen candidate ships.
             others = [c for c in e["candidates"] if c["id"] != e["chosen"]["id"] and not c.get("skipped")]
             assert not any(list((out / "engines" / b).glob(f"{p['name']}.{c['id']}.*")) for c in others)
@@ -55,6 +53,15 @@ def test_bundle_manifest_describes_every_engine(built):
         assert p["engines"]["openvino"]["inference_precision"] in ("f32", "bf16")
     assert (out / "report.md").read_text().startswith("# bundle")
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".bundle.partial")]
+    # Resident memory with every preset loaded, per backend, measured in a fresh process; each engine's share
+    for b in ("openvino", "onnxruntime"):
+        total = m["memory"]["backends"][b]
+        assert total["presets"] == len(TWO) and total["all_presets_mb"] > 0 and not total["shared_weights"]
+        added = [p["engines"][b]["resident_mb"] for p in m["presets"]]
+        assert all(a["all_presets"] == total["all_presets_mb"] for a in added)
+        assert sum(a["added"] for a in added) == pytest.approx(total["all_presets_mb"], abs=0.2)
+    assert any(line.startswith("[memory] every preset resident") for line in logs)
+    assert "memory     every preset resident: openvino" in (out / "report.md").read_text()
 
 
 def _check_choice(preset: str, backend: str, e: dict) -> None:

@@ -42,7 +42,7 @@ def random_image_folder(root: Path, size: int, classes: int = 10, per_split=(4, 
     return root
 
 
-def build_bundle(model_name: str, presets: list[str], work: Path, log) -> Path:
+def build_bundle(model_name: str, presets: list[str], work: Path, log, shared_weights: bool = False) -> Path:
     import torch
 
     from edgevit.builder import BuildOptions, build
@@ -56,7 +56,7 @@ def build_bundle(model_name: str, presets: list[str], work: Path, log) -> Path:
                            data={"name": str(data)})
     return build(BuildOptions(target="x86-cpu", checkpoint=str(ckpt), data=str(data), presets=presets,
                               out=str(work / "bundle"), cache_dir=str(work / "cache"), max_top1_drop=1.0,
-                              min_agreement=0.0, include_checkpoint=False, log=log))
+                              min_agreement=0.0, include_checkpoint=False, shared_weights=shared_weights, log=log))
 
 
 def peers(onnx_path: Path, calib: np.ndarray) -> dict:
@@ -101,6 +101,9 @@ def main() -> int:
     ap.add_argument("--work", default=None, help="build in this folder and keep it (default: a temporary one)")
     ap.add_argument("--json", default=None, help="write the figures here")
     ap.add_argument("--md", default=None, help="write the Markdown table here")
+    ap.add_argument("--shared-weights", action="store_true", help="build with --shared-weights")
+    ap.add_argument("--build-only", action="store_true",
+                    help="build, print the bundle's memory figures and default engines, and stop")
     args = ap.parse_args()
 
     import torch
@@ -117,9 +120,19 @@ def main() -> int:
             tmp = args.work
             Path(tmp).mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        bundle = Path(args.bundle) if args.bundle else build_bundle(args.model, names, Path(tmp), log)
+        bundle = (Path(args.bundle) if args.bundle else
+                  build_bundle(args.model, names, Path(tmp), log, shared_weights=args.shared_weights))
         build_s = time.perf_counter() - t0
         m = read_manifest(bundle)
+        if args.build_only:
+            from edgevit.report import memory_lines
+
+            print("\n".join(memory_lines(m.to_dict())) or "memory: not measured (this host is not the target)")
+            for p in m.presets:
+                e = p.engines[p.default_backend()]
+                print(f"{p.name}: default {p.default_backend()} {e.chosen['id']}, p50 {e.latency('p50')} ms, "
+                      f"resident {e.resident_mb}")
+            return 0
         cpu, v = cpu_info(), tool_versions()
         host = (f"{cpu['model']} ({', '.join(cpu['features']) or 'no listed features'}), {cpu['cores']} cores; "
                 f"torch {v['torch']}, onnxruntime {v['onnxruntime']}, openvino {v['openvino']}, nncf {v['nncf']}")
