@@ -14,6 +14,7 @@ from typing import Any
 
 from edgevit.backends.reference import REFERENCE   # allowed where a backend is named
 from edgevit.errors import EdgevitError
+from edgevit.files import excerpt
 from edgevit.runtime.policies import POLICY_KEYS
 from edgevit.schema import REQUIRED, F   # the policy registry: names and their parameters
 
@@ -86,26 +87,26 @@ def _type_name(t) -> str:
 def _check_value(v, f: F, where: str) -> Any:
     types = f.type if isinstance(f.type, tuple) else (f.type,)
     if isinstance(v, bool) and bool not in types:
-        raise EdgevitError(f"{where}: expected {_type_name(f.type)}, got {v!r}")
+        raise EdgevitError(f"{where}: expected {_type_name(f.type)}, got {excerpt(v)}")
     if not isinstance(v, types):
-        raise EdgevitError(f"{where}: expected {_type_name(f.type)}, got {v!r}")
+        raise EdgevitError(f"{where}: expected {_type_name(f.type)}, got {excerpt(v)}")
     if f.choices is not None and v not in f.choices:
-        raise EdgevitError(f"{where}: {v!r} is not allowed; expected one of {', '.join(map(str, f.choices))}")
+        raise EdgevitError(f"{where}: {excerpt(v)} is not allowed; expected one of {', '.join(map(str, f.choices))}")
     if isinstance(v, str) and isinstance(f.items, tuple) and all(isinstance(c, str) for c in f.items):
         if v not in f.items:  # a single value of a list-valued key (precision: int8)
-            raise EdgevitError(f"{where}: {v!r} is not allowed; expected one of {', '.join(f.items)} or a list of them")
+            raise EdgevitError(f"{where}: {excerpt(v)} is not allowed; expected one of {', '.join(f.items)} or a list of them")
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         if f.min is not None and v < f.min or f.max is not None and v > f.max:
             lo = "-inf" if f.min is None else f.min
             hi = "inf" if f.max is None else f.max
-            raise EdgevitError(f"{where}: {v!r} is out of range; expected {lo} to {hi}")
+            raise EdgevitError(f"{where}: {excerpt(v)} is out of range; expected {lo} to {hi}")
     if isinstance(v, list) and f.items is not None:
         for i, item in enumerate(v):
             if isinstance(f.items, tuple) and all(isinstance(c, str) for c in f.items):
                 if item not in f.items:
-                    raise EdgevitError(f"{where}[{i}]: {item!r} is not allowed; expected one of {', '.join(f.items)}")
+                    raise EdgevitError(f"{where}[{i}]: {excerpt(item)} is not allowed; expected one of {', '.join(f.items)}")
             elif not isinstance(item, f.items) or isinstance(item, bool):
-                raise EdgevitError(f"{where}[{i}]: expected {_type_name(f.items)}, got {item!r}")
+                raise EdgevitError(f"{where}[{i}]: expected {_type_name(f.items)}, got {excerpt(item)}")
     return list(v) if isinstance(v, list) else v
 
 
@@ -126,7 +127,7 @@ def _resolve(data: Any, schema: dict, where: str) -> dict:
             if section is None:
                 section = {}
             elif not isinstance(section, dict):  # `runtime: 0` is a mistake, not "use the defaults"
-                raise EdgevitError(f"{path}: expected a mapping of keys ({', '.join(f)}), got {section!r}")
+                raise EdgevitError(f"{path}: expected a mapping of keys ({', '.join(f)}), got {excerpt(section)}")
             out[key] = _resolve(section, f, path)
         elif key in data:
             out[key] = _check_value(data[key], f, path)
@@ -221,19 +222,9 @@ def parse_profile(data: Any, source: str) -> Profile:
 
 
 def load_profile_file(path) -> Profile:
-    import yaml
+    from edgevit.files import read_yaml
 
-    from edgevit.files import read_text
-
-    path = Path(path)
-    text = read_text(path, "profile")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise EdgevitError(f"profile {path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
-    return parse_profile(data, str(path))
+    return parse_profile(read_yaml(path, "profile"), str(path))
 
 
 def list_profiles(directory: Path = PROFILE_DIR) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgevit.errors import EdgevitError
+from edgevit.files import excerpt
 
 
 @dataclass
@@ -53,9 +54,9 @@ class FixedPolicy(Policy):
         if self.preset is None:
             return Proposal(len(ladder) - 1, "fixed: the most accurate preset")
         if self.preset not in names:
-            raise EdgevitError(f"policy fixed: preset {self.preset!r} is not on this backend's accuracy/latency "
+            raise EdgevitError(f"policy fixed: preset {excerpt(self.preset)} is not on this backend's accuracy/latency "
                                f"Pareto front; candidates: {', '.join(names)} (to pin any preset without a "
-                               f"switcher, call rt.use({self.preset!r}))")
+                               f"switcher, call rt.use({excerpt(self.preset)}))")
         return Proposal(names.index(self.preset), f"fixed: {self.preset}")
 
 
@@ -70,7 +71,7 @@ class ThresholdPolicy(Policy):
         from edgevit.runtime.signals import SIGNALS
 
         if self.signal not in SIGNALS:   # a misspelt signal would read as "unavailable" forever
-            raise EdgevitError(f"policy {self.name}: unknown signal {self.signal!r}; known signals: {', '.join(SIGNALS)}")
+            raise EdgevitError(f"policy {self.name}: unknown signal {excerpt(self.signal)}; known signals: {', '.join(SIGNALS)}")
         if not thresholds:
             raise EdgevitError(f"policy {self.name}: thresholds must not be empty")
         if hysteresis < 0:
@@ -148,7 +149,7 @@ class LatencyPolicy(Policy):
 
     def __init__(self, deadline_ms: float, margin: float = 0.8, queue_limit: int = 2, hysteresis_pct: float = 5):
         if deadline_ms is None or deadline_ms <= 0:
-            raise EdgevitError(f"policy latency: deadline_ms must be > 0, got {deadline_ms!r}")
+            raise EdgevitError(f"policy latency: deadline_ms must be > 0, got {excerpt(deadline_ms)}")
         if not 0 < margin <= 1:
             raise EdgevitError(f"policy latency: margin {margin} must be in (0, 1]")
         if queue_limit < 0:
@@ -230,19 +231,19 @@ def build_policy(spec: dict, where: str = "policy") -> Policy:
         raise EdgevitError(f"{where}: expected a mapping with a 'policy' key ({', '.join(POLICY_KEYS)})")
     kind = spec["policy"]
     if kind not in POLICY_KEYS:
-        raise EdgevitError(f"{where}.policy: {kind!r} is not one of {', '.join(POLICY_KEYS)}")
+        raise EdgevitError(f"{where}.policy: {excerpt(kind)} is not one of {', '.join(POLICY_KEYS)}")
     params = {k: v for k, v in spec.items() if k != "policy" and k not in SWITCHER_KEYS}
     unknown = set(params) - POLICY_KEYS[kind]
     if unknown:
-        raise EdgevitError(f"{where}: unknown key {sorted(unknown)[0]!r} for policy {kind}; allowed: "
+        raise EdgevitError(f"{where}: unknown key {excerpt(sorted(unknown)[0])} for policy {kind}; allowed: "
                            f"{', '.join(sorted(POLICY_KEYS[kind] | SWITCHER_KEYS))}")
     for k, v in params.items():
         if k in ("thresholds",):
             if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-                raise EdgevitError(f"{where}.{k}: expected a list of numbers, got {v!r}")
+                raise EdgevitError(f"{where}.{k}: expected a list of numbers, got {excerpt(v)}")
         elif k in ("hysteresis_pct", "limit_c", "hysteresis_c", "deadline_ms", "margin", "queue_limit"):
             if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise EdgevitError(f"{where}.{k}: expected a number, got {v!r}")
+                raise EdgevitError(f"{where}.{k}: expected a number, got {excerpt(v)}")
     if kind == "latency" and "deadline_ms" not in params:
         raise EdgevitError(f"{where}.deadline_ms: required for policy latency")
     constructors = {"fixed": lambda: FixedPolicy(params.get("preset")), "battery": lambda: BatteryPolicy(**params),

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from edgevit.errors import EdgevitError
+from edgevit.files import excerpt
 
 SIGNALS = ("battery_pct", "charging", "cpu_load", "temperature_c", "gpu_load", "power_w", "power_mode",
            "queue_depth", "latency_p90_ms")
@@ -164,7 +165,7 @@ def _parse_bool(v: str, where: str) -> bool:
         return True
     if s in ("0", "false", "no", "discharging", ""):
         return False
-    raise EdgevitError(f"{where}: charging {v!r} is not a boolean (expected 0/1/true/false)")
+    raise EdgevitError(f"{where}: charging {excerpt(v)} is not a boolean (expected 0/1/true/false)")
 
 
 class TraceSource(Source):
@@ -204,7 +205,7 @@ def load_trace(path) -> list[dict]:
                            f"{', '.join(TRACE_COLUMNS)}")
     unknown = [c for c in reader.fieldnames if c not in TRACE_COLUMNS]
     if unknown:
-        raise EdgevitError(f"trace {path}: unknown column {unknown[0]!r}; expected {', '.join(TRACE_COLUMNS)}")
+        raise EdgevitError(f"trace {path}: unknown column {excerpt(unknown[0])}; expected {', '.join(TRACE_COLUMNS)}")
     rows, last_t = [], float("-inf")
     width = len(reader.fieldnames)
     for n, raw in enumerate(reader, start=2):
@@ -228,9 +229,9 @@ def load_trace(path) -> list[dict]:
             try:
                 row[col] = float(v)
             except ValueError:
-                raise EdgevitError(f"{where}: {v!r} is not a number") from None
+                raise EdgevitError(f"{where}: {excerpt(v)} is not a number") from None
             if not math.isfinite(row[col]):
-                raise EdgevitError(f"{where}: {v!r} is not a finite number")
+                raise EdgevitError(f"{where}: {excerpt(v)} is not a finite number")
         if row["time_s"] < 0:
             raise EdgevitError(f"trace {path}, line {n}, time_s: {row['time_s']} is negative")
         if row["time_s"] < last_t:

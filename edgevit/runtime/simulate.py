@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgevit.errors import EdgevitError
+from edgevit.files import excerpt
 from edgevit.runtime.policies import Policy, build_policy, policy_from_profile
 from edgevit.runtime.signals import TraceSource
 from edgevit.runtime.switcher import Switcher
@@ -36,22 +37,16 @@ def load_policy(policy: str, runtime_section: dict) -> tuple[Policy, dict]:
     path = Path(policy)
     settings = {"min_dwell_s": runtime_section.get("min_dwell_s", 10), "debounce": 3}
     if path.suffix in (".yaml", ".yml") or path.is_file():
-        import yaml
+        from edgevit.files import read_yaml
 
-        from edgevit.files import read_text
-
-        text = read_text(path, "policy file")
-        try:
-            spec = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise EdgevitError(f"policy file {path}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        spec = read_yaml(path, "policy file")
         pol = build_policy(spec, f"policy file {path}")
         for key in ("min_dwell_s", "debounce"):
             if key in spec:
                 v = spec[key]
                 if not isinstance(v, (int, float)) or isinstance(v, bool) or v < (1 if key == "debounce" else 0):
                     raise EdgevitError(f"policy file {path}.{key}: expected a number >= "
-                                       f"{1 if key == 'debounce' else 0}, got {v!r}")
+                                       f"{1 if key == 'debounce' else 0}, got {excerpt(v)}")
                 settings[key] = int(v) if key == "debounce" else float(v)
         return pol, settings
     return policy_from_profile(policy, runtime_section), settings
