@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import edgevit.cleanup as cleanup
+from edgevit.bundle_paths import check_paths, inside
 from edgevit.errors import EdgevitError
 from edgevit.files import check_writable_dir
 from edgevit.manifest import SCHEMA, Manifest, parse
@@ -159,7 +160,9 @@ def read_manifest(bundle) -> Manifest:
         d = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise EdgevitError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    return parse(d, str(path))
+    manifest = parse(d, str(path))
+    check_paths(bundle, manifest)      # before anything it names is opened, hashed or run
+    return manifest
 
 
 def verify_files(bundle, manifest: Manifest | dict, only: list[str] | None = None) -> None:
@@ -170,7 +173,7 @@ def verify_files(bundle, manifest: Manifest | dict, only: list[str] | None = Non
     for rel in (only if only is not None else listed):
         if rel not in listed:
             raise EdgevitError(f"bundle {bundle}: {rel} is not listed in {MANIFEST}")
-        path = bundle / rel
+        path = inside(bundle, rel, f"files[{rel!r}]")
         if not path.is_file():
             raise EdgevitError(f"bundle {bundle}: engine file {rel} is missing")
         if sha256_file(path) != listed[rel]:

@@ -188,9 +188,14 @@ def check(d, where: str) -> None:
     if errors:
         import jsonschema
 
+        from edgevit.files import excerpt
+
         e = jsonschema.exceptions.best_match(errors)
         at = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise EdgevitError(f"{where}: field {at}: {e.message} (manifest.schema.json, schema_version "
+        # a pattern says what it means in its description (a bundle path), not as a regular expression
+        message = (f"{excerpt(e.instance)}: expected {e.schema['description']}"
+                   if e.validator == "pattern" and "description" in e.schema else e.message)
+        raise EdgevitError(f"{where}: field {at}: {message} (manifest.schema.json, schema_version "
                            f"{SCHEMA_VERSION})")
 
 
