@@ -31,15 +31,18 @@ def compile_config(settings: dict) -> dict:
         cfg["INFERENCE_NUM_THREADS"] = int(settings["threads"])
     if settings.get("snippets_mode"):
         cfg["SNIPPETS_MODE"] = settings["snippets_mode"]
-    if settings.get("cache_dir"):
-        # OpenVINO's model cache: a later load imports the compiled blob instead of compiling again.
-        cfg["CACHE_DIR"] = str(settings["cache_dir"])
     return cfg
 
 
 class OvRunner(Runner):
     def __init__(self, xml_path, settings: dict):
-        self.compiled = core().compile_model(str(xml_path), "CPU", compile_config(settings))
+        if settings.get("cache_dir"):
+            # A later load imports the compiled blob instead of compiling again, once its sha256 matches.
+            from edgevit.backends.openvino_cache import compile_checked
+
+            self.compiled = compile_checked(core(), xml_path, compile_config(settings), settings["cache_dir"])
+        else:
+            self.compiled = core().compile_model(str(xml_path), "CPU", compile_config(settings))
         # What the plugin will really use, read back (e.g. "f32", "bf16"), recorded in the manifest.
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.inference_precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
@@ -181,9 +184,14 @@ class OpenVINOBackend(Backend):
                           settings=settings, quantization=quant)
 
     def with_compile_cache(self, spec: EngineSpec, cache_dir: str | None) -> EngineSpec:
+        """Blobs go to a folder of their own per engine file: ``cache_dir`` may serve a whole build, and a
+        blob is looked up by its compile settings only (``openvino_cache``)."""
         if not cache_dir:
             return spec
-        return EngineSpec(**{**spec.to_dict(), "settings": {**spec.settings, "cache_dir": str(cache_dir)}})
+        import hashlib
+
+        folder = Path(cache_dir) / hashlib.sha256(spec.file.encode()).hexdigest()[:16]
+        return EngineSpec(**{**spec.to_dict(), "settings": {**spec.settings, "cache_dir": str(folder)}})
 
     def load(self, bundle_dir, spec: EngineSpec) -> Runner:
         def make():
