@@ -28,6 +28,11 @@ FORMAT_VERSION = 1
 TRUST_FLAG = "--trust-checkpoint"
 
 
+class PickleRefused(EdgevitError):
+    """The checkpoint needs full unpickling, which was not allowed (the message says how to allow it where
+    the command has ``--trust-checkpoint``; a command without it says what else to do)."""
+
+
 @dataclass
 class Checkpoint:
     model: torch.nn.Module
@@ -75,9 +80,9 @@ def read_checkpoint_file(path, trust: bool = False) -> dict:
             raise EdgevitError(f"checkpoint {path} is not a PyTorch checkpoint (neither a torch zip file nor a "
                                f"pickle): {str(e).splitlines()[0][:200]}") from None
         if found is None:
-            raise EdgevitError(f"checkpoint {path} is not a readable PyTorch file (the weights-only loader "
-                               f"refused it); if it is a full pickle you trust, pass {TRUST_FLAG}") from None
-        raise EdgevitError(f"checkpoint {path} needs full pickle loading, which can run arbitrary code (it "
+            raise PickleRefused(f"checkpoint {path} is not a readable PyTorch file (the weights-only loader "
+                                f"refused it); if it is a full pickle you trust, pass {TRUST_FLAG}") from None
+        raise PickleRefused(f"checkpoint {path} needs full pickle loading, which can run arbitrary code (it "
                            f"contains {found.group(1)}); pass {TRUST_FLAG} only if you trust where the file "
                            f"came from") from None
     except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError) as e:

@@ -342,8 +342,15 @@ def _int_list(ctx, param, value):
     return out
 
 
-def _names(value):
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+def _names(value, option: str = "--presets"):
+    """Comma-separated names; None where the option was not given. Given but empty is an error, not "all"."""
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise EdgevitError(f"{option} {value!r}: expected one or more comma-separated names; leave the option out "
+                           f"for all")
+    return names
 
 
 @cli.command("bench")
@@ -398,11 +405,13 @@ def bench_cmd(bundle, presets, backends, batches, threads, warmup, duration, ite
                                               default_name=f"{name}.{ext}")
                                   for p, ext, opt in ((json_out, "json", "json"), (md_out, "md", "md"),
                                                       (plot_out, "png", "plot")))
+    if not no_plot:
+        _check_plot_format(plot_out)    # before a minute of measuring, not after
     result = run_bench(BenchOptions(
-        bundle=bundle, presets=_names(presets), backends=_names(backends), batches=batches, threads=threads,
-        warmup_s=warmup, duration_s=None if iterations else (duration or 1.5), iterations=iterations,
-        repeats=repeats, accuracy=accuracy, baseline=not no_baseline, power_modes=_names(power_modes),
-        log=lambda m: click.echo(m, err=True)))
+        bundle=bundle, presets=_names(presets), backends=_names(backends, "--backends"), batches=batches,
+        threads=threads, warmup_s=warmup, duration_s=None if iterations else (duration or 1.5),
+        iterations=iterations, repeats=repeats, accuracy=accuracy, baseline=not no_baseline,
+        power_modes=_names(power_modes, "--power-modes"), log=lambda m: click.echo(m, err=True)))
     for p in (json_out, md_out, plot_out):
         p.parent.mkdir(parents=True, exist_ok=True)
     click.echo(to_text(result))
@@ -413,6 +422,15 @@ def bench_cmd(bundle, presets, backends, batches, threads, warmup, duration, ite
         plot(result, plot_out)
         wrote.append(str(plot_out))
     click.echo(f"\nwrote {', '.join(wrote)}", err=True)
+
+
+PLOT_FORMATS = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
+
+
+def _check_plot_format(path) -> None:
+    if path.suffix.lower() not in PLOT_FORMATS:
+        raise EdgevitError(f"--plot {path}: {path.suffix or 'no extension'} is not an image format the plot can "
+                           f"be written in; expected one of {', '.join(PLOT_FORMATS)} (or --no-plot)")
 
 
 def _can_plot(no_plot: bool) -> bool:
@@ -474,6 +492,8 @@ def simulate_cmd(bundle, trace, policy, dry, step, fps, power_w, min_dwell, back
     plot_out = output_file(plot_out or Path("bench") / f"{name}-simulate.png", "--plot",
                            default_name=f"{name}-simulate.png")
     json_out = output_file(json_out, "--json", default_name=f"{name}-simulate.json") if json_out else None
+    if not no_plot:
+        _check_plot_format(plot_out)
     r = simulate(SimOptions(bundle=bundle, trace=trace, policy=policy, dry=dry, step_s=step, fps=fps,
                             power_w=power_w, min_dwell_s=min_dwell, backend=backend))
     click.echo(summary_text(r))

@@ -86,7 +86,7 @@ def test_everything_else_is_one_clear_error(bad, message):
 def test_value_range_is_checked():
     with pytest.raises(EdgevitError, match=r"outside the 0..1 range"):
         PRE.batch(np.full((8, 8), 2.0, np.float32), value_range=(0, 1))
-    with pytest.raises(EdgevitError, match=r"value_range=\(0, 2\): expected \(0, 1\) or \(0, 255\)"):
+    with pytest.raises(EdgevitError, match=r"value_range=\(0, 2\): expected \(0, 1\), \(0, 255\) or \(0, 65535\)"):
         PRE.batch(np.zeros((8, 8), np.float32), value_range=(0, 2))
 
 
@@ -129,3 +129,69 @@ def test_latency_is_recorded_per_image(built, digits):
             rt.predict(digits[:8])
         # Eight images per call are eight requests' worth of time, not one slow request.
         assert rt.recent_p90(min_samples=12)[name] < 3 * single + 1.0
+
+
+def _forms(gray: np.ndarray, tmp_path, i: int) -> dict:
+    """One grayscale digit in every form the input contract takes: files, PIL images, arrays of each dtype."""
+    g16 = gray.astype(np.uint16) * 257                      # the same picture at 16 bits: v x 257
+    f01 = gray.astype(np.float32) / 255
+    files = {"png8": tmp_path / f"{i}-8.png", "png16": tmp_path / f"{i}-16.png", "tiff-float": tmp_path / f"{i}-f.tif",
+             "png-exif-rotated": tmp_path / f"{i}-exif.png"}
+    Image.fromarray(gray).save(files["png8"])
+    Image.fromarray(g16).save(files["png16"])
+    Image.fromarray(f01, mode="F").save(files["tiff-float"])
+    # stored rotated 90 degrees, with EXIF orientation 6 (rotate 90 clockwise to view): as a phone writes it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.rot90(gray, 1)).save(files["png-exif-rotated"], exif=exif)
+    forms = {name: path for name, path in files.items()}
+    forms.update({"pil L": Image.fromarray(gray), "pil RGB": Image.fromarray(gray).convert("RGB"),
+                  "pil I;16": Image.fromarray(g16), "pil F 0..1": Image.fromarray(f01, mode="F"),
+                  "pil I": Image.fromarray(gray.astype(np.int32), mode="I"),
+                  "uint8": gray, "uint16": g16, "int64": gray.astype(np.int64), "float32 0..1": f01,
+                  "float64 0..255": gray.astype(np.float64), "float32 0..255 with value_range": gray.astype(np.float32)})
+    return forms
+
+
+def test_every_form_of_one_picture_gives_the_same_input(tmp_path):
+    """A file, a PIL image and an array of any supported dtype, 16-bit and float and EXIF-rotated included, of
+    real digits: the model sees the same tensor, so the labels are the same."""
+    ds = load_digits()
+    pre = Preprocess(resize=32, crop=32, channels=1, mean=(0.5,), std=(0.5,))
+    for i in range(6):
+        gray = np.asarray(ds.val.image(i).convert("L"))
+        want = pre.batch(gray)
+        for name, form in _forms(gray, tmp_path, i).items():
+            vr = (0, 255) if name.endswith("value_range") else None
+            np.testing.assert_array_equal(pre.batch(form, value_range=vr), want, err_msg=f"digit {i}: {name}")
+    # A float PIL image follows value_range too: 0..1 as given, not read as 0..255
+    f01 = Image.fromarray(np.asarray(ds.val.image(0).convert("L"), np.float32) / 255, mode="F")
+    np.testing.assert_array_equal(pre.batch(f01, value_range=(0, 1)), pre.batch(np.asarray(ds.val.image(0).convert("L"))))
+
+
+def test_a_jpeg_is_turned_as_its_exif_orientation_says(tmp_path):
+    """A phone's JPEG: pixels stored sideways, orientation 6 (turn 90 degrees clockwise to view)."""
+    ds = load_digits()
+    upright = np.asarray(ds.val.image(3).convert("RGB").resize((64, 48)))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(np.rot90(upright, 1)).save(path, quality=95, exif=exif)
+    with Image.open(path) as im:
+        stored = np.asarray(im)                       # as decoded, still sideways
+    assert stored.shape[:2] == (64, 48)
+    np.testing.assert_array_equal(PRE.batch(str(path)), PRE.batch(np.rot90(stored, -1)))
+
+
+def test_an_image_file_with_more_pixels_than_allowed_is_refused_before_decoding(tmp_path):
+    """A 14000x14000 PNG of one colour is about 190 KB on disk and 588 MB decoded."""
+    big = tmp_path / "bomb.png"
+    Image.new("L", (14000, 14000)).save(big, optimize=True)
+    assert big.stat().st_size < 1_000_000
+    with pytest.raises(EdgevitError, match=r"image .*bomb.png: .*196,000,000 pixels.*max_pixels"):
+        PRE.batch(str(big))
+    small = tmp_path / "small.png"
+    Image.new("L", (300, 200)).save(small)
+    with pytest.raises(EdgevitError, match=r"300x200 = 60,000 pixels, more than max_pixels=50,000"):
+        PRE.batch(str(small), max_pixels=50_000)
+    assert PRE.batch(str(small), max_pixels=60_000).shape == (1, 3, 32, 32)

@@ -131,14 +131,21 @@ def _torch_engines(bundle: Path, manifest: Manifest, presets: list[PresetEntry],
         import torch
     except ImportError:
         return [], "skipped: torch is not installed on this host"
-    from edgevit.checkpoints import load_checkpoint
+    from edgevit.checkpoints import PickleRefused, load_checkpoint
 
     # The baseline must be the model the engines were built from: a replaced model.pt would compare
     # the engines with another network (and report its accuracy) without a word.
     verify_files(bundle, manifest, [manifest.checkpoint])
     torch.set_num_threads(threads)
     before = _rss_mb()
-    model = load_checkpoint(bundle / manifest.checkpoint).model.eval()
+    try:
+        model = load_checkpoint(bundle / manifest.checkpoint).model.eval()
+    except PickleRefused:
+        # bench has no --trust-checkpoint: a bundle is not a place to run pickled code from
+        raise EdgevitError(f"bundle {bundle}: its checkpoint {manifest.checkpoint} needs full pickle loading, "
+                           f"which bench never does (it can run arbitrary code); measure without the torch "
+                           f"baseline (--no-baseline), or rebuild the bundle, whose checkpoint edgevit writes "
+                           f"as plain tensors") from None
     rss = _rss_mb() - before
     size = _files_mb(bundle, [manifest.checkpoint])
     out = []

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, field
+import threading
+import warnings
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from edgevit.errors import EdgevitError
 
@@ -59,15 +61,17 @@ class Preprocess:
         unknown = set(d) - known
         if unknown:
             raise EdgevitError(f"preprocess: unknown field(s) {sorted(unknown)}; expected {sorted(known)}")
+        missing = [f.name for f in fields(cls) if f.name not in d and f.default is MISSING
+                   and f.default_factory is MISSING]
+        if missing:
+            raise EdgevitError(f"preprocess: missing field(s) {missing}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     # -- images ----------------------------------------------------------------------------------------
-    def to_image(self, x, value_range=None) -> Image.Image:
+    def to_image(self, x, value_range=None, max_pixels: int | None = None) -> Image.Image:
         """A PIL image from a file path, a PIL image of any mode, or one HxW / HxWxC array (see ``as_image``)."""
-        img = as_image(x, value_range)
+        img = as_image(x, value_range, max_pixels)
         mode = "RGB" if self.channels == 3 else "L"
-        if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):   # 16/32-bit grayscale: no direct RGB conversion
-            img = Image.fromarray(np.clip(np.asarray(img, np.float32), 0, 255).astype(np.uint8))
         return img if img.mode == mode else img.convert(mode)
 
     def _normalise(self, img: Image.Image) -> np.ndarray:
@@ -87,13 +91,16 @@ class Preprocess:
         left, top = (nw - self.crop) // 2, (nh - self.crop) // 2
         return self._normalise(img.crop((left, top, left + self.crop, top + self.crop)))
 
-    def batch(self, images, value_range=None, preprocessed: bool = False) -> np.ndarray:
+    def batch(self, images, value_range=None, preprocessed: bool = False, max_pixels: int | None = None) -> np.ndarray:
         """NCHW float32 model input from what ``Runtime.predict`` accepts (the input contract):
 
-        * file paths, PIL images of any mode, or a list of them or of arrays;
+        * file paths (EXIF orientation applied, as a viewer shows them; at most ``max_pixels`` pixels, default
+          ``MAX_PIXELS``), PIL images of any mode, or a list of them or of arrays;
         * one HxW or HxWxC array, or an NHWC stack (C = 1, 3 or 4);
-        * uint8 (0..255), other integers (0..255), floats in 0..1 or 0..255: ``value_range=(0, 1)`` or
-          ``(0, 255)`` says which, else the range is read from the values (above 1: 0..255), and checked;
+        * uint8 (0..255), uint16 (0..65535, as 16-bit images are), other integers (0..255), floats in 0..1 or
+          0..255: ``value_range`` says which, else the range is read from the values (floats above 1:
+          0..255), and checked. PIL images of 16-bit, 32-bit integer and float modes follow the same rules as
+          arrays of their values, so a picture gives the same input as a file, a PIL image or an array;
         * with ``preprocessed=True`` only: already-normalised CHW / NCHW float32 of the model's input size.
 
         Anything else is an ``EdgevitError`` naming the expected shape, dtype and range."""
@@ -114,7 +121,7 @@ class Preprocess:
             items = list(images)
         else:
             items = [images]
-        arrays = [self(self.to_image(im, value_range)) for im in items]
+        arrays = [self(self.to_image(im, value_range, max_pixels)) for im in items]
         return np.stack(arrays) if arrays else np.zeros((0, *ready), np.float32)
     def train(self, x, rng: random.Random) -> np.ndarray:
         """Training transform: random resized crop to ``crop`` (box sampled in source pixels) + flip."""
@@ -136,7 +143,11 @@ class Preprocess:
         return self._normalise(img)
 
 
-VALUE_RANGES = ((0, 1), (0, 255))
+VALUE_RANGES = ((0, 1), (0, 255), (0, 65535))
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485   # a file with more is refused before it is decoded
+_PIL_LIMIT = threading.Lock()
+# PIL modes whose pixels are not 8-bit: read as arrays of their values, by the arrays' rules
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 def _describe(x) -> str:
@@ -151,36 +162,59 @@ def _check_array(a: np.ndarray, value_range) -> tuple:
         raise EdgevitError(f"empty image array of shape {a.shape}: expected HxW or HxWxC with H, W >= 1")
     if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
         raise EdgevitError(f"image array of dtype {a.dtype}: expected uint8, an integer type, or float")
-    if value_range is not None and tuple(value_range) not in VALUE_RANGES:
-        raise EdgevitError(f"value_range={value_range!r}: expected (0, 1) or (0, 255)")
+    if value_range is not None and (not isinstance(value_range, (tuple, list)) or tuple(value_range) not in VALUE_RANGES):
+        raise EdgevitError(f"value_range={repr(value_range)[:60]}: expected (0, 1), (0, 255) or (0, 65535)")
     if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
         raise EdgevitError(f"image array of shape {a.shape} holds NaN or inf: expected finite values in 0..1 or 0..255")
     lo, hi = float(a.min()), float(a.max())
     if value_range is None:
         integer = np.issubdtype(a.dtype, np.integer)
-        value_range = (0, 255) if integer or hi > 1.0 else (0, 1)
+        value_range = (0, 65535) if a.dtype == np.uint16 else (0, 255) if integer or hi > 1.0 else (0, 1)
     if lo < value_range[0] or hi > value_range[1]:
         raise EdgevitError(f"image array values span {lo:g}..{hi:g}, outside the {value_range[0]}..{value_range[1]} "
-                           f"range; images are uint8 0..255 or float "
+                           f"range; images are uint8 0..255, uint16 0..65535 or float "
                            "0..1 / 0..255 (pass value_range), normalised input needs preprocessed=True")
     return tuple(value_range)
 
 
-def as_image(x, value_range=None) -> Image.Image:
+def _open(path, value_range, max_pixels: int | None) -> Image.Image:
+    """A file as the eye sees it (EXIF orientation applied), refused before decoding if it has more than
+    ``max_pixels`` pixels (a 190 KB PNG can hold 14000x14000)."""
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # edgevit's own limit decides
+            with _PIL_LIMIT:
+                saved = Image.MAX_IMAGE_PIXELS
+                Image.MAX_IMAGE_PIXELS = None    # opening reads the header only; the size is checked below
+                try:
+                    im = Image.open(path)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = saved
+        with im:
+            pixels = im.width * im.height
+            if pixels > limit:
+                raise EdgevitError(f"image {path}: {im.width}x{im.height} = {pixels:,} pixels, more than max_pixels="
+                                   f"{limit:,} (a decompression bomb?); pass max_pixels to edgevit.load for larger "
+                                   f"inputs")
+            im.load()
+            return as_image(ImageOps.exif_transpose(im), value_range)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise EdgevitError(f"image {path}: cannot read it ({e})") from None
+
+
+def as_image(x, value_range=None, max_pixels: int | None = None) -> Image.Image:
     """One image as PIL: a path, a PIL image, or an HxW / HxWxC (C = 1, 3, 4) array whose values are checked."""
     import os
 
     if isinstance(x, Image.Image):
         if x.width == 0 or x.height == 0:
             raise EdgevitError(f"empty image ({x.width}x{x.height})")
+        if x.mode in _WIDE_MODES:      # 16-bit, 32-bit integer, float: by the values' rules, as arrays are
+            return as_image(np.asarray(x), value_range)
         return x
     if isinstance(x, (str, os.PathLike)):
-        try:
-            with Image.open(x) as im:
-                im.load()
-                return as_image(im)
-        except (OSError, ValueError) as e:
-            raise EdgevitError(f"image {x}: cannot read it ({e})") from None
+        return _open(x, value_range, max_pixels)
     if x is None or np.isscalar(x) or not isinstance(x, (np.ndarray, list, tuple)):
         raise EdgevitError(f"expected an image: a path, a PIL image or an HxW / HxWxC array, got {_describe(x)}")
     a = np.asarray(x)
@@ -188,9 +222,9 @@ def as_image(x, value_range=None) -> Image.Image:
         raise EdgevitError(f"expected an HxW or HxWxC image array (C = 1, 3 or 4), got shape {a.shape} {a.dtype}"
                            + ("; several images go in a list or an NHWC array" if a.ndim == 3 else ""))
     vr = _check_array(a, value_range)
-    if a.dtype != np.uint8:
-        scale = 255.0 if vr == (0, 1) else 1.0
-        a = np.clip(a.astype(np.float64) * scale + 0.5, 0, 255).astype(np.uint8)
+    if a.dtype != np.uint8 or vr != (0, 255):
+        # 65535 = 255 x 257: a 16-bit picture of 8-bit values v x 257 reads back as exactly v
+        a = np.clip(a.astype(np.float64) * (255.0 / vr[1]) + 0.5, 0, 255).astype(np.uint8)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[..., 0]
     return Image.fromarray(a)

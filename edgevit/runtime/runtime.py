@@ -82,6 +82,7 @@ class Runtime(Closing):
         self._load_errors: dict[str, BaseException] = {}
         self._loader: threading.Thread | None = None
         self._closing = threading.Event()
+        self.max_pixels: int | None = None      # a file with more pixels is refused (None: MAX_PIXELS)
 
     def _load_rest(self, loads: dict, log_done) -> None:
         """Load ``loads`` (preset -> function returning its runner) in a background thread, so that ``load``
@@ -194,7 +195,9 @@ class Runtime(Closing):
         mode), an HxW / HxWxC array, an NHWC array, or a list of these. uint8 arrays are 0..255; float arrays
         are 0..1 or 0..255 (``value_range``, else read from the values and checked). Already-normalised NCHW
         float32 input needs ``preprocessed=True``. Anything else raises ``EdgevitError`` naming what is
-        expected. The bundle's own preprocessing is applied."""
+        expected. The bundle's own preprocessing is applied. Files are read as a viewer shows them (EXIF
+        orientation) and refused above ``load(max_pixels=...)`` pixels; 16-bit images and uint16 arrays are
+        scaled from 0..65535."""
         name = preset or self._current          # read once: the whole request runs on this preset
         if name not in self._runners and name not in self._pending:
             self.preset(name)
@@ -203,7 +206,8 @@ class Runtime(Closing):
             self._in_flight += 1
         n = 0
         try:
-            x = self.preprocess.batch(images, value_range=value_range, preprocessed=preprocessed)
+            x = self.preprocess.batch(images, value_range=value_range, preprocessed=preprocessed,
+                                      max_pixels=self.max_pixels)
             n = len(x)
             t0 = time.perf_counter()       # the engine's time: bad input and decoding are not the preset's cost
             logits = run_engine(runner, x) if n else np.zeros((0, len(self.labels)), np.float32)
@@ -268,8 +272,19 @@ def default_backend(manifest: Manifest, preset: PresetEntry, installed=None) -> 
     return first
 
 
+def _files_digest(manifest: Manifest, spec: EngineSpec) -> str | None:
+    """One digest of every file of the engine (an IR's weights too: two engines of one graph and other
+    weights must not share compiled blobs), from the manifest's sha256s; None where one is not listed."""
+    import hashlib
+
+    shas = [manifest.files.get(f) for f in spec.files]
+    if not all(shas):
+        return None
+    return shas[0] if len(shas) == 1 else hashlib.sha256(":".join(shas).encode()).hexdigest()
+
+
 def compile_cache_dir(backend: str, sha256: str) -> str | None:
-    """A per-user directory for ``backend``'s compiled form of the engine whose file has ``sha256``
+    """A per-user directory for ``backend``'s compiled form of the engine whose files have ``sha256``
     ($EDGEVIT_CACHE_DIR, else $XDG_CACHE_HOME/edgevit, else ~/.cache/edgevit); None if it cannot be made.
     Keyed by the engine's content, so a rebuilt engine never meets a stale blob."""
     import os
@@ -329,7 +344,7 @@ def load_info(bundle, backend: str | None = None) -> Runtime:
 
 
 def load(bundle, backend: str | None = None, presets: list[str] | None = None, verify: bool = True,
-         cache: bool = True, background: bool = True) -> Runtime:
+         cache: bool = True, background: bool = True, max_pixels: int | None = None) -> Runtime:
     """Open a bundle directory and load every preset's engine (or only ``presets``).
 
     With no ``backend``, each preset runs the engine the build measured fastest among its backends (the
@@ -339,12 +354,15 @@ def load(bundle, backend: str | None = None, presets: list[str] | None = None, v
     before ``load`` returns; with ``background`` (the default) the others follow in a background thread,
     most accurate first, so a device serves its first request without waiting for all of them (a preset
     asked for earlier than its turn is waited for; ``rt.wait_loaded()`` waits for all). OpenVINO engines
-    go through a compile cache (``cache``), so later boots import them instead of compiling them."""
+    go through a compile cache (``cache``), so later boots import them instead of compiling them; a
+    cached blob is imported only once its sha256 matches. ``max_pixels`` bounds the image files ``predict``
+    decodes (default ``edgevit.data.preprocess.MAX_PIXELS``, PIL's 89.5 M)."""
     import psutil
 
     t0, rss0 = time.perf_counter(), psutil.Process().memory_info().rss
-    bundle = Path(bundle)
+    bundle = _bundle_path(bundle)
     manifest = read_manifest(bundle)
+    presets = _preset_names(presets)
     chosen = manifest.presets if presets is None else [p for p in manifest.presets if p.name in presets]
     if presets is not None and len(chosen) != len(set(presets)):
         known = [p.name for p in manifest.presets]
@@ -360,14 +378,15 @@ def load(bundle, backend: str | None = None, presets: list[str] | None = None, v
             verify_files(bundle, manifest, [f for f in spec.files if f not in verified])
             verified.update(spec.files)
         impl = get_backend(b)
-        sha = manifest.files.get(spec.file)
+        sha = _files_digest(manifest, spec)
         if cache and sha and impl.compile_cache:
             spec = impl.with_compile_cache(spec, compile_cache_dir(b, sha))
-        loads[p.name] = lambda impl=impl, spec=spec: impl.load(bundle, spec)
+        loads[p.name] = lambda impl=impl, spec=spec: _load_engine(impl, bundle, spec)
         infos.append(_preset_info(p, entry, b, backend is None and b == p.default_backend()))
         used.append(b)
     infos.sort(key=lambda i: (i.gflops, -i.resolution))
     rt = Runtime(bundle, manifest, _backend_label(used), {}, infos)
+    rt.max_pixels = _max_pixels(max_pixels)
     first = rt.current if rt.current in loads else next(iter(loads), None)
     if first is not None:
         rt._runners[first] = loads.pop(first)()
@@ -384,6 +403,45 @@ def load(bundle, backend: str | None = None, presets: list[str] | None = None, v
             rt._runners[name] = make()
         loaded()
     return rt
+
+
+def _bundle_path(bundle) -> Path:
+    if not isinstance(bundle, (str, Path)) or not str(bundle):
+        raise EdgevitError(f"bundle: expected the path of a bundle folder (str or Path), got "
+                           f"{type(bundle).__name__} {str(bundle)[:80]!r}")
+    return Path(bundle)
+
+
+def _max_pixels(n) -> int | None:
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise EdgevitError(f"max_pixels={repr(n)[:40]}: expected a positive number of pixels, or None")
+    return n
+
+
+def _preset_names(presets) -> list[str] | None:
+    """``None`` (every preset), one name, or a non-empty list of names."""
+    if presets is None:
+        return None
+    if isinstance(presets, str):
+        presets = [presets]
+    if not isinstance(presets, (list, tuple, set)) or not all(isinstance(n, str) for n in presets):
+        raise EdgevitError(f"presets: expected a preset name or a list of names, got {str(presets)[:120]!r}")
+    if not presets:
+        raise EdgevitError("presets: an empty list loads nothing; name at least one preset, or pass None for all")
+    return list(presets)
+
+
+def _load_engine(impl, bundle: Path, spec: EngineSpec):
+    """The backend's runner, or an error naming the engine file where its library cannot read it (a truncated
+    or foreign file loaded with ``verify=False``)."""
+    try:
+        return impl.load(bundle, spec)
+    except EdgevitError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise EdgevitError(f"bundle {bundle}: {impl.name} cannot load engine {spec.file}: {first} (corrupted or "
+                           f"not a {impl.name} engine; load with verify=True to check the files' sha256)") from None
 
 
 def _usable_entry(bundle: Path, p: PresetEntry, b: str, installed, default: bool,
