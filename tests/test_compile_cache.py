@@ -133,3 +133,18 @@ def test_two_processes_filling_one_cache_leave_only_whole_blobs(ir, tmp_path):
     assert blobs and not list(tmp_path.glob(".compiled-*"))
     for b in blobs:
         assert b.name.endswith(hashlib.sha256(b.read_bytes()).hexdigest() + SUFFIX)
+
+
+def test_a_compiled_form_much_larger_than_the_engine_is_not_cached(ir, tmp_path, monkeypatch):
+    """Imported, such a blob holds what the compiled model shared (OpenVINO branches: one packed copy of the
+    weights per branch), so every load compiles instead; the marker saves exporting it again."""
+    import edgevit.backends.openvino_cache as oc
+
+    monkeypatch.setattr(oc, "MAX_BLOB_RATIO", 0.01)
+    core = _Counting()
+    x = np.random.default_rng(1).standard_normal((2, 256)).astype(np.float32)
+    want = _run(core.core.compile_model(str(ir), "CPU", OPENVINO_CPU), x)
+    for _ in range(2):
+        np.testing.assert_array_equal(_run(compile_checked(core, ir, OPENVINO_CPU, tmp_path), x), want)
+    assert (core.compiles, core.imports) == (2, 0) and not _blobs(tmp_path)
+    assert len(list(tmp_path.glob(f"*{oc.NOT_CACHED}"))) == 1

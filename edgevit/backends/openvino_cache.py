@@ -6,7 +6,8 @@ bytes flipped in its middle was once read back by OpenVINO's own cache (``CACHE_
 edgevit keeps its own: the blob is ``compiled.export_model()``, named by the settings it was compiled with
 and by its own sha256, and ``core.import_model`` reads it only after the bytes match that sha256. A blob
 that does not match, or that OpenVINO cannot import, is deleted and compiled again, with one warning on
-the ``edgevit.runtime`` logger. A blob is written to a temporary file in the same folder and renamed into
+the ``edgevit.runtime`` logger. A compiled form much larger than the engine's files is not cached at all
+(``MAX_BLOB_RATIO``): imported, it would hold more memory than the compiled model does. A blob is written to a temporary file in the same folder and renamed into
 place, so a reader never sees half of one, and two processes filling the cache at once each rename a
 whole blob (the last one stays).
 """
@@ -22,6 +23,12 @@ from pathlib import Path
 
 log = logging.getLogger("edgevit.runtime")
 SUFFIX = ".blob"
+NOT_CACHED = ".nocache"
+# A compiled form this many times the engine's own files is not cached. Static engines export at about their
+# IR's size (SuperViT-DeiT-S r224-k1 INT8: 22 MB for 22 MB) and import faster than they compile; a
+# branches engine (one If branch per preset, openvino_branches) exports each branch's packed weights apart:
+# DeiT-S FP32 branches, 87 MB of IR, exported 994 MB, and imported held 2,260 MB where compiled it held 449 MB.
+MAX_BLOB_RATIO = 2.0
 
 
 def _settings_key(cfg: dict) -> str:
@@ -59,10 +66,18 @@ def _cached(core, folder: Path, key: str, cfg: dict):
     return None
 
 
-def _store(compiled, folder: Path, key: str) -> None:
+def _store(compiled, folder: Path, key: str, engine_bytes: int) -> None:
     try:
         data = compiled.export_model()
         data = data.getvalue() if hasattr(data, "getvalue") else bytes(data)   # BytesIO in OpenVINO 2026
+        if len(data) > MAX_BLOB_RATIO * engine_bytes:
+            # Importing it would hold what the compiled model shares: compile at every load instead.
+            (folder / f"compiled-{key}{NOT_CACHED}").write_text(
+                f"compiled form {len(data) / 2**20:.0f} MB against the engine's {engine_bytes / 2**20:.0f} MB: "
+                f"not cached\n")
+            log.info("compile cache: not caching %s: its compiled form is %.0f MB against %.0f MB of engine files",
+                     folder, len(data) / 2**20, engine_bytes / 2**20)
+            return
         digest = hashlib.sha256(data).hexdigest()
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".compiled-", suffix=".tmp")
         try:
@@ -86,8 +101,11 @@ def compile_checked(core, xml_path, cfg: dict, folder) -> object:
         log.info("compile cache: cannot create %s (%s); compiling without it", folder, e.strerror)
         return core.compile_model(str(xml_path), "CPU", cfg)
     key = _settings_key(cfg)
+    if (folder / f"compiled-{key}{NOT_CACHED}").exists():   # can only make this load compile: nothing to check
+        return core.compile_model(str(xml_path), "CPU", cfg)
     compiled = _cached(core, folder, key, cfg)
     if compiled is None:
         compiled = core.compile_model(str(xml_path), "CPU", cfg)
-        _store(compiled, folder, key)
+        xml = Path(xml_path)
+        _store(compiled, folder, key, sum(f.stat().st_size for f in (xml, xml.with_suffix(".bin")) if f.exists()))
     return compiled
