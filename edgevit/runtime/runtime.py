@@ -125,7 +125,8 @@ class Runtime(Closing):
 
     def _raise_load_error(self, name: str) -> None:
         if name in self._load_errors:
-            raise EdgevitError(f"bundle {self.bundle}: preset {name} failed to load: {self._load_errors[name]}")
+            why = str(self._load_errors[name]).removeprefix(f"bundle {self.bundle}: ")
+            raise EdgevitError(f"bundle {self.bundle}: preset {name} failed to load: {why}")
 
     def _runner(self, name: str):
         event = self._pending.get(name)
