@@ -199,8 +199,10 @@ def _open(path, value_range, max_pixels: int | None) -> Image.Image:
                                    f"inputs")
             im.load()
             return as_image(ImageOps.exif_transpose(im), value_range)
-    except (OSError, ValueError, SyntaxError) as e:
-        raise EdgevitError(f"image {path}: cannot read it ({e})") from None
+    except EdgevitError:
+        raise
+    except Exception as e:   # Pillow's decoders and EXIF parser raise many kinds: a bad file is one line
+        raise EdgevitError(f"image {path}: cannot read it ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def as_image(x, value_range=None, max_pixels: int | None = None) -> Image.Image:

@@ -441,8 +441,9 @@ def _load_engine(impl, bundle: Path, spec: EngineSpec):
         raise
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise EdgevitError(f"bundle {bundle}: {impl.name} cannot load engine {spec.file}: {first} (corrupted or "
-                           f"not a {impl.name} engine; load with verify=True to check the files' sha256)") from None
+        raise EdgevitError(f"bundle {bundle}: {impl.name} cannot load engine {spec.file}: {first} (corrupted, or "
+                           f"not a {impl.name} engine for this device; load verifies the files' sha256 unless "
+                           f"verify=False)") from None
 
 
 def _usable_entry(bundle: Path, p: PresetEntry, b: str, installed, default: bool,
