@@ -10,8 +10,8 @@ What they would send, left alone (seen with their versions of December 2026):
   Runtime engine. ``onnxruntime.disable_telemetry_events()`` does not stop it; ``ORT_DISABLE_TELEMETRY=1``
   in the environment before ``onnxruntime`` is imported does.
 
-``import edgevit`` turns all of it off (``off``): ``openvino_telemetry`` cannot be imported, so both OpenVINO
-tools fall back to their own no-op stubs; ``ORT_DISABLE_TELEMETRY=1`` is set, for this process and the
+``import edgevit`` turns all of it off (``off``): ``openvino_telemetry`` cannot be imported, so OpenVINO
+(whose own ``import openvino`` imports it) and NNCF fall back to their no-op stubs; ``ORT_DISABLE_TELEMETRY=1`` is set, for this process and the
 children it starts. Nothing is written into the user's home. ``EDGEVIT_TELEMETRY=1`` leaves the libraries
 as they would be (their own consent rules then apply).
 """
@@ -48,8 +48,12 @@ def off() -> None:
 
 
 def _decline(tm) -> None:
-    """openvino_telemetry was imported before edgevit: its singleton, if made, stops sending, and one made
-    later finds no consent."""
+    """openvino_telemetry was imported before edgevit (``import openvino`` imports it, counts a use in
+    ``~/intel/stats`` and queues an event): its singleton stops sending, what is still queued is dropped,
+    and one made later finds no consent. What the import already sent is gone: the warning says so."""
+    logging.getLogger("edgevit").warning(
+        "openvino was imported before edgevit: its import may already have sent a usage event; import edgevit "
+        "first to send nothing")
     try:
         from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
 
@@ -57,6 +61,7 @@ def _decline(tm) -> None:
         instance = getattr(tm.Telemetry, "_SingletonMetaClass__single_instance", None)
         if instance is not None:
             instance.consent = False
+            instance.sender.executor.shutdown(wait=False, cancel_futures=True)
     except Exception as e:   # a layout this edgevit does not know: say so rather than pretend
         logging.getLogger("edgevit").warning(f"could not turn OpenVINO telemetry off ({e}); import edgevit "
                                              f"before openvino and nncf")

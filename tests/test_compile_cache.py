@@ -112,8 +112,8 @@ def test_a_damaged_blob_is_deleted_and_compiled_again_with_one_warning(ir, tmp_p
 FILL = r"""
 import sys
 sys.path.insert(0, sys.argv[3])
+from edgevit.backends.openvino_cache import compile_checked   # edgevit first: no telemetry from openvino
 import openvino as ov
-from edgevit.backends.openvino_cache import compile_checked
 from pinned import OPENVINO_CPU
 core = ov.Core()
 for _ in range(4):
