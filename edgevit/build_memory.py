@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edgevit import resident
 from edgevit.backends.base import EngineSpec
-from edgevit.engine_cache import array_digest, compile_cached
+from edgevit.engine_cache import Site, array_digest, compile_cached
 from edgevit.errors import EdgevitError
 
 
@@ -76,8 +76,8 @@ def shared_check(plan, shared: dict, bundle_dir: Path, reference_onnx: Path, cac
         specs = {p.name: EngineSpec(**shared[p.name][b.name]["engine"]) for p in presets}
         try:
             with tempfile.TemporaryDirectory(prefix="edgevit-reference-") as scratch:
-                spec, _ = compile_cached(b, reference_onnx, largest.name, cand, plan.cx, array_digest(plan.cx),
-                                         plan.profile, cache, Path(scratch))
+                site = Site(b, plan.profile, cache, Path(scratch), plan.cx, array_digest(plan.cx))
+                spec, _ = compile_cached(site, reference_onnx, largest.name, cand)
                 one = resident.measure(Path(scratch), b.name, {largest.name: spec}).total_mb
             measured[b.name] = got = resident.measure(bundle_dir, b.name, specs)
         except EdgevitError as e:

@@ -23,15 +23,17 @@ from edgevit.backends.base import EngineSpec, get_backend
 from edgevit.bundle import BundleWriter, output_bundle
 from edgevit.cache import Cache, content_key
 from edgevit import engine_cache
-from edgevit.engine_cache import array_digest, compile_cached, remove_unchosen
+from edgevit.engine_cache import Site, array_digest, compile_cached
 from edgevit.errors import EdgevitError
 from edgevit.manifest import SCHEMA, SCHEMA_VERSION
 from edgevit.host import host_info, matches_target, tool_versions
 from edgevit.models import family_of, model_family
 from edgevit.profiles import Profile, load_profile
-from edgevit.selection import choose_backend, choose_candidate, faster_beyond_noise
+from edgevit.selection import choose_backend, faster_beyond_noise
 from edgevit.measure import measure_into_records
-from edgevit.validate import cohen_kappa, gate, mark_pareto, run_engine, validate
+from edgevit.pipeline import (CandidateResult, Checks, Choice, Job, choose, discard_failed, entry_for,
+                              measure_results, remove_unchosen, run_candidate)
+from edgevit.validate import cohen_kappa, mark_pareto, run_engine
 
 DEFAULT_MODEL = "supervit-nano"
 
@@ -141,127 +143,105 @@ def export_cached(model, preset, weights: str, sample, profile: Profile, cache: 
 
 @dataclass
 class Candidates:
-    """One preset on one backend after validation: every candidate's record, and the specs of those that
-    passed (their files are in the bundle until the choice). ``slower``: candidates the probe found slower
-    than the floor on this preset, with why (``build_candidates(probe=True)``)."""
+    """One preset on one backend after validation: every candidate's result in preference order (skipped ones
+    with why). ``slower``: candidates the probe found slower than the floor on this preset, with why
+    (``build_candidates(probe=True)``)."""
 
-    records: list[dict]
-    specs: dict[str, EngineSpec]
+    preset: str
+    results: list
     slower: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def records(self) -> list[dict]:
+        return [r.records[self.preset] for r in self.results]
 
-def build_candidates(backend, onnx_path, preset, profile: Profile, calib, vx, vy, ref_logits, torch_top1,
-                     cache: Cache, bundle_dir: Path, calib_digest: str | None = None, measured: bool = False,
-                     compile_cache: str | None = None, not_built: dict | None = None,
-                     probe: bool = False) -> Candidates:
+
+@dataclass(frozen=True)
+class Probing:
+    """What ``build_candidates`` may probe and skip: ``measured`` (this host is the target), ``not_built``
+    (candidate id -> why a larger preset's probe ruled it out), ``probe`` (time the built candidates against
+    the floor afterwards: this is the largest preset)."""
+
+    measured: bool = False
+    not_built: dict = field(default_factory=dict)
+    probe: bool = False
+
+
+def static_job(site: Site, onnx_path: Path, preset: str, checks: Checks) -> Job:
+    """The per-preset build's job: one preset's graph compiled, checked at that preset."""
+    backend = site.backend
+    return Job(checks, build=lambda cand: compile_cached(site, onnx_path, preset, cand),
+               runners=lambda spec: {preset: site.validation_runner(spec)}, bundle_dir=site.bundle_dir,
+               notes=lambda spec, p: backend.validation_notes(site.bundle_dir, spec, checks, p))
+
+
+def build_candidates(site: Site, job: Job, preset, probing: Probing = Probing()) -> Candidates:
     """Build, validate and gate each of the backend's candidates for one preset, in preference order.
 
     - A candidate that escalates another (INT8 with more layers in FP32) is only tried where that one failed
-      the gate, and, when this host is the target (``measured``), only where that one was faster than the
-      floor: keeping more layers in FP32 cannot beat full INT8 that already loses to FP32.
-    - ``not_built``: candidate id -> why it is not built (the probe of a larger preset found it slower).
-    - ``probe``: time every built candidate against the floor afterwards (this is the largest preset) and
-      return those slower beyond the noise in ``Candidates.slower``.
-    - A candidate the host cannot build is recorded with the reason; FP32 is the floor and always passes.
-      Failed candidates' files leave the bundle."""
-    calib_digest = calib_digest or array_digest(calib)
-    cands = backend.candidates(profile)
+      the gate, and, when this host is the target (``probing.measured``), only where that one was faster than
+      the floor: keeping more layers in FP32 cannot beat full INT8 that already loses to FP32.
+    - A candidate a larger preset's probe ruled out (``probing.not_built``) is recorded as not built.
+    - ``probing.probe``: time every built candidate against the floor afterwards and return those slower
+      beyond the noise in ``Candidates.slower``.
+    - A candidate the host cannot build is recorded with the reason; FP32 is the floor and always passes."""
+    cands = site.backend.candidates(site.profile)
     floor = next((c for c in cands if c.floor), None)
-    done: dict[str, tuple[dict, EngineSpec]] = {}
+    done: dict[str, CandidateResult] = {}
 
     def attempt(cand):
         if cand.id not in done:
-            done[cand.id] = _attempt(backend, cand, onnx_path, preset, profile, calib, calib_digest, vx, vy,
-                                     ref_logits, torch_top1, cache, bundle_dir, compile_cache)
+            done[cand.id] = run_candidate(job, cand)
         return done[cand.id]
 
-    records, specs = [], {}
+    results = []
     for cand in cands:
-        why = cand.skip or (not_built or {}).get(cand.id)
+        why = cand.skip or probing.not_built.get(cand.id)
         if cand.escalates and not why:
             base = done.get(cand.escalates)
-            if base is None or base[0]["passed"]:
+            if base is None or base.passed:
                 continue
-            why = (_cannot_win(backend, base, attempt(floor), bundle_dir, vx, compile_cache)
-                   if measured and floor is not None else None)
-        if why:
-            records.append({**cand.record(), "passed": False, "skipped": True, "reason": why, "latency_ms": None})
-            continue
-        rec, spec = attempt(cand)
-        records.append(rec)
-        if rec["passed"]:
-            specs[cand.id] = spec
-    slower = _slower_than_floor(backend, done, floor.id, preset, bundle_dir, vx, compile_cache) if (
-        probe and measured and floor is not None) else {}
-    for rec, spec in done.values():
-        if not rec["passed"]:   # a failed candidate does not ship
-            for rel in spec.files:
-                (bundle_dir / rel).unlink(missing_ok=True)
-    return Candidates(records, specs, slower)
+            why = (_cannot_win(site, base, attempt(floor), job.checks.x)
+                   if probing.measured and floor is not None else None)
+        results.append(CandidateResult.skip(cand, why, [preset.name]) if why else attempt(cand))
+    slower = (_slower_than_floor(site, list(done.values()), floor.id, preset, job.checks.x)
+              if probing.probe and probing.measured and floor is not None else {})
+    discard_failed(list(done.values()), site.bundle_dir)
+    return Candidates(preset.name, results, slower)
 
 
-def _attempt(backend, cand, onnx_path, preset, profile: Profile, calib, calib_digest, vx, vy, ref_logits,
-             torch_top1, cache: Cache, bundle_dir: Path, compile_cache) -> tuple[dict, EngineSpec]:
-    """Compile one candidate and validate it on the gate: its record and spec."""
-    rec = cand.record()
-    t0 = time.perf_counter()
-    spec, cached = compile_cached(backend, onnx_path, preset.name, cand, calib, calib_digest, profile, cache,
-                                  bundle_dir)
-    runner = backend.validation_runner(bundle_dir, backend.with_compile_cache(spec, compile_cache))
-    try:
-        v = validate(runner, vx, vy, ref_logits)
-        inference_precision = getattr(runner, "inference_precision", None)
-    finally:
-        runner.close()
-    g = gate(v, torch_top1, profile.accuracy)
-    passed = g.passed or cand.floor
-    reason = g.reason if g.passed or not cand.floor else f"the floor ships regardless ({g.reason})"
-    rec.update(passed=passed, reason=reason, gate=g.to_dict(), cached=cached,
-               seconds=round(time.perf_counter() - t0, 2), latency_ms=None, **v.to_dict())
-    if inference_precision:
-        rec["inference_precision"] = inference_precision
-    if spec.status != "ok":
-        # Validated as the device will build it; the engine's own figures replace these there.
-        rec["validated_with"] = f"onnxruntime CPU ({spec.file}, the ONNX the engine is built from)"
-        rec["device_candidates"] = [_validate_candidate(bundle_dir, c, vx, vy, ref_logits, torch_top1, profile)
-                                    for c in spec.settings.get("candidates", [])]
-    return rec, spec
+def _probe(site: Site, results: dict, sample) -> dict:
+    """A short interleaved latency probe of ``results`` (key -> CandidateResult): key -> latency record."""
+    records = {k: {} for k in results}
+    measure_into_records({k: (lambda r=r: site.load(r.spec), records[k]) for k, r in results.items()},
+                         sample, budget_s=0.05, max_iters=20)
+    return {k: rec["latency_ms"] for k, rec in records.items()}
 
 
-def _probe(backend, specs: dict, bundle_dir: Path, vx, compile_cache) -> dict:
-    """A short interleaved latency probe of ``specs`` (id -> spec): id -> latency record."""
-    records = {cid: {} for cid in specs}
-    measure_into_records({cid: (lambda s=spec: backend.load(bundle_dir, backend.with_compile_cache(s, compile_cache)),
-                                records[cid]) for cid, spec in specs.items()}, vx, budget_s=0.05, max_iters=20)
-    return {cid: r["latency_ms"] for cid, r in records.items()}
-
-
-def _cannot_win(backend, base, floor, bundle_dir: Path, vx, compile_cache) -> str | None:
+def _cannot_win(site: Site, base: CandidateResult, floor: CandidateResult, sample) -> str | None:
     """Why escalating ``base`` (a candidate that failed the gate) cannot pay: it was not faster than the floor
     beyond the noise in a short interleaved probe. None where it was, or where neither runs on this host."""
-    (brec, bspec), (frec, fspec) = base, floor
-    if bspec.status != "ok" or fspec.status != "ok":
+    if not base.runs_here or not floor.runs_here:
         return None
-    lat = _probe(backend, {"base": bspec, "floor": fspec}, bundle_dir, vx, compile_cache)
+    lat = _probe(site, {"base": base, "floor": floor}, sample)
     faster, figures = faster_beyond_noise(lat["base"], lat["floor"])
     if faster:
         return None
-    return (f"not tried: {brec['id']}, with every layer it quantizes, was not faster than {frec['id']} here "
-            f"({figures}, probe), so keeping more layers in {frec['precision']} cannot win")
+    return (f"not tried: {base.id}, with every layer it quantizes, was not faster than {floor.id} here "
+            f"({figures}, probe), so keeping more layers in {floor.candidate.precision} cannot win")
 
 
-def _slower_than_floor(backend, done: dict, floor_id: str, preset, bundle_dir: Path, vx,
-                       compile_cache) -> dict[str, str]:
+def _slower_than_floor(site: Site, done: list, floor_id: str, preset, sample) -> dict[str, str]:
     """The candidates built for ``preset`` (the largest: the most compute for a reduced precision to gain on)
     that ran slower than the floor beyond the noise, whether or not they passed the gate, with why. Smaller
     presets do not build them: on every host measured, a reduced precision's gain over FP32 grew with the
     preset's FLOPs (docs/benchmarks/build-time-avx2.md)."""
-    specs = {cid: spec for cid, (_, spec) in done.items() if spec.status == "ok"}
-    if floor_id not in specs or len(specs) < 2:
+    runs = {r.id: r for r in done if r.runs_here}
+    if floor_id not in runs or len(runs) < 2:
         return {}
-    lat = _probe(backend, specs, bundle_dir, vx, compile_cache)
+    lat = _probe(site, runs, sample)
     out = {}
-    for cid in specs:
+    for cid in runs:
         slower, _ = faster_beyond_noise(lat[floor_id], lat[cid]) if cid != floor_id else (False, "")
         if slower:
             ratio = lat[cid]["p50"] / lat[floor_id]["p50"]
@@ -272,69 +252,37 @@ def _slower_than_floor(backend, done: dict, floor_id: str, preset, bundle_dir: P
     return out
 
 
-def _validate_candidate(bundle_dir, settings, vx, vy, ref_logits, torch_top1, profile: Profile) -> dict:
-    """A precision the device will also build and measure (FP16 profiles' INT8), checked here on the CPU."""
-    from edgevit.backends.onnxruntime import OrtRunner
-
-    with OrtRunner(Path(bundle_dir) / settings["onnx"], ["CPUExecutionProvider"]) as runner:
-        v = validate(runner, vx, vy, ref_logits)
-    g = gate(v, torch_top1, profile.accuracy)
-    return {"precision": settings["precision"], "onnx": settings["onnx"], "passed": g.passed, "reason": g.reason,
-            "gate": g.to_dict(), **v.to_dict()}
-
-
-def measure_candidates(backends, bundle_dir: Path, work: dict, vx, log, compile_cache: str | None = None) -> None:
-    """Latency of every passing candidate of every preset and backend, in one interleaved pass, so that the
-    choice between precisions, between backends and between presets (the Pareto front) rests on figures
-    taken under the same conditions. Writes ``latency_ms`` into the candidates' records."""
-    loads = {}
+def measure_candidates(sites: dict, work: dict, vx, log) -> None:
+    """Latency of every passing candidate of every preset and backend (``work``: (preset, backend) ->
+    Candidates; ``sites``: backend -> Site), in one interleaved pass, so that the choice between precisions,
+    between backends and between presets (the Pareto front) rests on figures taken under the same
+    conditions. Writes ``latency_ms`` into the candidates' records."""
     t0 = time.perf_counter()
-    for (preset, bname), cands in work.items():
-        backend = next(b for b in backends if b.name == bname)
-        for rec in cands.records:
-            spec = cands.specs.get(rec["id"])
-            if spec is not None and spec.status == "ok":
-                spec = backend.with_compile_cache(spec, compile_cache)   # validation compiled it: import it
-                loads[f"{preset}/{bname}/{rec['id']}"] = (lambda b=backend, s=spec: b.load(bundle_dir, s), rec)
-    n = measure_into_records(loads, vx)
+    n = measure_results({f"{p}/{b}": (lambda r, _, s=sites[b]: s.load(r.spec), c.results)
+                         for (p, b), c in work.items()}, vx)
     log(f"[latency] {n} passing candidates measured interleaved ({time.perf_counter() - t0:.1f} s)")
-
-
-_ENGINE_FIGURES = ("top1", "agreement", "mean_abs_dlogit", "max_abs_dlogit", "samples", "predictions_sha256",
-                   "kappa", "discordant", "gate", "latency_ms", "inference_precision", "validated_with")
 
 
 def engine_entry(cands: Candidates, bundle_dir: Path, profile: Profile, measured: bool) -> dict:
     """The manifest entry of one preset on one backend: the chosen candidate, why, and every candidate.
     The other candidates' files leave the bundle."""
-    chosen, why = choose_candidate(cands.records, measured)
-    spec = cands.specs[chosen["id"]]
-    remove_unchosen(cands.specs.values(), spec, bundle_dir)
-    entry = {"status": spec.status, "engine": spec.to_dict(), "precision": chosen["precision"],
-             "recipe": chosen["recipe"], **{k: chosen[k] for k in _ENGINE_FIGURES if k in chosen},
-             "chosen": {"id": chosen["id"], "precision": chosen["precision"], "recipe": chosen["recipe"], "why": why},
-             "candidates": cands.records, "fallback": None}
-    entry.setdefault("latency_ms", None)
-    if not measured:
-        entry["latency_note"] = "not measured here"
-    if chosen["precision"] != profile.preferred:
-        entry["fallback"] = {"from": profile.preferred, "to": chosen["precision"], "reason": why}
-    if spec.status != "ok":
-        entry["reason"] = "the engine is built on the target device: `edgevit engine build BUNDLE`"
-        entry["candidates_on_device"] = chosen.get("device_candidates", [])
-    return entry
+    chosen, why = choose(cands.results, measured)
+    remove_unchosen(cands.results, chosen, bundle_dir)
+    return entry_for(Choice(chosen, why, cands.results), cands.preset, chosen.spec, profile.preferred,
+                     measured).to_dict()
 
 
 def _candidates_line(name: str, cands: Candidates, acc: str, scene: bool) -> str:
     parts = []
-    for r in cands.records:
-        if r.get("skipped"):
-            parts.append(f"{r['id']} {'not ' + r['reason'].split()[1].rstrip(':') if r['reason'].startswith('not ') else 'skipped'}")
+    for r in cands.results:
+        rec = r.records[cands.preset]
+        if r.skipped:
+            parts.append(f"{r.id} {'not ' + r.reason.split()[1].rstrip(':') if r.reason.startswith('not ') else 'skipped'}")
             continue
-        mark = "ok" if r["passed"] else "FAILS GATE"
-        kappa = f" kappa {r['kappa']:.4f}" if scene else ""
-        lo = r["gate"]["agreement_interval"][0]
-        parts.append(f"{r['id']} {mark} {acc} {100 * r['top1']:.2f}%{kappa} agree {100 * r['agreement']:.2f}% "
+        mark = "ok" if r.passed else "FAILS GATE"
+        kappa = f" kappa {rec['kappa']:.4f}" if scene else ""
+        lo = rec["gate"]["agreement_interval"][0]
+        parts.append(f"{r.id} {mark} {acc} {100 * rec['top1']:.2f}%{kappa} agree {100 * rec['agreement']:.2f}% "
                      f"(>= {100 * lo:.1f}%)")
     return f"{name}: " + ", ".join(parts)
 
@@ -491,21 +439,27 @@ class Engines:
     work: dict = field(default_factory=dict)
     shared: dict | None = None
     resident: dict = field(default_factory=dict)    # backend -> resident.Resident, sets measured already
+    sites: dict = field(default_factory=dict)       # backend -> Site (static engines)
     shared_check: dict | None = None                # the shared engines' memory against the presets' own
+
+
+def sites(plan: Plan, cache: Cache, tmp: Path, compiled: str | None) -> dict[str, Site]:
+    """Backend name -> where its candidates are built: this build's bundle, cache and calibration set."""
+    digest = array_digest(plan.cx)
+    return {b.name: Site(b, plan.profile, cache, tmp, plan.cx, digest, compiled) for b in plan.backends}
 
 
 def static_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path, compiled: str) -> Engines:
     """Per preset, largest first (its probe tells which reduced precisions the smaller presets need not
     build): export, then every backend's candidates, built, validated and gated."""
-    log, profile, vx, vy = plan.opts.log, plan.profile, plan.vx, plan.vy
+    log, profile, vy = plan.opts.log, plan.profile, plan.vy
     order = sorted(plan.presets, key=lambda p: -p.flops)
-    calib_digest = array_digest(plan.cx)
+    checks, where = Checks(plan.vx, vy, refs, profile.accuracy), sites(plan, cache, tmp, compiled)
     not_built = {b.name: {} for b in plan.backends}
     entries, work = [], {}
     for i, p in enumerate(order, 1):
         t0 = time.perf_counter()
         ref = refs[p.name]
-        torch_top1 = float((ref.argmax(-1) == vy).mean())
         onnx_src, report, hit = export_cached(plan.model, p, plan.weights, export_sample(plan), profile,
                                               cache)
         onnx_rel = Path("onnx") / f"{p.name}.onnx"
@@ -513,11 +467,12 @@ def static_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path, compiled: st
         shutil.copyfile(onnx_src, tmp / onnx_rel)
         kappa = f" kappa {cohen_kappa(ref.argmax(-1), vy):.4f}" if plan.scene else ""
         line = [f"[{i:>2}/{len(order)}] {p.name:<10} export {'(cached)' if hit else 'done'} "
-                f"parity {report['parity_max_abs']:.1e}  torch {plan.acc} {100 * torch_top1:.2f}%{kappa}"]
+                f"parity {report['parity_max_abs']:.1e}  torch {plan.acc} {100 * checks.torch_top1(p.name):.2f}%"
+                f"{kappa}"]
         for b in plan.backends:
+            probing = Probing(plan.measure, dict(not_built[b.name]), probe=i == 1 and len(order) > 1)
             work[(p.name, b.name)] = c = build_candidates(
-                b, tmp / onnx_rel, p, profile, plan.cx, vx, vy, ref, torch_top1, cache, tmp, calib_digest,
-                plan.measure, compiled, not_built[b.name], probe=i == 1 and len(order) > 1)
+                where[b.name], static_job(where[b.name], tmp / onnx_rel, p.name, checks), p, probing)
             line.append(_candidates_line(b.name, c, plan.acc, plan.scene))
             not_built[b.name].update(c.slower)
         log(" | ".join(line) + f"  ({time.perf_counter() - t0:.1f} s)")
@@ -526,7 +481,7 @@ def static_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path, compiled: st
                 log(f"[probe] {b.name} {cid}: {why.removeprefix('not built: ')}; not built for smaller presets")
         entries.append(_preset_record(p, onnx_rel.as_posix(), report, ref, vy))
     entries.sort(key=lambda e: [q.name for q in plan.presets].index(e["name"]))
-    return Engines(entries, work)
+    return Engines(entries, work, sites=where)
 
 
 def shared_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path) -> Engines:
@@ -555,9 +510,9 @@ def shared_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path) -> Engines:
                                                        profile, cache)
                 log(f"[export] {p.name} static graph {'(cached)' if hit else 'done'}")
             sources = shared_build.write_sources(graphs, Path(scratch) / "sources.json")
-        chosen = shared_build.build_shared(plan.model, plan.presets, plan.backends, profile, plan.cx, plan.vx,
-                                           plan.vy, refs, tmp / shared_build.ONNX_FILE, cache, tmp, plan.measure,
-                                           array_digest(plan.cx), log, sources)
+        graph = shared_build.SharedGraph(plan.model, plan.presets, tmp / shared_build.ONNX_FILE, sources)
+        chosen = shared_build.build_shared(graph, sites(plan, cache, tmp, None),
+                                           Checks(plan.vx, plan.vy, refs, profile.accuracy), plan.measure, log)
     if not plan.measure:
         return Engines(entries, shared=chosen)
     return _memory_rule(plan, Engines(entries, shared=chosen), cache, tmp)
@@ -601,12 +556,12 @@ def engines_stage(plan: Plan, refs: dict, cache: Cache, tmp: Path, compiled: str
     return static
 
 
-def choose(plan: Plan, engines: Engines, tmp: Path, compiled: str) -> list[dict]:
+def choose_engines(plan: Plan, engines: Engines, tmp: Path) -> list[dict]:
     """Measure every passing candidate (static engines, on the target), then per preset the engine of each
     backend and the default backend. Returns the preset records with their engines."""
     backends = plan.backends
     if engines.shared is None and plan.measure:
-        measure_candidates(backends, tmp, engines.work, plan.vx, plan.opts.log, compiled)
+        measure_candidates(engines.sites, engines.work, plan.vx, plan.opts.log)
     for e in engines.entries:
         for b in backends:
             e["engines"][b.name] = (engines.shared[e["name"]][b.name] if engines.shared is not None else
@@ -667,7 +622,7 @@ def build(opts: BuildOptions) -> Path:
     with BundleWriter(plan.out) as writer, cache.scratch("compiled") as compiled:
         tmp = writer.tmp
         engines = engines_stage(plan, refs, cache, tmp, str(compiled))
-        entries = choose(plan, engines, tmp, str(compiled))
+        entries = choose_engines(plan, engines, tmp)
         memory = build_memory.record(plan, entries, tmp, engines.resident)
         if memory is not None and engines.shared_check:
             memory["shared_check"] = engines.shared_check
@@ -702,5 +657,6 @@ def _deferred_engines(plan: Plan, bundle_dir: Path, entries, refs):
     backend = next((b for b in plan.backends if b.deferred_build), None)
     if backend is None:
         return None
-    return backend, backend.build_deferred(bundle_dir, entries, plan.profile, plan.vx, plan.vy, refs,
+    return backend, backend.build_deferred(bundle_dir, entries, plan.profile,
+                                           Checks(plan.vx, plan.vy, refs, plan.profile.accuracy),
                                            plan.opts.measure, plan.opts.log)

@@ -321,11 +321,12 @@ def engine_build_cmd(bundle, presets, force, use_trtexec, any_device, no_latency
       edgevit engine build bundles/supervit-nano-desktop-gpu --trtexec
     """
     from edgevit.cleanup import install_termination_handler
-    from edgevit.backends.tensorrt.device_build import engine_build
+    from edgevit.backends.tensorrt.device_build import DeviceBuild, engine_build
 
     install_termination_handler()
-    summary = engine_build(bundle, presets=_names(presets), force=force, use_trtexec=use_trtexec,
-                           any_device=any_device, measure=not no_latency, verbose=verbose)
+    how = DeviceBuild(use_trtexec=use_trtexec, measure=not no_latency, verbose=verbose,
+                      log=lambda m: click.echo(m, err=True))
+    summary = engine_build(bundle, presets=_names(presets), force=force, any_device=any_device, how=how)
     if summary["failed"]:
         sys.exit(1)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +34,36 @@ def export_cached(stage: str, parts: tuple, cache: Cache, export) -> tuple[Path,
     return cache.path("export", key) / "model.onnx", report, False
 
 
-def compile_cached(backend, onnx_path: Path, name: str, candidate, calib, calib_digest: str, profile: Profile,
-                   cache: Cache, bundle_dir: Path) -> tuple[EngineSpec, bool]:
-    """Compile (quantize) one candidate into ``bundle_dir``, reusing a cached one with the same inputs."""
+@dataclass(frozen=True)
+class Site:
+    """Where one backend's candidates are built and checked: the profile, the build cache, the bundle being
+    assembled, the calibration set (with its digest, computed once per build) and the compile cache loads
+    import from (OpenVINO: a candidate compiled for validation is imported when it is measured)."""
+
+    backend: object
+    profile: Profile
+    cache: Cache
+    bundle_dir: Path
+    calib: np.ndarray | None = None
+    calib_digest: str | None = None
+    compile_cache: str | None = None
+
+    def at(self, bundle_dir: Path) -> "Site":
+        return replace(self, bundle_dir=Path(bundle_dir))
+
+    def load(self, spec: EngineSpec):
+        """A runner of ``spec`` through the compile cache."""
+        return self.backend.load(self.bundle_dir, self.backend.with_compile_cache(spec, self.compile_cache))
+
+    def validation_runner(self, spec: EngineSpec):
+        return self.backend.validation_runner(self.bundle_dir, self.backend.with_compile_cache(spec, self.compile_cache))
+
+
+def compile_cached(site: Site, onnx_path: Path, name: str, candidate) -> tuple[EngineSpec, bool]:
+    """Compile (quantize) one candidate into the site's bundle, reusing a cached one with the same inputs."""
+    backend, profile, cache = site.backend, site.profile, site.cache
     section = getattr(profile, backend.name, None) or {}   # the backend's own profile section, if it has one
-    calib_digest = calib_digest if candidate.precision == "int8" else None   # only INT8 reads the calibration set
+    calib_digest = site.calib_digest if candidate.precision == "int8" else None   # only INT8 reads the calibration set
     key = content_key("engine", sha256_file(onnx_path), backend.name, name, candidate.id, candidate.precision,
                       candidate.recipe, candidate.level, calib_digest, section, profile.calibration,
                       profile.accuracy, profile.batch, profile.device, backend.cache_tag(), tool_versions(),
@@ -46,12 +72,12 @@ def compile_cached(backend, onnx_path: Path, name: str, candidate, calib, calib_
     cached = hit is not None
     if not cached:
         with cache.put("engine", key) as tmp:
-            spec = backend.compile(onnx_path, tmp, name, candidate, calib, profile)
+            spec = backend.compile(onnx_path, tmp, name, candidate, site.calib, profile)
             (tmp / "spec.json").write_text(json.dumps(spec.to_dict()))
         hit = cache.path("engine", key)
     spec = EngineSpec(**json.loads((hit / "spec.json").read_text()))
     for rel in spec.files:
-        dst = bundle_dir / rel
+        dst = site.bundle_dir / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(hit / rel, dst)
     return spec, cached
@@ -62,13 +88,3 @@ def array_digest(a: np.ndarray | None) -> str | None:
     if a is None:
         return None
     return content_key(a.shape, str(a.dtype), hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
-
-
-def remove_unchosen(specs, chosen: EngineSpec, bundle_dir: Path) -> None:
-    """Delete from the bundle the files of every candidate but ``chosen`` (those it shares stay)."""
-    keep = set(chosen.files)
-    for spec in specs:
-        if spec is not chosen:
-            for rel in spec.files:
-                if rel not in keep:
-                    (Path(bundle_dir) / rel).unlink(missing_ok=True)

@@ -22,6 +22,7 @@ from edgevit.errors import EdgevitError
 SCHEMA = "edgevit-bundle"
 SCHEMA_VERSION = 1
 SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
+PENDING = "pending-device-build"   # an engine's status: the target device builds it from the bundle's kit
 
 
 class _Record:

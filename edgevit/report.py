@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgevit.backends.base import PENDING
+from edgevit.manifest import PENDING
 
 
 def _pct(v) -> str:

@@ -13,7 +13,7 @@ Records are the manifest's candidate dicts: ``precision``, ``recipe``, ``passed`
 
 from __future__ import annotations
 
-from edgevit.backends.base import PENDING
+from edgevit.manifest import PENDING
 
 MIN_GAIN = 0.01            # the median must be at least 1 % lower ...
 MIN_ROUND_SHARE = 0.8      # ... and lower in 4 of 5 rounds: a tie wins that by chance 6 times in 32 at most

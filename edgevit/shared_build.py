@@ -23,20 +23,20 @@ per backend for all presets by the geometric mean over presets, with the selecti
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgevit.backends.base import EngineSpec
 from edgevit.errors import EdgevitError
-from edgevit.selection import choose_backend, choose_candidate
+from edgevit.selection import choose_backend
 from edgevit import engine_cache
-from edgevit.engine_cache import compile_cached, remove_unchosen
-from edgevit.measure import measure_into_records
-from edgevit.validate import gate, validate
+from edgevit.engine_cache import Site, compile_cached
+from edgevit.pipeline import (CandidateResult, Checks, Choice, Job, choose, discard_failed, entry_for, geomean,
+                              measure_results, remove_unchosen, run_candidate)
 
 ONNX_FILE = "onnx/shared.onnx"
 INPUTS_FILE = "engines/shared-inputs.npz"
@@ -107,76 +107,63 @@ def export_cached(model, weights: str, sample, profile, cache) -> tuple[Path, di
         lambda path: export_shared(model, path, sample, opset=profile.opset, batch=profile.batch))
 
 
-def _geomean(values) -> float:
-    values = [v for v in values if v and v > 0]
-    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else 0.0
+@dataclass(frozen=True)
+class SharedGraph:
+    """What a shared-weight build compiles: the model and its presets, the one graph for every preset, and
+    ``sources`` (``write_sources``): what candidates with ``source="presets"`` compile from."""
+
+    model: object
+    presets: list
+    onnx: Path
+    sources: Path | None = None
+
+    def spec_for(self, spec: EngineSpec, preset) -> EngineSpec:
+        """``spec`` selecting ``preset``: its binding in the settings."""
+        shared = binding(self.model, preset, self.presets.index(preset))
+        return EngineSpec(**{**spec.to_dict(), "settings": {**spec.settings, "shared": shared}})
+
+    def source(self, backend_name: str, cand) -> Path:
+        if cand.source != "presets":
+            return self.onnx
+        if self.sources is None:
+            raise EdgevitError(f"{backend_name} {cand.id}: builds from every preset's static graph, and none was "
+                               f"exported (shared_build.write_sources)")
+        return self.sources
 
 
-def _aggregate(records: list[dict]) -> dict | None:
-    """One latency record for a candidate over all presets: geometric means of the p50s and of each round."""
-    lats = [r["latency_ms"] for r in records if r.get("latency_ms")]
-    if len(lats) != len(records) or not lats:
-        return None
-    rounds = list(zip(*(lat["rounds"] for lat in lats)))
-    return {"p50": _geomean(lat["p50"] for lat in lats), "rounds": [_geomean(r) for r in rounds],
-            "over": f"geometric mean over {len(lats)} presets"}
+def shared_job(graph: SharedGraph, site: Site, checks: Checks) -> Job:
+    """The shared build's job: one engine for every preset, checked at each of them."""
+    b = site.backend
+    return Job(checks, build=lambda cand: compile_cached(site, graph.source(b.name, cand), "shared", cand),
+               runners=lambda spec: {p.name: b.load(site.bundle_dir, graph.spec_for(spec, p)) for p in graph.presets},
+               bundle_dir=site.bundle_dir)
 
 
-class _Candidate:
-    def __init__(self, cand, spec: EngineSpec, seconds: float, cached: bool):
-        self.cand, self.spec, self.seconds, self.cached = cand, spec, seconds, cached
-        self.per_preset: dict[str, dict] = {}
-
-    @property
-    def passed(self) -> bool:
-        return self.cand.floor or all(r["gate"]["passed"] for r in self.per_preset.values())
-
-
-def _preset_spec(spec: EngineSpec, model, presets, preset) -> EngineSpec:
-    shared = binding(model, preset, presets.index(preset))
-    return EngineSpec(**{**spec.to_dict(), "settings": {**spec.settings, "shared": shared}})
-
-
-def build_shared(model, presets, backends, profile, cx, vx, vy, refs: dict, onnx_path: Path, cache, bundle_dir: Path,
-                 measure: bool, calib_digest, log, sources: Path | None = None) -> dict[str, dict]:
-    """Engines entries ``{preset: {backend: entry}}`` and each preset's ``default``, for a shared bundle.
-    ``sources`` (``write_sources``) is what candidates with ``source="presets"`` compile from."""
-    out: dict[str, dict] = {p.name: {} for p in presets}
-    work: dict[str, list[_Candidate]] = {}
-    for b in backends:
-        work[b.name], skipped = [], []
-        for cand in b.candidates(profile, shared=True):
-            if cand.skip:
-                skipped.append({**cand.record(), "passed": False, "skipped": True, "reason": cand.skip,
-                                "latency_ms": None})
-                continue
-            src = sources if cand.source == "presets" else onnx_path
-            if src is None:
-                raise EdgevitError(f"{b.name} {cand.id}: builds from every preset's static graph, and none was "
-                                   f"exported (shared_build.write_sources)")
-            c = _build_and_gate(b, cand, model, presets, profile, cx, vx, vy, refs, src, cache, bundle_dir,
-                                calib_digest, log)
-            if c.passed:
-                work[b.name].append(c)
-            else:
-                for rel in c.spec.files:
-                    (bundle_dir / rel).unlink(missing_ok=True)
-        work[b.name + "/skipped"] = skipped
-
+def build_shared(graph: SharedGraph, sites: dict, checks: Checks, measure: bool, log) -> dict[str, dict]:
+    """Engines entries ``{preset: {backend: entry}}`` and each preset's ``default``, for a shared bundle: per
+    backend every candidate through the pipeline, one interleaved latency pass, then one choice per backend
+    for all presets."""
+    names = [p.name for p in graph.presets]
+    work = {b: [CandidateResult.skip(c, c.skip, names) if c.skip else
+                run_candidate(shared_job(graph, site, checks), c, log)
+                for c in site.backend.candidates(site.profile, shared=True)]
+            for b, site in sites.items()}
+    for b, site in sites.items():
+        discard_failed(work[b], site.bundle_dir)
     if measure:
-        _measure(model, presets, backends, work, bundle_dir, vx, log)
-    chosen: dict[str, _Candidate] = {}
-    for b in backends:
-        cands = work[b.name]
-        aggs = [{**c.cand.record(), "passed": c.passed, "latency_ms": _aggregate(list(c.per_preset.values()))}
-                for c in cands]
-        pick, why = choose_candidate(aggs, measure)
-        chosen[b.name] = cands[aggs.index(pick)]
-        remove_unchosen([c.spec for c in cands], chosen[b.name].spec, bundle_dir)
-        for p in presets:
-            records = [c.per_preset[p.name] for c in cands] + work[b.name + "/skipped"]
-            out[p.name][b.name] = _entry(chosen[b.name], records, model, presets, p, profile, why, measure)
-    set_default(out, presets, [b.name for b in backends], measure)
+        t0 = time.perf_counter()
+        n = measure_results({b: (lambda r, p, s=sites[b]: s.backend.load(s.bundle_dir, graph.spec_for(
+            r.spec, next(q for q in graph.presets if q.name == p))), rs) for b, rs in work.items()}, checks.x)
+        log(f"[latency] {n} preset x candidate runners on shared engines measured interleaved "
+            f"({time.perf_counter() - t0:.1f} s)")
+    out: dict[str, dict] = {p.name: {} for p in graph.presets}
+    for b, site in sites.items():
+        chosen, why = choose(work[b], measure)
+        remove_unchosen(work[b], chosen, site.bundle_dir)
+        for p in graph.presets:
+            out[p.name][b] = entry_for(Choice(chosen, why, work[b]), p.name, graph.spec_for(chosen.spec, p),
+                                       site.profile.preferred, measure).to_dict()
+    set_default(out, graph.presets, list(sites), measure)
     return out
 
 
@@ -192,60 +179,14 @@ def set_default(out: dict, presets, order: list[str], measure: bool, excluded: d
         out[p.name]["default"] = {"backend": default, "why": f"for every preset (shared weights): {why}{note}"}
 
 
-def _build_and_gate(b, cand, model, presets, profile, cx, vx, vy, refs, onnx_path, cache, bundle_dir,
-                    calib_digest, log) -> _Candidate:
-    """One candidate compiled (or taken from the cache) and gated at every preset: it passes only if every
-    preset passes, since one engine serves them all."""
-    t0 = time.perf_counter()
-    spec, cached = compile_cached(b, onnx_path, "shared", cand, cx, calib_digest, profile, cache, bundle_dir)
-    c = _Candidate(cand, spec, 0.0, cached)
-    runners = {p.name: b.load(bundle_dir, _preset_spec(spec, model, presets, p)) for p in presets}
-    try:
-        for p in presets:
-            v = validate(runners[p.name], vx, vy, refs[p.name])
-            g = gate(v, float((refs[p.name].argmax(-1) == vy).mean()), profile.accuracy)
-            c.per_preset[p.name] = {**cand.record(), "gate": g.to_dict(), "reason": g.reason,
-                                    "latency_ms": None, **v.to_dict()}
-    finally:
-        for r in runners.values():
-            r.close()
-    c.seconds = round(time.perf_counter() - t0, 2)
-    failing = [n for n, r in c.per_preset.items() if not r["gate"]["passed"]]
-    for r in c.per_preset.values():
-        r["passed"] = c.passed
-        if failing and not cand.floor:
-            r["reason"] = r["reason"] or f"fails the gate at {', '.join(failing)}"
-    log(f"[shared] {b.name} {cand.id}: " + ("passes at every preset" if not failing else
-                                             f"fails the gate at {', '.join(failing)}")
-        + f" ({c.seconds:.1f} s{', cached' if cached else ''})")
-    return c
-
-
-def _measure(model, presets, backends, work, bundle_dir: Path, vx, log) -> None:
-    loads = {f"{p.name}/{b.name}/{c.cand.id}": (
-        lambda b=b, s=_preset_spec(c.spec, model, presets, p): b.load(bundle_dir, s), c.per_preset[p.name])
-             for b in backends for c in work[b.name] for p in presets}
-    t0 = time.perf_counter()
-    n = measure_into_records(loads, vx)
-    log(f"[latency] {n} preset x candidate runners on shared engines measured interleaved "
-        f"({time.perf_counter() - t0:.1f} s)")
-
-
-def _entry(c: _Candidate, records: list[dict], model, presets, preset, profile, why: str,
-           measured: bool) -> dict:
-    mine = c.per_preset[preset.name]
-    spec = _preset_spec(c.spec, model, presets, preset)
-    figures = {k: mine[k] for k in ("top1", "agreement", "mean_abs_dlogit", "max_abs_dlogit", "samples",
-                                    "predictions_sha256", "kappa", "discordant", "gate", "latency_ms")}
-    entry = {"status": "ok", "engine": spec.to_dict(), "precision": c.cand.precision, "recipe": c.cand.recipe,
-             "shared": True, **figures,
-             "chosen": {"id": c.cand.id, "precision": c.cand.precision, "recipe": c.cand.recipe, "why": why},
-             "candidates": records, "fallback": None}
-    if not measured:
-        entry["latency_note"] = "not measured here"
-    if c.cand.precision != profile.preferred:
-        entry["fallback"] = {"from": profile.preferred, "to": c.cand.precision, "reason": why}
-    return entry
+def _aggregate(records: list[dict]) -> dict | None:
+    """One latency record over all presets: geometric means of the p50s and of each round."""
+    lats = [r["latency_ms"] for r in records if r.get("latency_ms")]
+    if len(lats) != len(records) or not lats:
+        return None
+    rounds = list(zip(*(lat["rounds"] for lat in lats)))
+    return {"p50": geomean(lat["p50"] for lat in lats), "rounds": [geomean(r) for r in rounds],
+            "over": f"geometric mean over {len(lats)} presets"}
 
 
 def copy_into(onnx_src: Path, bundle_dir: Path) -> None:

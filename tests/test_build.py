@@ -207,11 +207,33 @@ def test_build_errors_are_one_line(tmp_path):
         build(BuildOptions(target="x86-cpu", checkpoint=str(tmp_path / "none.pt"), log=lambda m: None))
 
 
-class _NoisyRunner(Runner):
-    """Disagrees with the reference on every tenth row unless it is the FP32 engine; sleeps a known time."""
+class _Clock:
+    """A counted clock for ``edgevit.measure``: it moves only when a fake engine runs, by that engine's
+    latency, so every timing outcome here is fixed by the fakes and never by the host."""
 
-    def __init__(self, ref, precision, seconds):
-        self.ref, self.precision, self.i, self.seconds = ref, precision, 0, seconds
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def counted_clock(monkeypatch):
+    import edgevit.measure as measure
+
+    clock = _Clock()
+    monkeypatch.setattr(measure, "clock", clock)
+    monkeypatch.setattr(measure, "pause", lambda s: None)
+    return clock
+
+
+class _NoisyRunner(Runner):
+    """Disagrees with the reference on every tenth row unless it is the FP32 engine; each call advances the
+    counted clock by its engine's latency."""
+
+    def __init__(self, ref, precision, seconds, clock):
+        self.ref, self.precision, self.i, self.seconds, self.clock = ref, precision, 0, seconds, clock
         self.input_shape, self.output_shape = (1, 3, 32, 32), (1, 10)
 
     def infer(self, batch):
@@ -219,7 +241,8 @@ class _NoisyRunner(Runner):
         if self.precision == "int8" and self.i % 10 == 0:
             row = np.roll(row, 1)  # a different top-1
         self.i += 1
-        time.sleep(self.seconds)
+        if self.clock is not None:
+            self.clock.now += self.seconds
         return row[None]
 
 
@@ -229,8 +252,8 @@ class _FakeBackend(Backend):
 
     name, library = "fake", "numpy"
 
-    def __init__(self, ref, latency=None):
-        self.ref, self.calls = ref, []
+    def __init__(self, ref, latency=None, clock=None):
+        self.ref, self.calls, self.clock = ref, [], clock
         self.latency = latency or {"int8": 0.0005, "int8-mixed": 0.0005, "bf16": 0.001, "fp32": 0.003}
 
     def recipes(self, precision, profile):
@@ -247,34 +270,42 @@ class _FakeBackend(Backend):
         return EngineSpec(self.name, candidate.precision, f"{name}.{candidate.id}", settings={"id": candidate.id})
 
     def load(self, bundle_dir, spec):
-        return _NoisyRunner(self.ref, spec.precision, self.latency[spec.settings["id"]])
+        return _NoisyRunner(self.ref, spec.precision, self.latency[spec.settings["id"]], self.clock)
 
 
-def _fake_build(tmp_path, latency=None, profile_text="precision: [int8, bf16, fp32]\n", n=100):
-    from edgevit.builder import build_candidates, engine_entry, measure_candidates
-    from edgevit.models import create_model
+def _fake_site(tmp_path, latency, clock, profile_text="precision: [int8, bf16, fp32]\n", n=100):
+    """The fake backend's site and job for one preset (r32-k1 of supervit-nano)."""
+    from edgevit.builder import static_job
+    from edgevit.engine_cache import Site
+    from edgevit.pipeline import Checks
     from edgevit.profiles import load_profile
 
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(n, 10)).astype(np.float32)
-    y = ref.argmax(-1)
-    onnx = tmp_path / "m.onnx"
-    onnx.write_bytes(b"onnx")
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
     (tmp_path / "p.yaml").write_text("name: fake\ndevice: {kind: cpu}\nbackend: onnxruntime\n" + profile_text)
     profile = load_profile(str(tmp_path / "p.yaml"))
-    backend = _FakeBackend(ref, latency)
-    preset = create_model("supervit-nano").preset("r32-k1")
+    backend = _FakeBackend(ref, latency, clock)
     bundle = tmp_path / "b"
-    bundle.mkdir()
-    x = np.zeros((n, 3, 32, 32), np.float32)
-    cands = build_candidates(backend, onnx, preset, profile, np.zeros((4, 3, 32, 32), np.float32), x, y, ref, 1.0,
-                             Cache(tmp_path / "c"), bundle)
-    measure_candidates([backend], bundle, {("r32-k1", "fake"): cands}, x, lambda m: None)
-    return backend, cands, engine_entry(cands, bundle, profile, measured=True), bundle
+    bundle.mkdir(exist_ok=True)
+    site = Site(backend, profile, Cache(tmp_path / "c"), bundle, np.zeros((4, 3, 32, 32), np.float32), "calib")
+    checks = Checks(np.zeros((n, 3, 32, 32), np.float32), ref.argmax(-1), {"r32-k1": ref}, profile.accuracy)
+    return backend, site, static_job(site, tmp_path / "m.onnx", "r32-k1", checks)
 
 
-def test_int8_that_misses_the_gate_escalates_then_the_fastest_passing_candidate_ships(tmp_path):
-    backend, cands, entry, bundle = _fake_build(tmp_path)
+def _fake_build(tmp_path, clock, latency=None):
+    from edgevit.builder import Probing, build_candidates, engine_entry, measure_candidates
+    from edgevit.models import create_model
+
+    backend, site, job = _fake_site(tmp_path, latency, clock)
+    cands = build_candidates(site, job, create_model("supervit-nano").preset("r32-k1"), Probing())
+    measure_candidates({"fake": site}, {("r32-k1", "fake"): cands}, job.checks.x, lambda m: None)
+    return backend, cands, engine_entry(cands, site.bundle_dir, site.profile, measured=True), site.bundle_dir
+
+
+def test_int8_that_misses_the_gate_escalates_then_the_fastest_passing_candidate_ships(tmp_path, counted_clock):
+    backend, cands, entry, bundle = _fake_build(tmp_path, counted_clock)
     assert backend.calls == ["int8", "int8-mixed", "bf16", "fp32"]
     by_id = {c["id"]: c for c in entry["candidates"]}
     assert not by_id["int8"]["passed"] and "agreement 90.00%" in by_id["int8"]["reason"]
@@ -282,64 +313,55 @@ def test_int8_that_misses_the_gate_escalates_then_the_fastest_passing_candidate_
     assert by_id["bf16"]["passed"] and by_id["fp32"]["passed"] and by_id["fp32"]["floor"]
     assert entry["chosen"]["id"] == "bf16" and entry["precision"] == "bf16"
     assert entry["fallback"]["from"] == "int8" and entry["fallback"]["to"] == "bf16"
-    assert entry["latency_ms"]["p50"] < by_id["fp32"]["latency_ms"]["p50"]
+    assert entry["latency_ms"]["p50"] == 1.0 and by_id["fp32"]["latency_ms"]["p50"] == 3.0   # the clock counts
     # Failed and unchosen candidates do not ship; the chosen one does.
     assert sorted(p.name for p in bundle.iterdir()) == ["r32-k1.bf16"]
 
 
-def test_a_passing_candidate_slower_than_fp32_does_not_ship(tmp_path):
-    _, _, entry, bundle = _fake_build(tmp_path, latency={"int8": 0.0005, "int8-mixed": 0.0005, "bf16": 0.004,
-                                                         "fp32": 0.002})
+def test_a_passing_candidate_slower_than_fp32_does_not_ship(tmp_path, counted_clock):
+    _, _, entry, bundle = _fake_build(tmp_path, counted_clock, latency={"int8": 0.0005, "int8-mixed": 0.0005,
+                                                                         "bf16": 0.004, "fp32": 0.002})
     assert entry["chosen"]["id"] == "fp32" and "beat fp32" in entry["chosen"]["why"]
+    assert "faster in 0/5 rounds" in entry["candidates"][2]["vs_floor"]
     assert sorted(p.name for p in bundle.iterdir()) == ["r32-k1.fp32"]
 
 
-def _fake_candidates(tmp_path, latency, **kwargs):
+def _fake_candidates(tmp_path, latency, clock, measured=True, **probing):
     """build_candidates on the fake backend as on a host that is the target (``measured``)."""
-    from edgevit.builder import build_candidates
+    from edgevit.builder import Probing, build_candidates
     from edgevit.models import create_model
-    from edgevit.profiles import load_profile
 
-    rng = np.random.default_rng(0)
-    ref = rng.normal(size=(100, 10)).astype(np.float32)
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "m.onnx").write_bytes(b"onnx")
-    (tmp_path / "p.yaml").write_text("name: fake\ndevice: {kind: cpu}\nbackend: onnxruntime\n"
-                                     "precision: [int8, bf16, fp32]\n")
-    backend = _FakeBackend(ref, latency)
-    bundle = tmp_path / "b"
-    bundle.mkdir(exist_ok=True)
-    cands = build_candidates(backend, tmp_path / "m.onnx", create_model("supervit-nano").preset("r32-k1"),
-                             load_profile(str(tmp_path / "p.yaml")), np.zeros((4, 3, 32, 32), np.float32),
-                             np.zeros((100, 3, 32, 32), np.float32), ref.argmax(-1), ref, 1.0, Cache(tmp_path / "c"),
-                             bundle, **{"measured": True, **kwargs})
+    backend, site, job = _fake_site(tmp_path, latency, clock)
+    cands = build_candidates(site, job, create_model("supervit-nano").preset("r32-k1"),
+                             Probing(measured, **probing))
     return backend, cands, {r["id"]: r for r in cands.records}
 
 
-def test_an_escalation_is_tried_only_where_the_failed_candidate_was_faster_than_the_floor(tmp_path):
+def test_an_escalation_is_tried_only_where_the_failed_candidate_was_faster_than_the_floor(tmp_path, counted_clock):
     fast = {"int8": 0.0005, "int8-mixed": 0.0005, "bf16": 0.001, "fp32": 0.003}
-    backend, _, _ = _fake_candidates(tmp_path / "a", fast)
+    backend, _, _ = _fake_candidates(tmp_path / "a", fast, counted_clock)
     assert backend.calls == ["int8", "fp32", "int8-mixed", "bf16"]   # the floor is built first, for the probe
     slow = {"int8": 0.004, "int8-mixed": 0.004, "bf16": 0.001, "fp32": 0.002}
-    backend, cands, by_id = _fake_candidates(tmp_path / "b", slow)
+    backend, cands, by_id = _fake_candidates(tmp_path / "b", slow, counted_clock)
     assert backend.calls == ["int8", "fp32", "bf16"]
     assert by_id["int8-mixed"]["skipped"] and by_id["int8-mixed"]["reason"].startswith("not tried: int8")
     assert "faster in 0/5 rounds" in by_id["int8-mixed"]["reason"]
     assert [r["id"] for r in cands.records] == ["int8", "int8-mixed", "bf16", "fp32"]   # preference order
 
 
-def test_a_precision_slower_than_the_floor_on_the_largest_preset_is_not_built_for_the_others(tmp_path):
+def test_a_precision_slower_than_the_floor_on_the_largest_preset_is_not_built_for_the_others(tmp_path,
+                                                                                             counted_clock):
     latency = {"int8": 0.004, "int8-mixed": 0.004, "bf16": 0.001, "fp32": 0.002}
-    _, largest, _ = _fake_candidates(tmp_path / "a", latency, probe=True)
+    _, largest, _ = _fake_candidates(tmp_path / "a", latency, counted_clock, probe=True)
     # int8 failed the gate and was slower; bf16 passed and was faster: only int8 is ruled out.
-    assert set(largest.slower) == {"int8"} and re.search(r"int8 took \d+\.\d\dx the time of fp32", largest.slower["int8"])
+    assert set(largest.slower) == {"int8"} and "int8 took 2.00x the time of fp32" in largest.slower["int8"]
     assert "slower in 5/5 rounds" in largest.slower["int8"]
-    backend, cands, by_id = _fake_candidates(tmp_path / "b", latency, not_built=largest.slower)
+    backend, cands, by_id = _fake_candidates(tmp_path / "b", latency, counted_clock, not_built=largest.slower)
     assert backend.calls == ["bf16", "fp32"]
     assert by_id["int8"]["skipped"] and by_id["int8"]["reason"] == largest.slower["int8"]
-    assert "int8-mixed" not in by_id and set(cands.specs) == {"bf16", "fp32"}
+    assert "int8-mixed" not in by_id and [r.id for r in cands.results if r.passed] == ["bf16", "fp32"]
     # Without a measurement (the build host is not the target) nothing is probed or ruled out.
-    _, unmeasured, _ = _fake_candidates(tmp_path / "c", latency, probe=True, measured=False)
+    _, unmeasured, _ = _fake_candidates(tmp_path / "c", latency, counted_clock, measured=False, probe=True)
     assert unmeasured.slower == {}
 
 
@@ -589,7 +611,7 @@ def test_a_registered_family_works_through_build_load_and_bench(tmp_path):
 def test_the_build_stages_run_alone(quick_checkpoint, tmp_path):
     """Each stage takes and returns typed values and can be called on its own: plan -> references -> engines
     -> choose -> assemble gives a manifest the shipped schema accepts, with no bundle written."""
-    from edgevit.builder import Engines, Plan, assemble, choose, plan_build, references, static_engines
+    from edgevit.builder import Engines, Plan, assemble, choose_engines, plan_build, references, static_engines
     from edgevit.cache import Cache
     from edgevit.manifest import Manifest, parse
 
@@ -606,7 +628,7 @@ def test_the_build_stages_run_alone(quick_checkpoint, tmp_path):
     with cache.scratch("compiled") as compiled:
         engines = static_engines(plan, refs, cache, work, str(compiled))
         assert isinstance(engines, Engines) and [e["name"] for e in engines.entries] == ["r16-k0.5"]
-        entries = choose(plan, engines, work, str(compiled))
+        entries = choose_engines(plan, engines, work)
     manifest = parse({**assemble(plan, entries, None, 1.0), "files": {}}, "the assembled manifest")
     assert isinstance(manifest, Manifest) and not (tmp_path / "b").exists()
     preset = manifest.preset("r16-k0.5")

@@ -36,14 +36,14 @@ def test_load_predict_switch_and_inspect_without_workstation_libraries(built, tm
         import sys, time
         import numpy as np
         import edgevit
-        from edgevit.runtime import FixedPolicy, Switcher
+        from edgevit.runtime import FixedPolicy, Pacing, Switcher
 
         rt = edgevit.load(sys.argv[1])
         assert {p.backend for p in rt.presets} == {"onnxruntime"}, rt.presets   # openvino is not installed
         pred = rt.predict(np.zeros((8, 8, 3), np.uint8))
         assert pred.probabilities.shape == (1, 10)
         cheapest = rt.candidates[0].name
-        with Switcher(rt, FixedPolicy(cheapest), sources=[], interval_s=0.01, min_dwell_s=0) as sw:
+        with Switcher(rt, FixedPolicy(cheapest), sources=[], pacing=Pacing(interval_s=0.01, min_dwell_s=0)) as sw:
             deadline = time.time() + 60
             while rt.current != cheapest and time.time() < deadline:
                 time.sleep(0.01)

@@ -90,3 +90,44 @@ def test_no_backend_or_family_name_compared_outside_its_own_code():
             if names - {owner}:
                 offenders.append(f"{p.relative_to(PACKAGE.parent)}:{node.lineno} compares {sorted(names)}")
     assert not offenders, offenders
+
+
+# -- parameters ---------------------------------------------------------------------------------------------
+
+MAX_PARAMETERS = 7
+
+
+def _parameters(node) -> int:
+    a = node.args
+    names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]
+    if names and names[0] in ("self", "cls"):
+        names = names[1:]
+    return len(names) + bool(a.vararg) + bool(a.kwarg)
+
+
+def _too_many_parameters(rel: str, source: str) -> list[str]:
+    """Functions of ``source`` (``rel``: its path under the package) over ``MAX_PARAMETERS``. The CLI's
+    commands take what click gives them, and a model family's constructor takes its architecture's
+    hyper-parameters; everywhere else, what travels together is grouped."""
+    if rel == "cli.py":
+        return []
+    return [f"{rel}:{n.lineno} {n.name} ({_parameters(n)} parameters)" for n in ast.walk(ast.parse(source))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and _parameters(n) > MAX_PARAMETERS
+            and not (rel.startswith("models/") and n.name == "__init__")]
+
+
+def test_no_function_outside_the_cli_and_model_constructors_takes_more_than_7_parameters():
+    offenders = [o for p in sorted(PACKAGE.rglob("*.py"))
+                 for o in _too_many_parameters(p.relative_to(PACKAGE).as_posix(), p.read_text())]
+    assert not offenders, offenders
+
+
+def test_the_parameter_rule_can_fail():
+    source = ("def eight(a, b, c, d, e, f, g, h):\n    pass\n"
+              "def seven_and_star(a, b, c, d, e, f, *rest):\n    pass\n"
+              "class C:\n    def __init__(self, a, b, c, d, e, f, g, h):\n        pass\n"
+              "    def method(self, a, b, c, d, e, f, g):\n        pass\n"
+              "def kw(a, *, b, c, d, e, f, g, **more):\n    pass\n")
+    assert sorted(o.split()[1] for o in _too_many_parameters("build/x.py", source)) == ["__init__", "eight", "kw"]
+    assert sorted(o.split()[1] for o in _too_many_parameters("models/x.py", source)) == ["eight", "kw"]
+    assert _too_many_parameters("cli.py", source) == []

@@ -16,7 +16,7 @@ from edgevit.runtime.policies import (
 )
 from edgevit.runtime.runtime import PresetInfo
 from edgevit.runtime.signals import BatterySource, JetsonSource, ThermalSource, TraceSource, load_trace
-from edgevit.runtime.switcher import Switcher
+from edgevit.runtime.switcher import Pacing, Switcher
 
 
 class FakeRuntime:
@@ -35,7 +35,7 @@ def test_battery_trace_with_noise_only_steps_down_once_per_threshold():
     """100% -> 5% with +-3% noise: switches only go down, at most one per threshold crossing."""
     rng = np.random.default_rng(0)
     rt = FakeRuntime(4)
-    sw = Switcher(rt, BatteryPolicy([80, 50, 20], hysteresis_pct=5), min_dwell_s=10, debounce=3)
+    sw = Switcher(rt, BatteryPolicy([80, 50, 20], hysteresis_pct=5), pacing=Pacing(min_dwell_s=10, debounce=3))
     for t in range(0, 3600, 5):
         level = 100 - 95 * t / 3600 + rng.uniform(-3, 3)
         sw.tick(now=float(t), readings={"battery_pct": level, "charging": False})
@@ -50,7 +50,7 @@ def test_battery_without_hysteresis_or_debounce_would_flap():
     """The same noise with no hysteresis, no debounce and no dwell flips back and forth: the guards matter."""
     rng = np.random.default_rng(0)
     rt = FakeRuntime(4)
-    sw = Switcher(rt, BatteryPolicy([80, 50, 20], hysteresis_pct=0), min_dwell_s=0, debounce=1)
+    sw = Switcher(rt, BatteryPolicy([80, 50, 20], hysteresis_pct=0), pacing=Pacing(min_dwell_s=0, debounce=1))
     for t in range(0, 3600, 5):
         sw.tick(now=float(t), readings={"battery_pct": 100 - 95 * t / 3600 + rng.uniform(-3, 3)})
     assert len(sw.events) > 6
@@ -58,7 +58,7 @@ def test_battery_without_hysteresis_or_debounce_would_flap():
 
 def test_charging_lifts_the_limit_and_dwell_delays_it():
     rt = FakeRuntime(4)
-    sw = Switcher(rt, BatteryPolicy(), min_dwell_s=30, debounce=1)
+    sw = Switcher(rt, BatteryPolicy(), pacing=Pacing(min_dwell_s=30, debounce=1))
     sw.tick(now=0, readings={"battery_pct": 10, "charging": False})
     assert rt.current == "p0"
     assert sw.tick(now=10, readings={"battery_pct": 10, "charging": True}) is None   # within the dwell time
@@ -68,7 +68,7 @@ def test_charging_lifts_the_limit_and_dwell_delays_it():
 
 def test_a_flickering_charger_does_not_move_the_preset():
     rt = FakeRuntime(4)
-    sw = Switcher(rt, BatteryPolicy(), min_dwell_s=0, debounce=3)
+    sw = Switcher(rt, BatteryPolicy(), pacing=Pacing(min_dwell_s=0, debounce=3))
     for t in range(40):   # on for one reading in three: a loose contact, not a charger
         sw.tick(now=float(t), readings={"battery_pct": 10, "charging": t % 3 == 2})
     assert rt.current == "p0" and [e.to_preset for e in sw.events] == ["p0"]
@@ -79,7 +79,7 @@ def test_a_flickering_charger_does_not_move_the_preset():
 
 def test_debounce_ignores_a_single_spike():
     rt = FakeRuntime(4)
-    sw = Switcher(rt, ThermalPolicy(limit_c=85, hysteresis_c=3), min_dwell_s=0, debounce=3)
+    sw = Switcher(rt, ThermalPolicy(limit_c=85, hysteresis_c=3), pacing=Pacing(min_dwell_s=0, debounce=3))
     for t, temp in enumerate([60, 60, 95, 60, 60]):
         sw.tick(now=float(t), readings={"temperature_c": temp})
     assert sw.events == [] and rt.current == "p3"
@@ -217,7 +217,7 @@ def test_eight_threads_predict_while_switcher_flips_every_50ms(built):
                 i += 1
 
         # Both presets as candidates, so the flip alternates between them.
-        sw = Switcher(rt, Flip(), interval_s=0.05, min_dwell_s=0.0, debounce=1, ladder=rt.presets)
+        sw = Switcher(rt, Flip(), ladder=rt.presets, pacing=Pacing(interval_s=0.05, min_dwell_s=0.0, debounce=1))
         threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
         for t in threads:
             t.start()
@@ -288,7 +288,7 @@ def test_simulate_bad_inputs_name_the_field(built, tmp_path):
 def test_members_without_their_signal_abstain():
     """On a host without a battery, a battery+thermal composite still follows the temperature both ways."""
     rt = FakeRuntime(4)
-    sw = Switcher(rt, CompositePolicy([BatteryPolicy(), ThermalPolicy(85, 3)]), min_dwell_s=0, debounce=1)
+    sw = Switcher(rt, CompositePolicy([BatteryPolicy(), ThermalPolicy(85, 3)]), pacing=Pacing(min_dwell_s=0, debounce=1))
     sw.tick(now=0, readings={"temperature_c": 90})
     assert rt.current == "p0"
     sw.tick(now=1, readings={"temperature_c": 50})
@@ -306,7 +306,7 @@ def test_a_better_signal_never_raises_the_level():
 
 def test_moves_down_ignore_the_dwell_time():
     rt = FakeRuntime(4)
-    sw = Switcher(rt, ThermalPolicy(85, 3), min_dwell_s=60, debounce=1)
+    sw = Switcher(rt, ThermalPolicy(85, 3), pacing=Pacing(min_dwell_s=60, debounce=1))
     sw.tick(now=0, readings={"temperature_c": 76})
     assert rt.current == "p2"
     sw.tick(now=1, readings={"temperature_c": 90})          # one second later, too hot: down at once
@@ -329,10 +329,10 @@ def test_switcher_warms_the_target_before_the_swap():
             super().use(name)
 
     rt = Recording(4)
-    Switcher(rt, FixedPolicy("p1"), min_dwell_s=0).tick(now=0, readings={})
+    Switcher(rt, FixedPolicy("p1"), pacing=Pacing(min_dwell_s=0)).tick(now=0, readings={})
     assert calls == [("warm", "p1", "p3"), ("use", "p1")]   # warmed while p3 still served requests
     calls.clear()
-    Switcher(rt, FixedPolicy("p2"), min_dwell_s=0, warm=False).tick(now=0, readings={})
+    Switcher(rt, FixedPolicy("p2"), pacing=Pacing(min_dwell_s=0, warm=False)).tick(now=0, readings={})
     assert calls == [("use", "p2")]
 
 

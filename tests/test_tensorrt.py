@@ -388,12 +388,12 @@ def _copy(src, dst):
 
 @pytest.mark.parametrize("use_trtexec", [False, True])
 def test_engine_build_on_the_device_validates_and_records(orin_bundle, fake_device, tmp_path, use_trtexec):
-    from edgevit.backends.tensorrt.device_build import engine_build
+    from edgevit.backends.tensorrt.device_build import DeviceBuild, engine_build
 
     bundle = _copy(orin_bundle[0], tmp_path / "bundle")
     before = read_manifest(bundle).to_dict()
     logs = []
-    summary = engine_build(bundle, use_trtexec=use_trtexec, log=logs.append)
+    summary = engine_build(bundle, how=DeviceBuild(use_trtexec=use_trtexec, log=logs.append))
     assert summary["built"] == 2 and summary["failed"] == []
     precisions = [p["engines"]["tensorrt"]["precision"] for p in before["presets"]]
     ids = [p["engines"]["tensorrt"]["chosen"]["id"] for p in before["presets"]]
@@ -417,19 +417,19 @@ def test_engine_build_on_the_device_validates_and_records(orin_bundle, fake_devi
         assert t["chosen"]["precision"] == t["precision"] and t["device_attempts"][0]["floor"]
     with edgevit.load(bundle) as rt:                      # the guard passes on the device it was built on
         assert rt.backend == "tensorrt" and len(rt.presets) == 2
-    assert engine_build(bundle, log=logs.append)["built"] == 0 and "nothing to build" in logs[-1]
+    assert engine_build(bundle, how=DeviceBuild(log=logs.append))["built"] == 0 and "nothing to build" in logs[-1]
 
     fake_device["info"] = {**ORIN, "tensorrt": "10.7.0", "l4t": "36.5.0"}   # a JetPack upgrade
     with pytest.raises(EdgevitError, match=r"TensorRT 10\.3\.0 built it, this device has TensorRT 10\.7\.0.*"
                                            r"edgevit engine build .* --force"):
         edgevit.load(bundle)
-    assert engine_build(bundle, force=True, presets=["r32-k1"], log=logs.append)["built"] == 1
+    assert engine_build(bundle, force=True, presets=["r32-k1"], how=DeviceBuild(log=logs.append))["built"] == 1
     m = read_manifest(bundle).to_dict()
     assert m["presets"][0]["engines"]["tensorrt"]["engine"]["settings"]["built_on"]["tensorrt"] == "10.7.0"
 
 
 def test_engine_build_refuses_the_wrong_gpu(orin_bundle, fake_device, tmp_path):
-    from edgevit.backends.tensorrt.device_build import engine_build
+    from edgevit.backends.tensorrt.device_build import DeviceBuild, engine_build
 
     bundle = _copy(orin_bundle[0], tmp_path / "bundle")
     fake_device["info"] = {"tensorrt": "10.3.0", "gpu": "H100", "compute_capability": "9.0", "l4t": None,
@@ -443,7 +443,7 @@ def test_engine_build_refuses_the_wrong_gpu(orin_bundle, fake_device, tmp_path):
 def test_engine_that_fails_on_the_device_is_not_marked_ok(orin_bundle, fake_device, tmp_path, monkeypatch):
     import edgevit.backends.tensorrt as trt_backend
     import edgevit.backends.tensorrt.runner as trt_runner
-    from edgevit.backends.tensorrt.device_build import engine_build
+    from edgevit.backends.tensorrt.device_build import DeviceBuild, engine_build
 
     class Broken(OrtAsTensorRT):
         def infer(self, x):
@@ -452,7 +452,7 @@ def test_engine_that_fails_on_the_device_is_not_marked_ok(orin_bundle, fake_devi
     for module in (trt_backend, trt_runner):
         monkeypatch.setattr(module, "TensorRTRunner", Broken)
     bundle = _copy(orin_bundle[0], tmp_path / "bundle")
-    summary = engine_build(bundle, presets=["r16-k0.5"], measure=False, log=lambda m: None)
+    summary = engine_build(bundle, presets=["r16-k0.5"], how=DeviceBuild(measure=False, log=lambda m: None))
     assert summary["failed"] == ["r16-k0.5"]
     m = read_manifest(bundle).to_dict()
     t = {p["name"]: p["engines"]["tensorrt"] for p in m["presets"]}

@@ -12,7 +12,25 @@ from edgevit.data.scenes import load_scene_dataset, pad_scene, patches_at, synth
 from edgevit.errors import EdgevitError
 from rules import check_unmeasured_choice
 from edgevit.models import create_model
-from edgevit.models.wetmapformer import LocalWindowAttention, WetMapFormer, window_attention_reference
+from edgevit.models.wetmapformer import LocalWindowAttention, WetMapFormer
+
+
+def window_attention_reference(q, key, v, rpb, h: int, w: int, k: int, scale: float) -> torch.Tensor:
+    """Loops over queries and their clamped windows, straight from the spec (B, heads, N, d inputs)."""
+    out = torch.zeros_like(q)
+    for i in range(h):
+        for j in range(w):
+            ti, tj = min(max(i - (k - 1) // 2, 0), h - k), min(max(j - (k - 1) // 2, 0), w - k)
+            idx, bias = [], []
+            for a in range(k):
+                for b in range(k):
+                    r, c = ti + a, tj + b
+                    idx.append(r * w + c)
+                    bias.append(rpb[:, (r - i + k - 1) * (2 * k - 1) + (c - j + k - 1)])
+            s = torch.einsum("bhd,bhnd->bhn", q[:, :, i * w + j], key[:, :, idx]) * scale
+            s = s + torch.stack(bias, dim=-1)
+            out[:, :, i * w + j] = torch.einsum("bhn,bhnd->bhd", s.softmax(-1), v[:, :, idx])
+    return out
 
 # -- the model -------------------------------------------------------------------------------------------
 
@@ -199,7 +217,7 @@ class _Runtime:
 def test_map_scene_is_tile_independent_and_keeps_the_georeference(tmp_path):
     import rasterio
 
-    from edgevit.runtime.mapping import map_scene
+    from edgevit.runtime.mapping import MapOptions, map_scene
 
     src = write_synthetic_scene(tmp_path, size=37, bands=5, classes=3, seed=2)
     with rasterio.open(src) as f:
@@ -211,7 +229,7 @@ def test_map_scene_is_tile_independent_and_keeps_the_georeference(tmp_path):
     maps = []
     for tile in (1, 7, 16, 64):
         out = tmp_path / f"map{tile}.tif"
-        summary = map_scene(rt, src, out, tile=tile, progress=False)
+        summary = map_scene(rt, src, out, MapOptions(tile=tile, progress=False))
         with rasterio.open(out) as f:
             maps.append(f.read(1))
             assert f.crs == crs and f.transform == transform and f.nodata == 0
@@ -228,15 +246,15 @@ def test_map_scene_is_tile_independent_and_keeps_the_georeference(tmp_path):
 
 def test_map_refuses_image_bundles_and_band_mismatch(tmp_path):
     from edgevit.data.preprocess import Preprocess
-    from edgevit.runtime.mapping import map_scene
+    from edgevit.runtime.mapping import MapOptions, map_scene
 
     src = write_synthetic_scene(tmp_path, size=12, bands=5, classes=3, seed=2)
     rt = _Runtime(4, 3)
     with pytest.raises(EdgevitError, match="has 5 bands; the bundle's model takes 4"):
-        map_scene(rt, src, tmp_path / "m.tif", progress=False)
+        map_scene(rt, src, tmp_path / "m.tif", MapOptions(progress=False))
     rt.preprocess = Preprocess(resize=32, crop=32)
     with pytest.raises(EdgevitError, match="classifies images, not scene pixels"):
-        map_scene(rt, src, tmp_path / "m.tif", progress=False)
+        map_scene(rt, src, tmp_path / "m.tif", MapOptions(progress=False))
 
 
 # -- through the pipeline ---------------------------------------------------------------------------------

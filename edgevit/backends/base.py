@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from edgevit.errors import EdgevitError
+from edgevit.manifest import PENDING
 
 
-PENDING = "pending-device-build"   # an engine the target device builds from the bundle's kit (TensorRT)
 BRANCH_INPUT = "preset"            # the int64 input that picks a preset's branch (backends.openvino_branches)
 
 
@@ -222,9 +222,10 @@ class Backend:
         load imports the compiled engine instead of compiling it again). Default: no such cache."""
         return spec
 
-    def build_deferred(self, bundle_dir, entries, profile, vx, vy, refs, measure: bool, log) -> dict:
+    def build_deferred(self, bundle_dir, entries, profile, checks, measure: bool, log) -> dict:
         """``deferred_build`` backends: write what the device needs to build the engines (and build them now
-        where this host is that device). Returns what ``record_deferred`` and ``pending_note`` take."""
+        where this host is that device; ``checks``: ``pipeline.Checks``, what they are validated on).
+        Returns what ``record_deferred`` and ``pending_note`` take."""
         raise NotImplementedError
 
     def record_deferred(self, manifest: dict, result: dict) -> None:
@@ -241,6 +242,11 @@ class Backend:
     def validation_runner(self, bundle_dir, spec: EngineSpec) -> Runner:
         """The runner the build validates ``spec`` with: the engine itself, unless it is built on the device."""
         return self.load(bundle_dir, spec)
+
+    def validation_notes(self, bundle_dir, spec: EngineSpec, checks, preset: str) -> dict:
+        """Fields a candidate's record adds after its check at ``preset`` (``checks``: ``pipeline.Checks``): an
+        engine validated on another runtime than its own says which, and what else it was checked on."""
+        return {}
 
 
 _REGISTRY: dict[str, object] = {"openvino": "edgevit.backends.openvino", "onnxruntime": "edgevit.backends.onnxruntime",

@@ -45,13 +45,3 @@ def summarize(repeats: list[list[float]], warn_above: float = SPREAD_WARN) -> La
     return LatencyStats(float(np.percentile(pooled, 50)), float(np.percentile(pooled, 90)),
                         float(np.percentile(pooled, 99)), float(pooled.max()), float(pooled.mean()),
                         int(pooled.size), len(repeats), spread, warning)
-
-
-def throughput(images: int, seconds: float) -> float:
-    return images / seconds if seconds > 0 else float("nan")
-
-
-def speedup(baseline_p50: float | None, p50: float) -> float | None:
-    if baseline_p50 is None or not p50:
-        return None
-    return baseline_p50 / p50

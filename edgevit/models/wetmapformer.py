@@ -132,24 +132,6 @@ class LocalWindowAttention(nn.Module):
         return self.proj(out).permute(0, 3, 1, 2)
 
 
-def window_attention_reference(q, key, v, rpb, h: int, w: int, k: int, scale: float) -> torch.Tensor:
-    """Loops over queries and their clamped windows, straight from the spec (B, heads, N, d inputs)."""
-    out = torch.zeros_like(q)
-    for i in range(h):
-        for j in range(w):
-            ti, tj = min(max(i - (k - 1) // 2, 0), h - k), min(max(j - (k - 1) // 2, 0), w - k)
-            idx, bias = [], []
-            for a in range(k):
-                for b in range(k):
-                    r, c = ti + a, tj + b
-                    idx.append(r * w + c)
-                    bias.append(rpb[:, (r - i + k - 1) * (2 * k - 1) + (c - j + k - 1)])
-            s = torch.einsum("bhd,bhnd->bhn", q[:, :, i * w + j], key[:, :, idx]) * scale
-            s = s + torch.stack(bias, dim=-1)
-            out[:, :, i * w + j] = torch.einsum("bhn,bhnd->bhd", s.softmax(-1), v[:, :, idx])
-    return out
-
-
 class Mlp(nn.Module):
     """Linear -> GELU -> Linear over channels; ratio 0 (released) is a learned constant: Dense(C) of an empty
     tensor returns its bias, and a zero-width Linear would break exporters, so it is just that bias."""

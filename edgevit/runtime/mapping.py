@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,20 @@ from edgevit.data.rasters import fill_invalid, invalid_mask, open_raster
 from edgevit.errors import EdgevitError
 
 MARGIN = 4
+CHUNK = 4096     # patches per engine call: the engine's buffers stay small whatever the tile
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    """``tile``: output tile side in pixels (memory is bounded by one tile); ``preset``: the runtime's current
+    one unless named; ``preview``: also write a PNG there; ``variable``: the data variable of a NetCDF
+    scene; ``progress``: a progress bar on stderr."""
+
+    tile: int = 128
+    preset: str | None = None
+    preview: object = None
+    variable: str | None = None
+    progress: bool = True
 
 
 def tile_patches(raster, y0: int, x0: int, th: int, tw: int, patch: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -34,22 +49,22 @@ def tile_patches(raster, y0: int, x0: int, th: int, tw: int, patch: int = 8) -> 
     return np.ascontiguousarray(win.reshape(th * tw, raster.bands, patch, patch), dtype=np.float32), nodata
 
 
-def map_scene(runtime, scene, out, tile: int = 128, preset: str | None = None, preview=None,
-              variable: str | None = None, progress: bool = True, chunk: int = 4096) -> dict:
-    """Write ``out`` (GeoTIFF, uint8 class + 1, 0 = nodata) for ``scene``; optionally a PNG ``preview``."""
+def map_scene(runtime, scene, out, options: MapOptions = MapOptions()) -> dict:
+    """Write ``out`` (GeoTIFF, uint8 class + 1, 0 = nodata) for ``scene``; optionally a PNG preview."""
     import rasterio
     from rasterio.windows import Window
     from tqdm import tqdm
 
     from edgevit.validate import run_engine
 
+    tile, preset, preview, progress, chunk = options.tile, options.preset, options.preview, options.progress, CHUNK
     pre = runtime.preprocess
     if getattr(pre, "kind", "images") != "patches":
         raise EdgevitError(f"bundle {runtime.bundle} classifies images, not scene pixels; map needs a WetMapFormer "
                            f"bundle (edgevit build --model wetmapformer ...)")
     if tile < 1:
         raise EdgevitError(f"--tile {tile}: expected a positive number of pixels")
-    raster = open_raster(scene, variable)
+    raster = open_raster(scene, options.variable)
     if raster.bands != pre.bands:
         raise EdgevitError(f"scene {scene} has {raster.bands} bands; the bundle's model takes {pre.bands}")
     name = preset or runtime.current

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.backends.base import PENDING, Closing, EngineSpec, get_backend
+from edgevit.backends.base import Closing, EngineSpec, get_backend
 from edgevit.bundle import read_manifest, verify_files
-from edgevit.manifest import EngineEntry, Manifest, PresetEntry
+from edgevit.manifest import PENDING, EngineEntry, Manifest, PresetEntry
 from edgevit.data.preprocess import preprocess_from_dict
 from edgevit.errors import EdgevitError
 from edgevit.validate import run_engine
@@ -229,9 +229,9 @@ class Runtime(Closing):
                   progress: bool = True) -> dict:
         """Classify every pixel of a multi-band raster (WetMapFormer bundles): a GeoTIFF class map with the
         source's georeference, class + 1 and 0 = nodata; memory bounded by one ``tile`` x ``tile`` tile."""
-        from edgevit.runtime.mapping import map_scene
+        from edgevit.runtime.mapping import MapOptions, map_scene
 
-        return map_scene(self, scene, out, tile=tile, preset=preset, preview=preview, progress=progress)
+        return map_scene(self, scene, out, MapOptions(tile=tile, preset=preset, preview=preview, progress=progress))
 
     def close(self) -> None:
         self._stop_loading()

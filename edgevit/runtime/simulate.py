@@ -16,7 +16,7 @@ from edgevit.errors import EdgevitError
 from edgevit.files import excerpt
 from edgevit.runtime.policies import Policy, build_policy, policy_from_profile
 from edgevit.runtime.signals import TraceSource
-from edgevit.runtime.switcher import Switcher
+from edgevit.runtime.switcher import Pacing, Switcher
 
 
 @dataclass
@@ -65,7 +65,8 @@ def simulate(opts: SimOptions) -> dict:
     if opts.dry and any(p.latency_ms is None for p in rt.candidates):
         raise EdgevitError(f"--dry needs build-host latencies in {opts.bundle}'s manifest, and it has none "
                            f"({manifest.latency_note}); run without --dry on the device")
-    sw = Switcher(rt, policy, sources=[], min_dwell_s=settings["min_dwell_s"], debounce=settings["debounce"])
+    sw = Switcher(rt, policy, sources=[],
+                  pacing=Pacing(min_dwell_s=settings["min_dwell_s"], debounce=settings["debounce"]))
     info = {p.name: p for p in rt.presets}
     sample = np.zeros(tuple(manifest.input["shape"]), np.float32)
     timeline, per_preset = [], {}

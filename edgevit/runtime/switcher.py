@@ -35,20 +35,34 @@ class SwitchEvent:
         return f"t={self.time:8.2f}s  {self.from_preset} -> {self.to_preset}  ({self.reason})"
 
 
-class Switcher:
-    def __init__(self, runtime, policy: Policy, sources=None, interval_s: float = 1.0, min_dwell_s: float = 10.0,
-                 debounce: int = 3, clock: Callable[[], float] = time.monotonic,
-                 on_switch: list[Callable[[SwitchEvent], None]] | None = None, ladder: list | None = None,
-                 warm: bool = True):
-        if min_dwell_s < 0 or interval_s <= 0 or debounce < 1:
+@dataclass(frozen=True)
+class Pacing:
+    """How fast the switcher may move: it reads its signals every ``interval_s``, judges each on the last
+    ``debounce`` readings, moves to a costlier preset only after ``min_dwell_s`` on the current one, and warms
+    the next preset before the swap (``warm``) so the first request after it is not the one that pays."""
+
+    interval_s: float = 1.0
+    min_dwell_s: float = 10.0
+    debounce: int = 3
+    warm: bool = True
+
+    def __post_init__(self):
+        if self.min_dwell_s < 0 or self.interval_s <= 0 or self.debounce < 1:
             raise ValueError("min_dwell_s >= 0, interval_s > 0 and debounce >= 1 are required")
+
+
+class Switcher:
+    def __init__(self, runtime, policy: Policy, sources=None, pacing: Pacing = Pacing(),
+                 clock: Callable[[], float] = time.monotonic,
+                 on_switch: list[Callable[[SwitchEvent], None]] | None = None, ladder: list | None = None):
         self.runtime, self.policy = runtime, policy
         self.sources = list(sources) if sources is not None else []
-        self.interval_s, self.min_dwell_s, self.debounce = interval_s, min_dwell_s, debounce
+        self.pacing = pacing
+        self.interval_s, self.min_dwell_s, self.debounce = pacing.interval_s, pacing.min_dwell_s, pacing.debounce
         self.clock = clock
         self.callbacks = list(on_switch or [])
         self._ladder = list(ladder) if ladder is not None else None
-        self.warm = warm
+        self.warm = pacing.warm
         self.events: list[SwitchEvent] = []
         self.last_reason = ""
         self._history: dict[str, deque] = defaultdict(lambda: deque(maxlen=self.debounce))

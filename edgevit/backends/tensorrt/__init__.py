@@ -13,14 +13,36 @@ engine checks the TensorRT version, GPU and L4T release it was built for (``gpu`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 
-from edgevit.backends.base import PENDING, Backend, Candidate, EngineSpec, Runner
+from edgevit.backends.base import Backend, Candidate, EngineSpec, Runner
+from edgevit.manifest import PENDING
 from edgevit.backends.tensorrt.build import build_settings, shell_line, trtexec_command
 from edgevit.backends.tensorrt.kit import TIMING_CACHE, artifact_paths, refit_from, write_artifact
 from edgevit.backends.tensorrt.runner import TensorRTRunner
 from edgevit.errors import EdgevitError
 from edgevit.schema import F
+
+
+class _Source(NamedTuple):
+    """What one preset's kit files are made from, and where they go."""
+
+    onnx_path: Path
+    out_dir: Path
+    name: str
+    calib: object
+    profile: object
+
+
+def _artifact(src: _Source, candidate_id: str, precision: str, level, settings: dict) -> dict:
+    """One candidate's explicit-precision ONNX in the kit; ``settings`` gets its paths and trtexec line."""
+    onnx_rel, engine_rel = artifact_paths(src.name, candidate_id)
+    quant = write_artifact(src.onnx_path, src.out_dir / onnx_rel, precision, src.calib, level, src.profile)
+    settings.update(onnx=onnx_rel.as_posix(), engine=engine_rel.as_posix(),
+                    trtexec=shell_line(trtexec_command(settings, onnx_rel.as_posix(), engine_rel.as_posix(),
+                                                       TIMING_CACHE.as_posix())))
+    return quant
 
 
 class TensorRTBackend(Backend):
@@ -44,10 +66,10 @@ class TensorRTBackend(Backend):
         "strip_weights": F(bool, True),
     }
 
-    def build_deferred(self, bundle_dir, entries, profile, vx, vy, refs, measure: bool, log) -> dict:
-        from edgevit.backends.tensorrt.device_build import defer
+    def build_deferred(self, bundle_dir, entries, profile, checks, measure: bool, log) -> dict:
+        from edgevit.backends.tensorrt.device_build import DeviceBuild, defer
 
-        return defer(self, Path(bundle_dir), entries, profile, vx, vy, refs, measure, log)
+        return defer(self, Path(bundle_dir), entries, profile, checks, DeviceBuild(measure=measure, log=log))
 
     def record_deferred(self, manifest: dict, result: dict) -> None:
         from edgevit.backends.tensorrt.device_build import record_device_build
@@ -86,29 +108,18 @@ class TensorRTBackend(Backend):
         precision = candidate.precision
         settings = build_settings(profile, precision)
         settings["recipe"] = candidate.recipe
-        out_dir = Path(out_dir)
-        quant = self._artifact(onnx_path, out_dir, name, candidate.id, precision, calib, candidate.level, profile,
-                               settings)
+        src = _Source(onnx_path, Path(out_dir), name, calib, profile)
+        quant = _artifact(src, candidate.id, precision, candidate.level, settings)
         extra = []
         if precision == "fp16" and profile.tensorrt.get("int8_if_faster"):
             # ARCHITECTURE §3: INT8 is not always faster than FP16 for ViTs on GPUs; the device measures both.
             cand = build_settings(profile, "int8")
             cand["recipe"] = "explicit Q/DQ"
-            cand["quantization"] = self._artifact(onnx_path, out_dir, name, "int8", "int8", calib, 0, profile, cand)
+            cand["quantization"] = _artifact(src, "int8", "int8", 0, cand)
             settings["candidates"] = [cand]
             extra.append(cand["onnx"])
         return EngineSpec(self.name, precision, settings["onnx"], extra_files=extra, settings=settings,
                           quantization=quant, status=PENDING)
-
-    @staticmethod
-    def _artifact(onnx_path, out_dir: Path, name, candidate_id, precision, calib, level, profile,
-                  settings: dict) -> dict:
-        onnx_rel, engine_rel = artifact_paths(name, candidate_id)
-        quant = write_artifact(onnx_path, out_dir / onnx_rel, precision, calib, level, profile)
-        settings.update(onnx=onnx_rel.as_posix(), engine=engine_rel.as_posix(),
-                        trtexec=shell_line(trtexec_command(settings, onnx_rel.as_posix(), engine_rel.as_posix(),
-                                                           TIMING_CACHE.as_posix())))
-        return quant
 
     def load(self, bundle_dir, spec: EngineSpec) -> Runner:
         from edgevit.backends.tensorrt.gpu import device_info, engine_mismatches
@@ -130,6 +141,25 @@ class TensorRTBackend(Backend):
 
         # What the device will build from, run exactly as written (CPU: no GPU is involved yet).
         return OrtRunner(Path(bundle_dir) / spec.file, ["CPUExecutionProvider"])
+
+    def validation_notes(self, bundle_dir, spec: EngineSpec, checks, preset: str) -> dict:
+        """A pending engine was validated as the device will build it, on ONNX Runtime; the precisions the
+        device will also build and measure (FP16 profiles' INT8) are checked here on the CPU too."""
+        if spec.status != PENDING:
+            return {}
+        from edgevit.backends.onnxruntime import OrtRunner
+        from edgevit.validate import gate, validate
+
+        out = []
+        for s in spec.settings.get("candidates", []):
+            with OrtRunner(Path(bundle_dir) / s["onnx"], ["CPUExecutionProvider"]) as runner:
+                v = validate(runner, checks.x, checks.y, checks.refs[preset])
+            g = gate(v, checks.torch_top1(preset), checks.accuracy)
+            out.append({"precision": s["precision"], "onnx": s["onnx"], "passed": g.passed, "reason": g.reason,
+                        "gate": g.to_dict(), **v.to_dict()})
+        # Validated as the device will build it; the engine's own figures replace these there.
+        return {"validated_with": f"onnxruntime CPU ({spec.file}, the ONNX the engine is built from)",
+                "device_candidates": out}
 
 
 BACKEND = TensorRTBackend()

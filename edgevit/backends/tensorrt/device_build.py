@@ -13,14 +13,16 @@ import json
 import shutil
 import subprocess
 import sys
-import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from edgevit.backends.base import PENDING, EngineSpec
+from edgevit.backends.base import Candidate, EngineSpec
+from edgevit.manifest import PENDING
+from edgevit.pipeline import Choice, Checks
 from edgevit.errors import EdgevitError
 
 VALIDATION_FILE = "kit/validation.npz"
@@ -110,110 +112,130 @@ def _trtexec() -> str:
     raise EdgevitError("--trtexec: trtexec is not on PATH nor at /usr/src/tensorrt/bin/trtexec (JetPack's place)")
 
 
-def _build_one(bundle_dir: Path, settings: dict, use_trtexec: bool, verbose: bool, log) -> None:
+@dataclass(frozen=True)
+class DeviceBuild:
+    """How the device builds its engines: through trtexec or the TensorRT Python API, with its output shown
+    (``verbose``), whether latencies are measured, and where progress goes."""
+
+    use_trtexec: bool = False
+    measure: bool = True
+    verbose: bool = False
+    log: Callable[[str], None] = print
+
+
+def _build_one(bundle_dir: Path, settings: dict, how: DeviceBuild) -> None:
     from edgevit.backends.tensorrt.kit import TIMING_CACHE
     from edgevit.backends.tensorrt.build import build_engine_file, trtexec_command
 
     engine = bundle_dir / settings["engine"]
     engine.parent.mkdir(parents=True, exist_ok=True)
-    if use_trtexec:
+    if how.use_trtexec:
         cmd = trtexec_command(settings, settings["onnx"], settings["engine"], TIMING_CACHE.as_posix())
         cmd[0] = _trtexec()
-        proc = subprocess.run(cmd, cwd=bundle_dir, capture_output=not verbose, text=True)
+        proc = subprocess.run(cmd, cwd=bundle_dir, capture_output=not how.verbose, text=True)
         if proc.returncode != 0:
-            tail = (proc.stdout or "")[-2000:] if not verbose else ""
+            tail = (proc.stdout or "")[-2000:] if not how.verbose else ""
             raise EdgevitError(f"trtexec failed (exit {proc.returncode}) building {settings['engine']}:\n{tail}")
     else:
-        build_engine_file(bundle_dir / settings["onnx"], engine, settings, bundle_dir / TIMING_CACHE, verbose, log)
+        build_engine_file(bundle_dir / settings["onnx"], engine, settings, bundle_dir / TIMING_CACHE, how.verbose,
+                          how.log)
 
 
-def finish(bundle_dir: Path, entries: list[dict], accuracy: dict, validation, *, presets: list[str] | None = None,
-           force: bool = False, use_trtexec: bool = False, measure: bool = True, verbose: bool = False,
-           log: Callable[[str], None] = print) -> dict:
-    """Build, validate and gate the TensorRT engines of ``entries`` (manifest presets) inside ``bundle_dir``.
+def device_job(bundle_dir: Path, preset: str, options: list[dict], checks, how: DeviceBuild):
+    """The device build's job in the candidate pipeline: a candidate is one of the kit's settings for
+    ``preset`` (the profile's precision first: the floor), built with TensorRT here, checked and measured
+    at once (one engine at a time: a GPU holds few)."""
+    from edgevit.backends.tensorrt import runner
+    from edgevit.backends.tensorrt.kit import refit_from
+    from edgevit.pipeline import Job
 
-    Pending engines are built (all of them with ``force``). A preset with an INT8 candidate beside FP16
-    keeps INT8 only where it passes the gate and measures faster. Entries are updated in place; returns a
-    summary ``{"built": n, "failed": [...], "built_on": {...}}``.
-    """
+    by_id = {s["precision"]: s for s in options}
+
+    def build(cand):
+        s = by_id[cand.id]
+        _build_one(bundle_dir, s, how)
+        return EngineSpec("tensorrt", s["precision"], s["engine"], settings=s), False
+
+    def runners(spec):
+        s = spec.settings
+        return {preset: runner.TensorRTRunner(bundle_dir / s["engine"], s, refit_from(bundle_dir, s))}
+
+    return Job(checks, build, runners, bundle_dir, measure_now=how.measure, floor_ships=False)
+
+
+def _candidates(options: list[dict]) -> list[Candidate]:
+    return [Candidate(s["precision"], s["precision"], s.get("recipe", s["precision"]), floor=i == 0)
+            for i, s in enumerate(options)]
+
+
+def finish(bundle_dir: Path, entries: list[dict], checks, todo: list[str] | None = None, force: bool = False,
+           how: DeviceBuild = DeviceBuild()) -> dict:
+    """Build, validate and gate the TensorRT engines of ``entries`` (manifest presets) inside ``bundle_dir``
+    with the build's candidate pipeline (``checks``: the kit's validation set and torch logits, the profile's
+    gate). Pending engines are built (all of them with ``force``; only ``todo`` presets where given). A preset
+    with an INT8 candidate beside FP16 keeps INT8 only where it passes the gate and measures faster. Entries
+    are updated in place; returns ``{"built": n, "failed": [...], "built_on": {...}}``."""
     from edgevit.backends.tensorrt.gpu import device_info
-    from edgevit.selection import choose_candidate
+    from edgevit.pipeline import choose, run_candidate
 
-    x, y, refs = validation
     here = device_info()
     built, failed = 0, []
     for e in entries:
         t = e["engines"].get("tensorrt")
-        if t is None or "engine" not in t or (presets and e["name"] not in presets):
+        if t is None or "engine" not in t or (todo and e["name"] not in todo):
             continue
         if t.get("status") != PENDING and not force:
             continue
-        spec = EngineSpec(**t["engine"])
-        ref = refs.get(e["name"])
-        if ref is None:
+        if e["name"] not in checks.refs:
             raise EdgevitError(f"{VALIDATION_FILE} has no torch logits for preset {e['name']}")
+        spec = EngineSpec(**t["engine"])
         options = [spec.settings] + list(spec.settings.get("candidates", []))
-        results = [_build_and_gate(bundle_dir, e["name"], s, (x, y, ref), accuracy, use_trtexec, measure, verbose,
-                                   log) for s in options]
-        # The same record and rule as the build's candidates: the profile's precision is the floor here.
-        tried = [{"id": r["settings"]["precision"], "precision": r["settings"]["precision"],
-                  "recipe": r["settings"].get("recipe", r["settings"]["precision"]), "floor": i == 0,
-                  "passed": r["passed"], "reason": r["reason"], "gate": r["gate"], "latency_ms": r["latency_ms"],
-                  **r["validation"].to_dict()} for i, r in enumerate(results)]
-        pick, why = choose_candidate(tried, measured=measure)
-        chosen = results[tried.index(pick)] if pick is not None else None
+        job = device_job(bundle_dir, e["name"], options, checks, how)
+        results = [run_candidate(job, c) for c in _candidates(options)]
+        for r in results:
+            _log_engine(e["name"], r, how.log)
+        chosen, why = choose(results, measured=how.measure)
         for r in results:
             if r is not chosen:
-                (bundle_dir / r["settings"]["engine"]).unlink(missing_ok=True)
+                (bundle_dir / r.spec.settings["engine"]).unlink(missing_ok=True)
         if chosen is None:
-            t.update(status="failed-validation", device_attempts=tried,
-                     reason="; ".join(f"{r['settings']['precision']}: {r['reason']}" for r in results))
+            t.update(status="failed-validation", device_attempts=[r.records[e["name"]] for r in results],
+                     reason="; ".join(f"{r.id}: {r.records[e['name']]['reason']}" for r in results))
             failed.append(e["name"])
             continue
-        _record_built(t, spec, chosen, options, tried, pick, why, here)
+        _record_built(t, spec, Choice(chosen, why, results), e["name"], here)
         built += 1
     return {"built": built, "failed": failed, "built_on": here}
 
 
-def _build_and_gate(bundle_dir: Path, name: str, s: dict, data, accuracy: dict, use_trtexec: bool, measure: bool,
-                    verbose: bool, log) -> dict:
-    """One engine of one preset built from its kit settings ``s``, validated against torch and gated."""
-    from edgevit.backends.tensorrt.kit import refit_from
-    from edgevit.backends.tensorrt.runner import TensorRTRunner
-    from edgevit.measure import measure_latency
-    from edgevit.validate import gate, validate
-
-    x, y, ref = data
-    t0 = time.perf_counter()
-    _build_one(bundle_dir, s, use_trtexec, verbose, log)
-    runner = TensorRTRunner(bundle_dir / s["engine"], s, refit_from(bundle_dir, s))
-    try:
-        v = validate(runner, x, y, ref)
-        g = gate(v, float((ref.argmax(-1) == y).mean()), accuracy)
-        lat = measure_latency(runner, x) if measure else None
-    finally:
-        runner.close()
-    log(f"[engine] {name:<10} {s['precision']}: top-1 {100 * v.top1:.2f}% agree {100 * v.agreement:.2f}%"
-        + (f" p50 {lat['p50']:.3f} ms" if lat else "") + ("" if g.passed else f"  FAILS GATE: {g.reason}"))
-    return {"settings": s, "validation": v, "passed": g.passed, "reason": g.reason, "latency_ms": lat,
-            "gate": g.to_dict(), "seconds": round(time.perf_counter() - t0, 1)}
+def _log_engine(name: str, r, log) -> None:
+    rec = r.records[name]
+    lat = rec.get("latency_ms")
+    log(f"[engine] {name:<10} {r.id}: top-1 {100 * rec['top1']:.2f}% agree {100 * rec['agreement']:.2f}%"
+        + (f" p50 {lat['p50']:.3f} ms" if lat else "") + ("" if rec["gate"]["passed"] else
+                                                          f"  FAILS GATE: {rec['gate']['reason']}"))
 
 
-def _record_built(t: dict, spec: EngineSpec, chosen: dict, options: list[dict], tried: list[dict], pick: dict,
-                  why: str, here: dict) -> None:
-    """The manifest entry ``t`` of an engine built and passed on this device."""
+def _record_built(t: dict, spec: EngineSpec, choice, preset: str, here: dict) -> None:
+    """The manifest entry ``t`` of an engine built and passed on this device: the pipeline's entry, with the
+    figures the kit was validated with kept beside it and the device's attempts as its candidates."""
+    from edgevit.pipeline import entry_for
+
     kit_validation = {k: t.get(k) for k in ("top1", "agreement", "mean_abs_dlogit", "max_abs_dlogit", "samples",
                                              "validated_with") if k in t}
-    s = chosen["settings"]
-    kit_files = [o["onnx"] for o in options] + ([spec.settings["weights"]] if spec.settings.get("weights") else [])
+    s = choice.chosen.spec.settings
+    kit_files = ([spec.settings["onnx"]] + [o["onnx"] for o in spec.settings.get("candidates", [])]
+                 + ([spec.settings["weights"]] if spec.settings.get("weights") else []))
     new_spec = EngineSpec("tensorrt", s["precision"], s["engine"], extra_files=kit_files,
                           settings={**spec.settings, **{k: v for k, v in s.items() if k != "candidates"},
                                     "built_on": here},
                           quantization=s.get("quantization", spec.quantization))
-    t.update(status="ok", engine=new_spec.to_dict(), precision=s["precision"], **chosen["validation"].to_dict(),
-             latency_ms=chosen["latency_ms"], validated_with=f"tensorrt {here['tensorrt']} on {here['gpu']}",
-             gate=chosen["gate"], kit_validation=kit_validation, device_attempts=tried,
-             chosen={"id": pick["id"], "precision": pick["precision"], "recipe": pick["recipe"], "why": why})
+    entry = entry_for(choice, preset, new_spec, spec.precision, measured=True).to_dict()
+    figures = {k: entry[k] for k in ("top1", "agreement", "mean_abs_dlogit", "max_abs_dlogit", "samples",
+                                     "predictions_sha256", "kappa", "discordant", "gate", "latency_ms") if k in entry}
+    t.update(status="ok", engine=new_spec.to_dict(), precision=s["precision"], **figures,
+             validated_with=f"tensorrt {here['tensorrt']} on {here['gpu']}", kit_validation=kit_validation,
+             device_attempts=entry["candidates"], chosen=entry["chosen"])
     t.pop("reason", None)
 
 
@@ -223,9 +245,12 @@ def pending_summary(entries: list[dict]) -> list[str]:
 
 # -- `edgevit engine build` --------------------------------------------------------------------------------
 
-def engine_build(bundle, presets: list[str] | None = None, force: bool = False, use_trtexec: bool = False,
-                 any_device: bool = False, measure: bool = True, verbose: bool = False,
-                 log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict:
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def engine_build(bundle, presets: list[str] | None = None, force: bool = False, any_device: bool = False,
+                 how: DeviceBuild = DeviceBuild(log=_stderr)) -> dict:
     """Finish a bundle's TensorRT engines on this device and replace the bundle atomically."""
     from edgevit.bundle import BundleWriter, read_manifest, verify_files
     from edgevit.backends.tensorrt.gpu import deferred_reason, device_info, target_mismatches
@@ -249,20 +274,20 @@ def engine_build(bundle, presets: list[str] | None = None, force: bool = False, 
         raise EdgevitError(f"this device is not the bundle's target {manifest['target']['name']}: "
                            + "; ".join(problems) + ". Engines built here would only run here; pass --any-device "
                            "to build them anyway")
+    log = how.log
     todo = [p["name"] for p in manifest["presets"] if "tensorrt" in p["engines"]
             and (force or p["engines"]["tensorrt"].get("status") == PENDING) and (not presets or p["name"] in presets)]
     if not todo:
         log(f"[engine] nothing to build: every TensorRT engine in {bundle} is built (use --force to rebuild)")
         return {"built": 0, "failed": [], "built_on": here}
     verify_files(bundle, manifest)
-    validation = read_validation(bundle)
+    checks = Checks(*read_validation(bundle), manifest["target"]["accuracy"])
     log(f"[engine] building {len(todo)} TensorRT engine(s) on {here['gpu']} (compute capability "
         f"{here['compute_capability']}, TensorRT {here['tensorrt']}"
-        + (f", L4T {here['l4t']}" if here["l4t"] else "") + f"); validating on {len(validation[1])} images")
+        + (f", L4T {here['l4t']}" if here["l4t"] else "") + f"); validating on {len(checks.y)} images")
     with BundleWriter(bundle) as w:
         shutil.copytree(bundle, w.tmp, dirs_exist_ok=True)
-        summary = finish(w.tmp, manifest["presets"], manifest["target"]["accuracy"], validation, presets=todo,
-                         force=force, use_trtexec=use_trtexec, measure=measure, verbose=verbose, log=log)
+        summary = finish(w.tmp, manifest["presets"], checks, todo, force, how)
         record_device_build(manifest, summary, bundle_reason=None)
         w.commit(manifest, manifest_report(manifest))
     log(f"[engine] {bundle}: {summary['built']} engine(s) built and validated"
@@ -293,12 +318,13 @@ def record_device_build(manifest: dict, summary: dict | None, bundle_reason: str
     mark_pareto(manifest["presets"], manifest["backend"])
 
 
-def defer(backend, bundle_dir: Path, entries, profile, vx, vy, refs, measure: bool, log) -> dict:
-    """At the end of ``edgevit build``: write the kit and the validation set; build the engines now when
-    TensorRT and a GPU matching the target are here."""
+def defer(backend, bundle_dir: Path, entries, profile, checks: Checks, how: DeviceBuild) -> dict:
+    """At the end of ``edgevit build``: write the kit and the validation set (``checks``); build the engines
+    now when TensorRT and a GPU matching the target are here."""
     from edgevit.backends.tensorrt.gpu import device_info, target_mismatches
 
-    info = write_validation(bundle_dir, vx, vy, refs)
+    log = how.log
+    info = write_validation(bundle_dir, checks.x, checks.y, checks.refs)
     _share_kit_weights(bundle_dir, entries, backend.name, log)
     reason = backend.deferred()
     if reason is None:
@@ -308,7 +334,8 @@ def defer(backend, bundle_dir: Path, entries, profile, vx, vy, refs, measure: bo
     if reason is None:
         log(f"[tensorrt] TensorRT and a matching GPU are here: building the engines now "
             f"(validation on {info['samples']} images)")
-        summary = finish(bundle_dir, entries, profile.accuracy, read_validation(bundle_dir), measure=measure, log=log)
+        kit = Checks(*read_validation(bundle_dir), profile.accuracy)
+        summary = finish(bundle_dir, entries, kit, how=how)
     else:
         for e in entries:
             t = e["engines"].get(backend.name, {})
