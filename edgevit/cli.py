@@ -81,7 +81,7 @@ def models_cmd(name):
       edgevit models supervit-deit-s
     """
     from edgevit.models import create_model, list_models, model_family
-    from edgevit.train import preset_table
+    from edgevit.build.train import preset_table
 
     if name is None:
         click.echo(f"{'model':<18} {'family':<10} {'params':>12} {'presets':>8} {'input':>6}")
@@ -133,7 +133,7 @@ def train_cmd(ctx, model, data, out, **kw):
       torchrun --nproc-per-node 2 -m edgevit train     # DistributedDataParallel (gloo on CPU)
     """
     from edgevit.models.registry import resolve
-    from edgevit.train import TrainConfig, default_checkpoint_path, recipe_for, train
+    from edgevit.build.train import TrainConfig, default_checkpoint_path, recipe_for, train
 
     model = resolve(model)
     for k, v in recipe_for(model).items():   # the family's recipe, where the option was not given
@@ -158,21 +158,15 @@ def eval_cmd(checkpoint, data, model, presets, trust_checkpoint):
     pos_embed_list.0..3) and timm/DeiT state dicts (pos_embed becomes the largest table; the others are
     resized bicubically).
     """
-    from edgevit.checkpoints import load_checkpoint
-    from edgevit.data.datasets import input_kind, load_dataset
-    from edgevit.data.preprocess import preprocess_from_dict
-    from edgevit.train import evaluate_presets, preset_table
+    from edgevit.build.builder import BuildOptions, from_checkpoint
+    from edgevit.build.train import evaluate_presets, preset_table
 
-    ck = load_checkpoint(checkpoint, model, trust=trust_checkpoint)
-    m = ck.model
-    data = data or ck.meta.get("data", {}).get("name")
-    ds = load_dataset(data, crop=m.img_size, channels=m.in_chans, kind=input_kind(m))
-    pre = preprocess_from_dict(ck.meta["preprocess"]) if "preprocess" in ck.meta else ds.preprocess
-    if m.num_classes != len(ds.classes):
-        raise EdgevitError(f"checkpoint {checkpoint} has {m.num_classes} classes, the data {len(ds.classes)}")
+    got = from_checkpoint(BuildOptions(target="", checkpoint=checkpoint, data=data, model=model,
+                                       trust_checkpoint=trust_checkpoint))
+    m, ds = got.model, got.dataset
     chosen = m.presets() if not presets else [m.preset(p.strip()) for p in presets.split(",")]
-    x, y = ds.val.arrays(pre)
-    click.echo(f"{checkpoint} ({ck.layout} layout) on {ds.summary()}")
+    x, y = ds.val.arrays(got.preprocess)
+    click.echo(f"{checkpoint} ({got.layout} layout) on {ds.summary()}")
     click.echo(preset_table(chosen, evaluate_presets(m, x, y, chosen)))
 
 
@@ -241,7 +235,7 @@ def build_cmd(target, model, checkpoint, data, out, presets, resolutions, batch,
       edgevit build -t x86-cpu --model wetmapformer --batch 256 # per-pixel mapping, throughput engines
       edgevit build -t x86-cpu --checkpoint vvt_tiny.pth --data ~/imagenet-100 --resolutions 224,384
     """
-    from edgevit.builder import BuildOptions, build
+    from edgevit.build.builder import BuildOptions, build
     from edgevit.cleanup import install_termination_handler
 
     install_termination_handler()  # SIGTERM removes the partial bundle and cache entries, then exits
@@ -511,7 +505,7 @@ def simulate_cmd(bundle, trace, policy, dry, step, fps, power_w, min_dwell, back
 def profiles_cmd(ctx):
     """List the hardware profiles (targets); `edgevit profiles show NAME` prints one resolved."""
     if ctx.invoked_subcommand is None:
-        from edgevit.profiles import list_profiles, load_profile
+        from edgevit.build.profiles import list_profiles, load_profile
 
         for name in list_profiles():
             p = load_profile(name)
@@ -524,7 +518,7 @@ def profiles_show(target):
     """Print TARGET (a name or a YAML path) with every default filled in."""
     import yaml
 
-    from edgevit.profiles import load_profile
+    from edgevit.build.profiles import load_profile
 
     click.echo(yaml.safe_dump(load_profile(target).to_dict(), sort_keys=False).rstrip())
 
@@ -539,7 +533,7 @@ def inspect_cmd(bundle, as_json, verify, candidates):
     import json
 
     from edgevit.bundle import read_manifest, verify_files
-    from edgevit.report import choices, preset_header, preset_rows, summary_lines, text_table
+    from edgevit.manifest_report import choices, preset_header, preset_rows, summary_lines, text_table
 
     manifest = read_manifest(bundle)
     if verify:

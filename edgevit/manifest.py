@@ -144,7 +144,7 @@ class Manifest(_Record):
     files: dict = field(default_factory=dict)   # relative path -> sha256
     obtain_seconds: float | None = None
     device_build: dict | None = None    # a deferred backend's record (TensorRT's kit)
-    memory: dict | None = None          # per backend, MB resident with every preset loaded (edgevit.build_memory)
+    memory: dict | None = None          # per backend, MB resident with every preset loaded (edgevit.build.memory)
     present: tuple = field(default=(), repr=False, compare=False)
     _nested = {"presets": lambda ps: [PresetEntry.from_dict(p) for p in ps]}
 

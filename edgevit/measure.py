@@ -2,7 +2,7 @@
 
 Every figure is wall-clock milliseconds of one ``infer`` call. Several engines are timed round-robin
 (``interleaved``), never one after another, so that drift on a busy host and the previous runtime's still
-spinning thread pool hit them all alike; what ``edgevit.selection`` then compares is the per-round medians.
+spinning thread pool hit them all alike; what ``edgevit.build.selection`` then compares is the per-round medians.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def measure_latencies_interleaved(runners: dict, sample: np.ndarray, rounds: int
     runner. A preset's figures are measured once per build and seed the Pareto front the switcher chooses
     from; timed one after another, right after each quantization, they ordered presets by when they were
     built rather than by their cost. Each result keeps every round's median (``rounds``), so two engines can
-    be compared round by round: what ``edgevit.selection`` calls faster beyond the noise."""
+    be compared round by round: what ``edgevit.build.selection`` calls faster beyond the noise."""
     xs = {name: np.ascontiguousarray(sample[: r.input_shape[0]]) for name, r in runners.items()}
     iters = {}
     for name, r in runners.items():

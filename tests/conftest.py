@@ -1,6 +1,6 @@
 import pytest
 
-from edgevit.train import TrainConfig, train
+from edgevit.build.train import TrainConfig, train
 
 # Fixtures that train a model or build a bundle. A test that uses one is marked slow, so `make test-fast`
 # (-m "not slow") trains and builds nothing; `_fast_tests_train_nothing` below holds the rest to it.
@@ -19,15 +19,15 @@ def _fast_tests_train_nothing(request, monkeypatch):
     """A test not marked slow that reaches a training step or a model export fails, naming itself."""
     if request.node.get_closest_marker("slow"):
         return
-    import edgevit.builder
-    import edgevit.shared_build
-    import edgevit.train
+    import edgevit.build.builder
+    import edgevit.build.shared
+    import edgevit.build.train
 
     def refuse(*args, **kwargs):
         raise AssertionError(f"{request.node.nodeid} trains or builds: mark it @pytest.mark.slow")
 
-    for module, name in ((edgevit.train, "_loop"), (edgevit.builder, "export_cached"),
-                         (edgevit.shared_build, "export_cached")):
+    for module, name in ((edgevit.build.train, "_loop"), (edgevit.build.builder, "export_cached"),
+                         (edgevit.build.shared, "export_cached")):
         monkeypatch.setattr(module, name, refuse)
 
 
@@ -67,7 +67,7 @@ TWO_PRESETS = ["r32-k1", "r16-k0.5"]
 @pytest.fixture(scope="session")
 def built(quick_checkpoint, tmp_path_factory):
     """An x86-cpu bundle of two presets built from the quick checkpoint: (path, build log, base dir)."""
-    from edgevit.builder import BuildOptions, build
+    from edgevit.build.builder import BuildOptions, build
 
     base = tmp_path_factory.mktemp("build")
     logs = []

@@ -28,7 +28,7 @@ def test_train_out_is_checked_before_training(tmp_path):
 
 @pytest.mark.slow
 def test_train_out_naming_a_folder_writes_the_default_name_inside(tmp_path):
-    from edgevit.train import TrainConfig, train
+    from edgevit.build.train import TrainConfig, train
 
     folder = tmp_path / "runs"
     folder.mkdir()

@@ -3,10 +3,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from edgevit.hardware import RailSensor, RaplSensor, find_sensor
+from edgevit.runtime.sensors import RailSensor, RaplSensor, find_sensor
 from edgevit.bench.report import plot, rows, to_markdown, to_text
 from edgevit.bench.run import BenchOptions, attach_ratios, run_bench
-from edgevit.bench.schema import SCHEMA
+from edgevit.bench.json_schema import SCHEMA
 from edgevit.bench.stats import summarize
 from edgevit.cli import cli
 from edgevit.errors import EdgevitError
@@ -77,7 +77,7 @@ def test_ina3221_rails_and_no_sensor(tmp_path, monkeypatch):
     import threading
     import types
 
-    import edgevit.hardware as hardware
+    import edgevit.runtime.sensors as hardware
 
     readings, enough = [], threading.Event()
 

@@ -21,7 +21,7 @@ def _timed(fn):
 
 
 def test_an_alias_bomb_inside_a_valid_profile_key_is_refused_before_it_is_built(tmp_path):
-    from edgevit.profiles import load_profile
+    from edgevit.build.profiles import load_profile
 
     p = tmp_path / "bomb.yaml"
     p.write_text(BOMB + "\nname: bomb\ndevice: {kind: cpu}\nbackend: onnxruntime\ndescription: *a8\n")

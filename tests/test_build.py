@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from edgevit.backends.base import Backend, Candidate, EngineSpec, Runner
-from edgevit.builder import BuildOptions, build
+from edgevit.build.builder import BuildOptions, build
 from edgevit.bundle import BundleWriter, read_manifest, remove_stale_partials
-from edgevit.cache import Cache
+from edgevit.build.cache import Cache
 from edgevit.data.datasets import load_digits
 from edgevit.errors import EdgevitError
 from rules import check_fallback
@@ -146,7 +146,7 @@ def test_load_returns_with_the_starting_preset_and_loads_the_others_behind_it(bu
 def test_runtime_labels_equal_manifest_validation(built):
     """The device runtime, on the validation images, reproduces the predictions the build recorded."""
     import edgevit
-    from edgevit.validate import predictions_digest
+    from edgevit.build.validate import predictions_digest
 
     out, _, _ = built
     m = read_manifest(out).to_dict()
@@ -275,10 +275,10 @@ class _FakeBackend(Backend):
 
 def _fake_site(tmp_path, latency, clock, profile_text="precision: [int8, bf16, fp32]\n", n=100):
     """The fake backend's site and job for one preset (r32-k1 of supervit-nano)."""
-    from edgevit.builder import static_job
-    from edgevit.engine_cache import Site
-    from edgevit.pipeline import Checks
-    from edgevit.profiles import load_profile
+    from edgevit.build.builder import static_job
+    from edgevit.build.artifacts import Site
+    from edgevit.build.pipeline import Checks
+    from edgevit.build.profiles import load_profile
 
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(n, 10)).astype(np.float32)
@@ -295,7 +295,7 @@ def _fake_site(tmp_path, latency, clock, profile_text="precision: [int8, bf16, f
 
 
 def _fake_build(tmp_path, clock, latency=None):
-    from edgevit.builder import Probing, build_candidates, engine_entry, measure_candidates
+    from edgevit.build.builder import Probing, build_candidates, engine_entry, measure_candidates
     from edgevit.models import create_model
 
     backend, site, job = _fake_site(tmp_path, latency, clock)
@@ -328,7 +328,7 @@ def test_a_passing_candidate_slower_than_fp32_does_not_ship(tmp_path, counted_cl
 
 def _fake_candidates(tmp_path, latency, clock, measured=True, **probing):
     """build_candidates on the fake backend as on a host that is the target (``measured``)."""
-    from edgevit.builder import Probing, build_candidates
+    from edgevit.build.builder import Probing, build_candidates
     from edgevit.models import create_model
 
     backend, site, job = _fake_site(tmp_path, latency, clock)
@@ -367,7 +367,7 @@ def test_a_precision_slower_than_the_floor_on_the_largest_preset_is_not_built_fo
 
 def test_a_candidate_the_host_cannot_run_is_recorded_with_why(tmp_path):
     from edgevit.backends.openvino import BACKEND as OV
-    from edgevit.profiles import load_profile
+    from edgevit.build.profiles import load_profile
 
     cands = {c.id: c for c in OV.candidates(load_profile("x86-cpu"))}
     assert [c for c in cands] == ["int8", "int8-mixed", "bf16", "fp32"] and cands["fp32"].floor
@@ -482,8 +482,8 @@ def test_a_registered_backend_works_through_build_load_and_bench(quick_checkpoin
     from edgevit.backends.base import register_backend, unregister_backend
     from edgevit.backends.onnxruntime import OnnxRuntimeBackend
     from edgevit.bench.run import BenchOptions, run_bench
-    from edgevit.profiles import load_profile
-    from edgevit.schema import F
+    from edgevit.build.profiles import load_profile
+    from edgevit.fields import F
 
     class Twin(OnnxRuntimeBackend):
         name = "ort-twin"
@@ -529,7 +529,7 @@ def test_a_registered_family_works_through_build_load_and_bench(tmp_path):
 
     import edgevit
     from edgevit.bench.run import BenchOptions, run_bench
-    from edgevit.checkpoints import load_checkpoint
+    from edgevit.build.checkpoints import load_checkpoint
     from edgevit.models import Family, ForeignLayout, Preset, create_model, family_of, register_model
     from edgevit.models.base import plain_step, register_family
     from edgevit.models.presets import PresetLookup
@@ -611,8 +611,8 @@ def test_a_registered_family_works_through_build_load_and_bench(tmp_path):
 def test_the_build_stages_run_alone(quick_checkpoint, tmp_path):
     """Each stage takes and returns typed values and can be called on its own: plan -> references -> engines
     -> choose -> assemble gives a manifest the shipped schema accepts, with no bundle written."""
-    from edgevit.builder import Engines, Plan, assemble, choose_engines, plan_build, references, static_engines
-    from edgevit.cache import Cache
+    from edgevit.build.builder import Engines, Plan, assemble, choose_engines, plan_build, references, static_engines
+    from edgevit.build.cache import Cache
     from edgevit.manifest import Manifest, parse
 
     # FP32 only: the stages' plumbing is under test here, quantization everywhere else.

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgevit.checkpoints import load_checkpoint, save_checkpoint
+from edgevit.build.checkpoints import load_checkpoint, save_checkpoint
 from edgevit.models.supervit import resize_pos_table
 from edgevit.errors import EdgevitError
 from edgevit.models import create_model

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgevit.backends.openvino_cache import SUFFIX, compile_checked
+from edgevit.backends.openvino.cache import SUFFIX, compile_checked
 from pinned import OPENVINO_CPU
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def test_a_damaged_blob_is_deleted_and_compiled_again_with_one_warning(ir, tmp_p
 FILL = r"""
 import sys
 sys.path.insert(0, sys.argv[3])
-from edgevit.backends.openvino_cache import compile_checked   # edgevit first: no telemetry from openvino
+from edgevit.backends.openvino.cache import compile_checked   # edgevit first: no telemetry from openvino
 import openvino as ov
 from pinned import OPENVINO_CPU
 core = ov.Core()
@@ -138,7 +138,7 @@ def test_two_processes_filling_one_cache_leave_only_whole_blobs(ir, tmp_path):
 def test_a_compiled_form_much_larger_than_the_engine_is_not_cached(ir, tmp_path, monkeypatch):
     """Imported, such a blob holds what the compiled model shared (OpenVINO branches: one packed copy of the
     weights per branch), so every load compiles instead; the marker saves exporting it again."""
-    import edgevit.backends.openvino_cache as oc
+    import edgevit.backends.openvino.cache as oc
 
     monkeypatch.setattr(oc, "MAX_BLOB_RATIO", 0.01)
     core = _Counting()

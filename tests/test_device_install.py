@@ -56,6 +56,9 @@ def test_load_predict_switch_and_inspect_without_workstation_libraries(built, tm
             assert e.code in (0, None), e.code
         bad = [m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "nncf", "sklearn", "matplotlib")]
         assert not bad, bad
+        # nothing of the build side ran either: the device side stands alone (tests/test_structure.py)
+        build = [m for m in sys.modules if m.startswith(("edgevit.build", "edgevit.models")) or m.endswith(".quantize")]
+        assert not build, build
         print("DEVICE-OK")
     """)
     r = _run(tmp_path, code, str(out))

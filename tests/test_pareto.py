@@ -5,7 +5,7 @@ import numpy as np
 
 from edgevit.runtime.runtime import PresetInfo, Runtime
 from edgevit.measure import measure_latencies_interleaved
-from edgevit.validate import mark_pareto, pareto_front
+from edgevit.build.validate import mark_pareto, pareto_front
 
 
 def _entries():
@@ -82,6 +82,6 @@ def test_predict_on_no_images_returns_an_empty_prediction(built):
 
 
 def test_a_family_alias_matches_the_checkpoint_it_names(quick_checkpoint):
-    from edgevit.checkpoints import load_checkpoint
+    from edgevit.build.checkpoints import load_checkpoint
 
     assert load_checkpoint(quick_checkpoint, "supervit").model.variant == "supervit-nano"

@@ -4,7 +4,7 @@ from click.testing import CliRunner
 
 from edgevit.cli import cli
 from edgevit.errors import EdgevitError
-from edgevit.profiles import list_profiles, load_profile, parse_profile
+from edgevit.build.profiles import list_profiles, load_profile, parse_profile
 
 
 def test_shipped_profiles_load_and_resolve_defaults():
@@ -86,13 +86,13 @@ def test_cli_profiles_list_and_show(tmp_path):
 def test_profiles_are_found_in_a_wheel_install_without_a_checkout(tmp_path, monkeypatch):
     import sys
 
-    import edgevit.profiles as profiles
+    import edgevit.build.profiles as profiles
 
     share = tmp_path / "share" / "edgevit" / "profiles"
     share.mkdir(parents=True)
     (share / "x86-cpu.yaml").write_text((profiles.PROFILE_DIR / "x86-cpu.yaml").read_text())
     monkeypatch.setattr(sys, "prefix", str(tmp_path))
-    monkeypatch.setattr(profiles, "__file__", str(tmp_path / "site-packages" / "edgevit" / "profiles.py"))
+    monkeypatch.setattr(profiles, "__file__", str(tmp_path / "site-packages" / "edgevit" / "build" / "profiles.py"))
     assert profiles._profile_dir() == share
     assert load_profile("x86-cpu", profiles._profile_dir()).name == "x86-cpu"
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from edgevit.selection import choose_backend, choose_candidate, faster_beyond_noise
-from edgevit.validate import Validation, gate, top1_drop_interval, wilson_interval
+from edgevit.build.selection import choose_backend, choose_candidate, faster_beyond_noise
+from edgevit.build.validate import Validation, gate, top1_drop_interval, wilson_interval
 
 ACC = {"max_top1_drop": 0.01, "min_agreement": 0.99, "confidence": 0.95}
 

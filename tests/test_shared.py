@@ -11,9 +11,9 @@ from pinned import OPENVINO_CPU, ort_session
 
 
 def test_the_bundle_stores_a_preset_as_arrays_and_lengths_and_the_runtime_reads_it_back(tmp_path):
-    from edgevit.backends.base import preset_feeds
+    from edgevit.backends.shared import preset_feeds
     from edgevit.errors import EdgevitError
-    from edgevit.shared_build import binding, write_inputs
+    from edgevit.build.shared import binding, write_inputs
 
     m = create_model("supervit-nano").eval()
     write_inputs(m, m.presets(), tmp_path)
@@ -41,7 +41,7 @@ def test_the_shared_graph_resizes_like_the_model_and_needs_no_shape_arithmetic_p
     """One Resize whose size comes from the ``size`` input (not two matmuls on the image), and the attention's
     scale a constant, not the Sqrt of a shape: a shape computation is one more step for the engine to redo per
     request (OpenVINO measured 1.13x -> 1.04x its static engines with these two and reshape(-1))."""
-    from edgevit.export import export_shared
+    from edgevit.build.export import export_shared
 
     m = create_model("supervit-nano").eval()
     export_shared(m, tmp_path / "s.onnx", np.zeros((1, 3, 32, 32), np.float32))
@@ -50,7 +50,7 @@ def test_the_shared_graph_resizes_like_the_model_and_needs_no_shape_arithmetic_p
 
 
 def test_shared_graph_equals_every_preset_and_holds_the_weights_once(tmp_path):
-    from edgevit.export import export_preset, export_shared
+    from edgevit.build.export import export_preset, export_shared
 
     torch.manual_seed(0)
     m = create_model("supervit-nano", drop_path_rate=0.1).eval()   # drop path: the exporter must not switch it on
@@ -76,7 +76,7 @@ def test_shared_graph_equals_every_preset_and_holds_the_weights_once(tmp_path):
 
 def test_only_supervit_has_shared_engines(tmp_path):
     from edgevit.errors import EdgevitError
-    from edgevit.export import export_shared
+    from edgevit.build.export import export_shared
 
     vvt = create_model("vvt-nano").eval()
     with pytest.raises(EdgevitError, match="vvt-nano: its model family has no shared-weight graph"):
@@ -102,8 +102,8 @@ def test_openvino_branches_run_each_presets_graph_and_store_equal_weights_once(t
     graph i for preset=i, and its weights file holds the weight once, where the graphs hold it five times."""
     import openvino as ov
 
-    from edgevit.backends import openvino_branches
-    from edgevit.shared_build import write_sources
+    from edgevit.backends.openvino import branches as openvino_branches
+    from edgevit.build.shared import write_sources
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((6, 512)).astype(np.float32)          # 12 KB
@@ -127,9 +127,9 @@ def test_openvino_branches_keep_the_activation_out_of_the_matmul_so_its_weights_
     import openvino as ov
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgevit.backends import openvino_branches
+    from edgevit.backends.openvino import branches as openvino_branches
     from edgevit.errors import EdgevitError
-    from edgevit.shared_build import write_sources
+    from edgevit.build.shared import write_sources
 
     rng = np.random.default_rng(0)
     w, b = rng.standard_normal((6, 64)).astype(np.float32), rng.standard_normal(64).astype(np.float32)
@@ -169,9 +169,9 @@ def test_openvino_branches_keep_the_activation_out_of_the_matmul_so_its_weights_
 
 
 def test_openvino_branches_refuse_graphs_of_other_shapes(tmp_path):
-    from edgevit.backends import openvino_branches
+    from edgevit.backends.openvino import branches as openvino_branches
     from edgevit.errors import EdgevitError
-    from edgevit.shared_build import write_sources
+    from edgevit.build.shared import write_sources
 
     w, b = np.ones((6, 4), np.float32), np.zeros(4, np.float32)
     graphs = {"a": _affine_onnx(tmp_path / "a.onnx", w, b), "b": _affine_onnx(tmp_path / "b.onnx", w, b, (1, 6))}
@@ -182,10 +182,10 @@ def test_openvino_branches_refuse_graphs_of_other_shapes(tmp_path):
 def test_a_branch_binding_feeds_the_index_and_an_openvino_preset_binds_it_once(tmp_path):
     """The binding's branch becomes a 0-d int64 ``preset`` input (numpy's ascontiguousarray would make it 1-d,
     which OpenVINO refuses); engines without that input ignore it."""
-    from edgevit.backends import openvino_branches
-    from edgevit.backends.base import SharedRunner, preset_feeds
-    from edgevit.backends.openvino import OvRunner
-    from edgevit.shared_build import binding, write_inputs, write_sources
+    from edgevit.backends.openvino import branches as openvino_branches
+    from edgevit.backends.shared import SharedRunner, preset_feeds
+    from edgevit.backends.openvino.runner import OvRunner
+    from edgevit.build.shared import binding, write_inputs, write_sources
 
     m = create_model("supervit-nano").eval()
     write_inputs(m, m.presets(), tmp_path)
@@ -203,10 +203,10 @@ def test_a_branch_binding_feeds_the_index_and_an_openvino_preset_binds_it_once(t
 @pytest.mark.slow
 def test_shared_bundle_loads_one_engine_per_backend(quick_checkpoint, tmp_path, monkeypatch):
     import edgevit
-    from edgevit.builder import BuildOptions, build
+    from edgevit.build.builder import BuildOptions, build
     from edgevit.bundle import read_manifest
     from edgevit.data.datasets import load_digits
-    from edgevit.validate import predictions_digest
+    from edgevit.build.validate import predictions_digest
 
     # Not measured here: whether a shared engine holds less than the presets' own depends on the host (the
     # memory rule and both its outcomes are tested below); the engines' mechanics do not.
@@ -255,7 +255,7 @@ def test_openvino_shared_candidates_follow_the_profiles_shared_graph():
     """``openvino.shared_graph`` picks what a shared OpenVINO engine is built from: each preset's static graph
     (branches, the default) or the one dynamic-shape graph; ONNX Runtime always takes the one graph."""
     from edgevit.backends.base import get_backend
-    from edgevit.profiles import load_profile
+    from edgevit.build.profiles import load_profile
 
     ov, ort = get_backend("openvino"), get_backend("onnxruntime")
     branches = load_profile("x86-cpu")
@@ -269,7 +269,7 @@ def test_openvino_shared_candidates_follow_the_profiles_shared_graph():
 def _scripted_memory(monkeypatch, shared_factor: dict):
     """The real fresh-process measurement, except that a shared set (several presets on one engine) is made
     to hold ``shared_factor[backend]`` x presets x the one-preset engine measured just before it."""
-    from edgevit import resident
+    from edgevit.build import resident
 
     real, last = resident.measure, {}
 
@@ -291,7 +291,7 @@ def shared_cache(tmp_path_factory):
 
 def _build_with_memory(checkpoint, tmp_path, cache, monkeypatch, shared_factor: dict):
     """A measured two-preset shared build whose shared sets hold ``shared_factor`` x their presets' own."""
-    from edgevit.builder import BuildOptions, build
+    from edgevit.build.builder import BuildOptions, build
     from edgevit.bundle import read_manifest
 
     _scripted_memory(monkeypatch, shared_factor)

@@ -131,3 +131,104 @@ def test_the_parameter_rule_can_fail():
     assert sorted(o.split()[1] for o in _too_many_parameters("build/x.py", source)) == ["__init__", "eight", "kw"]
     assert sorted(o.split()[1] for o in _too_many_parameters("models/x.py", source)) == ["eight", "kw"]
     assert _too_many_parameters("cli.py", source) == []
+
+
+# -- the device side stands alone ---------------------------------------------------------------------------
+
+BUILD_SIDE = ("edgevit.build", "edgevit.models", "edgevit.data.datasets", "edgevit.data.scenes",
+              "edgevit.data.splits", "edgevit.bench")
+QUANTIZERS = ".quantize"        # a backend's own quantizers (edgevit.backends.<name>.quantize) are build side
+
+
+def _build_side(module: str) -> bool:
+    return any(module == b or module.startswith(b + ".") for b in BUILD_SIDE) or module.endswith(QUANTIZERS)
+
+
+def _device_side(modules) -> list[str]:
+    """The runtime package, the backend interface and every backend's runner: what a device runs."""
+    return sorted(m for m in modules if m == "edgevit.runtime" or m.startswith("edgevit.runtime.")
+                  or m in ("edgevit.backends", "edgevit.backends.base", "edgevit.backends.shared")
+                  or m.endswith(".runner"))
+
+
+def _reaches_build_side(graph: dict, starts) -> list[str]:
+    """Each path (lazy imports included) from a module of ``starts`` to a build-side module."""
+    found = []
+    for start in starts:
+        seen, frontier = {start: [start]}, [start]
+        while frontier:
+            m = frontier.pop()
+            for n in sorted(graph.get(m, ())):
+                if n in seen:
+                    continue
+                seen[n] = seen[m] + [n]
+                if _build_side(n):
+                    found.append(" -> ".join(seen[n]))
+                else:
+                    frontier.append(n)
+    return found
+
+
+def test_the_runtime_and_the_runners_import_nothing_from_the_build_side():
+    modules = _modules()
+    graph = {m: _imports(m, p, modules) for m, p in modules.items()}
+    device = _device_side(modules)
+    assert "edgevit.runtime.runtime" in device and "edgevit.backends.onnxruntime.runner" in device
+    assert "edgevit.backends.openvino.runner" in device and "edgevit.backends.tensorrt.runner" in device
+    assert not _reaches_build_side(graph, device), _reaches_build_side(graph, device)
+
+
+def test_the_import_rule_can_fail():
+    graph = {"edgevit.runtime.runtime": {"edgevit.bundle"}, "edgevit.bundle": {"edgevit.build.validate"},
+             "edgevit.backends.x.runner": {"edgevit.backends.x.quantize"}, "edgevit.manifest": set()}
+    assert _reaches_build_side(graph, _device_side(graph)) == [
+        "edgevit.backends.x.runner -> edgevit.backends.x.quantize",
+        "edgevit.runtime.runtime -> edgevit.bundle -> edgevit.build.validate"]
+    assert _reaches_build_side({"edgevit.runtime.runtime": {"edgevit.manifest"}}, ["edgevit.runtime.runtime"]) == []
+
+
+def test_an_upward_import_count_of_zero():
+    """Layers, bottom up: 0 the contract both sides share (errors, files, manifest, bundle, profiles, host,
+    preprocessing ...); 1 the engines' device side (the backend interface, shared-weight binding, each runner
+    and what it needs); 2 the runtime; 3 the model families and the training data; 4 the build side
+    (``edgevit.build`` and each backend's build parts: recipes, quantizers, the TensorRT kit and device build);
+    5 the CLI and the benchmark. No module imports one of a layer above its own."""
+    modules = _modules()
+    graph = {m: _imports(m, p, modules) for m, p in modules.items()}
+    layers = _layers(graph)
+    up = sorted(f"{m} ({layers[m]}) -> {n} ({layers[n]})" for m in graph for n in graph[m] if layers[n] > layers[m])
+    assert not up, up
+
+
+def _layers(graph: dict) -> dict[str, int]:
+    device = set(_device_side(graph))
+    frontier = list(device)
+    while frontier:                     # what the runners need inside edgevit.backends is device side too
+        for n in graph.get(frontier.pop(), ()):
+            if n.startswith("edgevit.backends.") and n not in device:
+                device.add(n)
+                frontier.append(n)
+
+    def layer(m: str) -> int:
+        if m in ("edgevit.cli", "edgevit.__main__") or m.startswith("edgevit.bench"):
+            return 5
+        if m.startswith("edgevit.build") or (m.startswith("edgevit.backends.") and m not in device):
+            return 4
+        if m.startswith("edgevit.models") or _build_side(m):
+            return 3
+        if m.startswith("edgevit.runtime") or m == "edgevit":
+            return 2
+        if m in device or m == "edgevit.host":   # host: facts about this CPU and the engine libraries here
+            return 1
+        return 0
+
+    return {m: layer(m) for m in graph}
+
+
+def test_the_layer_rule_can_fail():
+    graph = {"edgevit.runtime.runtime": {"edgevit.backends.base"}, "edgevit.backends.base": {"edgevit.manifest"},
+             "edgevit.manifest": {"edgevit.runtime.runtime"}, "edgevit.build.builder": {"edgevit.manifest"}}
+    layers = _layers(graph)
+    assert layers == {"edgevit.runtime.runtime": 2, "edgevit.backends.base": 1, "edgevit.manifest": 0,
+                      "edgevit.build.builder": 4}
+    assert [m for m in graph for n in graph[m] if layers[n] > layers[m]] == ["edgevit.manifest"]

@@ -22,7 +22,7 @@ from edgevit.backends.tensorrt.build import build_settings, trtexec_command
 from edgevit.bundle import read_manifest, verify_files
 from edgevit.errors import EdgevitError
 from edgevit.backends.tensorrt.gpu import engine_mismatches, l4t_release, target_mismatches, tensorrt_ready
-from edgevit.profiles import load_profile, parse_profile
+from edgevit.build.profiles import load_profile, parse_profile
 from pinned import ort_session
 
 TWO = ["r32-k1", "r16-k0.5"]
@@ -104,7 +104,7 @@ def test_every_gpu_profile_gives_a_valid_10_3_line(profile, precision):
 def _variant(base: str, **tensorrt):
     import yaml
 
-    from edgevit.profiles import PROFILE_DIR
+    from edgevit.build.profiles import PROFILE_DIR
 
     raw = yaml.safe_load((PROFILE_DIR / f"{base}.yaml").read_text())
     raw["tensorrt"] = {**raw["tensorrt"], **tensorrt}
@@ -236,15 +236,16 @@ def check_tensorrt_qdq(path):
 def test_tensorrt_qdq_form(quick_checkpoint, tmp_path):
     import torch
 
-    from edgevit.checkpoints import load_checkpoint
-    from edgevit.export import export_preset
-    from edgevit.quantize import quantize_onnxruntime
+    from edgevit.build.checkpoints import load_checkpoint
+    from edgevit.build.export import export_preset
+    from edgevit.backends.onnxruntime.quantize import quantize_onnxruntime
+    from edgevit.backends.tensorrt.kit import tensorrt_qdq
 
     model = load_checkpoint(quick_checkpoint).model.eval()
     preset = model.preset("r16-k0.5")
     sample = torch.rand(8, 3, 32, 32).numpy()
     export_preset(model, preset, tmp_path / "fp32.onnx", sample)
-    info = quantize_onnxruntime(tmp_path / "fp32.onnx", tmp_path / "qdq.onnx", sample, 0, tensorrt=True)
+    info = quantize_onnxruntime(tmp_path / "fp32.onnx", tmp_path / "qdq.onnx", sample, 0, form=tensorrt_qdq())
     assert info["target"] == "tensorrt" and info["per_channel"] and info["symmetric"]
     check_tensorrt_qdq(tmp_path / "qdq.onnx")
 
@@ -253,7 +254,7 @@ def test_tensorrt_qdq_form(quick_checkpoint, tmp_path):
 
 @pytest.fixture(scope="module")
 def orin_bundle(quick_checkpoint, tmp_path_factory):
-    from edgevit.builder import BuildOptions, build
+    from edgevit.build.builder import BuildOptions, build
 
     if tensorrt_ready()[0]:
         pytest.skip("TensorRT and a GPU are here: the build finishes the engines itself (tested below)")
@@ -323,7 +324,7 @@ class OrtAsTensorRT:
     'refitted' from the kit ONNX it names: that file and the kit's weights file are what the device reads."""
 
     def __init__(self, path, settings, refit_onnx=None):
-        from edgevit.backends.onnxruntime import OrtRunner
+        from edgevit.backends.onnxruntime.runner import OrtRunner
 
         assert (refit_onnx is not None) == bool(settings.get("strip_weights"))
         self._r = OrtRunner(refit_onnx or path, ["CPUExecutionProvider"])
@@ -462,8 +463,8 @@ def test_engine_that_fails_on_the_device_is_not_marked_ok(orin_bundle, fake_devi
 
 
 def test_int8_candidate_kept_only_where_it_passes_and_is_faster():
-    """The device step chooses with the build's rule (edgevit.selection): the profile's precision is the floor."""
-    from edgevit.selection import choose_candidate
+    """The device step chooses with the build's rule (edgevit.build.selection): the profile's precision is the floor."""
+    from edgevit.build.selection import choose_candidate
 
     def r(precision, passed, p50, floor=False):
         return {"id": precision, "precision": precision, "recipe": precision, "passed": passed, "floor": floor,
@@ -492,7 +493,7 @@ def default_checkpoint(default_training):
 @pytest.mark.full
 def test_jetson_orin_every_preset_qdq_agrees_on_ort_cpu(default_checkpoint, tmp_path):
     """The issue's bar: every Q/DQ preset of the default model agrees with torch FP32 on >= 99% on ORT CPU."""
-    from edgevit.builder import BuildOptions, build
+    from edgevit.build.builder import BuildOptions, build
 
     out = build(BuildOptions(target="jetson-orin", checkpoint=str(default_checkpoint), out=str(tmp_path / "b"),
                              cache_dir=str(tmp_path / "cache"), log=lambda m: None))
@@ -505,7 +506,7 @@ def test_jetson_orin_every_preset_qdq_agrees_on_ort_cpu(default_checkpoint, tmp_
 
 
 def test_desktop_gpu_build_validates_fp16_and_the_int8_candidate(quick_checkpoint, tmp_path):
-    from edgevit.builder import BuildOptions, build
+    from edgevit.build.builder import BuildOptions, build
 
     if tensorrt_ready()[0]:
         pytest.skip("TensorRT is here: the engines are built rather than left pending")
@@ -538,7 +539,7 @@ needs_gpu = pytest.mark.skipif(not tensorrt_ready()[0], reason=f"TensorRT engine
 
 @needs_gpu
 def test_tensorrt_engine_matches_onnxruntime(quick_checkpoint, tmp_path):
-    from edgevit.builder import BuildOptions, build
+    from edgevit.build.builder import BuildOptions, build
 
     out = build(BuildOptions(target="desktop-gpu", checkpoint=str(quick_checkpoint), presets=["r32-k1"],
                              out=str(tmp_path / "b"), cache_dir=str(tmp_path / "cache"), log=print))

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgevit.checkpoints import load_checkpoint
+from edgevit.build.checkpoints import load_checkpoint
 from edgevit.models import create_model
 from edgevit.models.supervit import supervit_configs, supervit_step
-from edgevit.train import TrainConfig, lr_at, train
+from edgevit.build.train import TrainConfig, lr_at, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edgevit.bundle import read_manifest
-from edgevit.checkpoints import load_checkpoint
+from edgevit.build.checkpoints import load_checkpoint
 from edgevit.errors import EdgevitError
 from rules import check_unmeasured_choice
 from edgevit.models import create_model, model_family
@@ -148,7 +148,7 @@ def test_official_layout_mismatch_is_named(tmp_path):
 
 @pytest.fixture(scope="module")
 def quick_vvt(tmp_path_factory):
-    from edgevit.train import TrainConfig, train
+    from edgevit.build.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("vvt") / "vvt.pt"
     train(TrainConfig(model="vvt-nano", epochs=4, warmup_epochs=1, out=str(out)))
@@ -156,7 +156,7 @@ def quick_vvt(tmp_path_factory):
 
 
 def test_vvt_build_keeps_the_attention_core_out_of_int8(quick_vvt, tmp_path):
-    from edgevit.builder import BuildOptions, build
+    from edgevit.build.builder import BuildOptions, build
 
     out = build(BuildOptions(target="x86-cpu", checkpoint=str(quick_vvt), presets=["r32"], out=str(tmp_path / "b"),
                              cache_dir=str(tmp_path / "cache"), log=lambda m: None, measure=False))
@@ -166,7 +166,8 @@ def test_vvt_build_keeps_the_attention_core_out_of_int8(quick_vvt, tmp_path):
         check_unmeasured_choice(e, m["precision"][0])
     # Whatever shipped, every INT8 recipe keeps the attention core out, checked on the quantizers themselves
     # (3 activation-by-activation matmuls x 5 blocks), so this cannot pass by falling back to FP32.
-    from edgevit.quantize import quantize_onnxruntime, quantize_onnxruntime_dynamic, quantize_openvino
+    from edgevit.backends.onnxruntime.quantize import quantize_onnxruntime, quantize_onnxruntime_dynamic
+    from edgevit.backends.openvino.quantize import quantize_openvino
 
     onnx_path = out / m["presets"][0]["onnx"]
     calib = np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32)
@@ -190,7 +191,7 @@ def test_build_refuses_a_resolution_vvt_cannot_take(quick_vvt, tmp_path):
 def test_default_vvt_build_x86_cpu(tmp_path):
     """`edgevit build --model vvt --target x86-cpu`: top-1 >= 95% at 64 px, and every shipped engine passes the
     gate and is not slower than its FP32 candidate (which precision wins is the host's business)."""
-    from edgevit.builder import BuildOptions, build
+    from edgevit.build.builder import BuildOptions, build
 
     out = build(BuildOptions(target="x86-cpu", model="vvt", out=str(tmp_path / "b"), cache_dir=str(tmp_path / "c"),
                              log=lambda m: None))

@@ -261,8 +261,8 @@ def test_map_refuses_image_bundles_and_band_mismatch(tmp_path):
 
 @pytest.fixture(scope="module")
 def wmf_bundle(tmp_path_factory):
-    from edgevit.builder import BuildOptions, build
-    from edgevit.train import TrainConfig, train
+    from edgevit.build.builder import BuildOptions, build
+    from edgevit.build.train import TrainConfig, train
 
     base = tmp_path_factory.mktemp("wmf")
     train(TrainConfig(model="wetmapformer", epochs=4, batch_size=128, lr=1e-3, weight_decay=0.1, warmup_epochs=1,
@@ -313,7 +313,7 @@ def test_map_command_end_to_end(wmf_bundle, tmp_path):
 
 
 def test_export_checks_parity_even_with_fewer_samples_than_the_batch(tmp_path):
-    from edgevit.export import export_preset
+    from edgevit.build.export import export_preset
 
     model = create_model("wetmapformer").eval()
     sample = np.random.default_rng(0).normal(size=(3, 16, 8, 8)).astype(np.float32)

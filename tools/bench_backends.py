@@ -45,8 +45,8 @@ def random_image_folder(root: Path, size: int, classes: int = 10, per_split=(4, 
 def build_bundle(model_name: str, presets: list[str], work: Path, log, shared_weights: bool = False) -> Path:
     import torch
 
-    from edgevit.builder import BuildOptions, build
-    from edgevit.checkpoints import save_checkpoint
+    from edgevit.build.builder import BuildOptions, build
+    from edgevit.build.checkpoints import save_checkpoint
     from edgevit.models import create_model
 
     torch.manual_seed(0)
@@ -110,7 +110,7 @@ def main() -> int:
 
     import edgevit
     from edgevit.bundle import read_manifest
-    from edgevit.checkpoints import load_checkpoint
+    from edgevit.build.checkpoints import load_checkpoint
     from edgevit.host import cpu_info, tool_versions
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -125,7 +125,7 @@ def main() -> int:
         build_s = time.perf_counter() - t0
         m = read_manifest(bundle)
         if args.build_only:
-            from edgevit.report import memory_lines
+            from edgevit.manifest_report import memory_lines
 
             print("\n".join(memory_lines(m.to_dict())) or "memory: not measured (this host is not the target)")
             for p in m.presets:

@@ -38,9 +38,9 @@ CHILD = r"""
 import json, sys, psutil, numpy as np
 spec = json.loads(sys.argv[1])
 proc = psutil.Process()
-from edgevit.backends.base import SharedRunner, preset_feeds
-from edgevit.backends.onnxruntime import OrtRunner
-from edgevit.backends.openvino import OvRunner
+from edgevit.backends.shared import SharedRunner, preset_feeds
+from edgevit.backends.onnxruntime.runner import OrtRunner
+from edgevit.backends.openvino.runner import OvRunner
 import onnxruntime, openvino   # the libraries' own import cost is not the engines'
 before = proc.memory_info().rss
 make = (lambda p: OvRunner(p, spec["settings"])) if spec["backend"] == "openvino" else OrtRunner
@@ -118,16 +118,17 @@ def main() -> int:
 
     import torch
 
-    from edgevit.backends import openvino_branches
-    from edgevit.backends.base import SharedRunner, preset_feeds
-    from edgevit.backends.onnxruntime import OrtRunner
-    from edgevit.backends.openvino import OvRunner
-    from edgevit.export import export_preset, export_shared
+    from edgevit.backends.openvino import branches as openvino_branches
+    from edgevit.backends.shared import SharedRunner, preset_feeds
+    from edgevit.backends.onnxruntime.runner import OrtRunner
+    from edgevit.backends.openvino.runner import OvRunner
+    from edgevit.build.export import export_preset, export_shared
     from edgevit.host import cpu_info, tool_versions
     from edgevit.models import create_model
-    from edgevit.quantize import compress_openvino_weights, convert_openvino_fp32, quantize_onnxruntime_dynamic
+    from edgevit.backends.onnxruntime.quantize import quantize_onnxruntime_dynamic
+    from edgevit.backends.openvino.quantize import compress_openvino_weights, convert_openvino_fp32
     from edgevit.measure import measure_latencies_interleaved
-    from edgevit.shared_build import INPUTS_FILE, binding, write_inputs, write_sources
+    from edgevit.build.shared import INPUTS_FILE, binding, write_inputs, write_sources
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     torch.manual_seed(0)

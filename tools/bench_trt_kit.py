@@ -28,8 +28,8 @@ def mb(paths) -> float:
 def kit_sizes(model, log) -> list[tuple]:
     """(precision, one preset MB, all presets MB, all presets with weights stored once MB, share_weights stats)."""
     from edgevit.backends.tensorrt.kit import KIT_DIR, WEIGHTS_FILE, share_weights
-    from edgevit.export import export_preset
-    from edgevit.quantize import convert_fp16
+    from edgevit.build.export import export_preset
+    from edgevit.backends.onnxruntime.quantize import convert_fp16
 
     presets = model.presets()
     sample = np.random.default_rng(0).standard_normal((1, 3, model.img_size, model.img_size)).astype(np.float32)

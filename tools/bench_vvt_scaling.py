@@ -81,7 +81,7 @@ def export(name: str, resolution: int, out: Path) -> dict:
     import numpy as np
     import torch
 
-    from edgevit.export import export_preset
+    from edgevit.build.export import export_preset
     from edgevit.models import create_model
 
     torch.manual_seed(0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgevit.report import markdown_table, text_table
-from edgevit.validate import pareto_front
+from edgevit.manifest_report import markdown_table, text_table
+from edgevit.build.validate import pareto_front
 
 HEAD = ["preset", "backend", "prec", "p50 ms", "p90 ms", "p99 ms", "max ms", "img/s", "vs torch", "GFLOP/s",
         "% peak", "engine MB", "RSS MB", "top-1", "mJ/inf", "spread"]

@@ -23,11 +23,11 @@ import numpy as np
 
 from edgevit.version import __version__
 from edgevit.backends.base import EngineSpec, get_backend
-from edgevit.hardware import find_sensor, jetson_power_mode, power_mode_ids, set_power_mode
+from edgevit.runtime.sensors import find_sensor, jetson_power_mode, power_mode_ids, set_power_mode
 from edgevit.bench.peak import fp32_peak, int8_peak
 from edgevit.bench.stats import summarize
 from edgevit.bundle import read_manifest, verify_files
-from edgevit.backends.reference import REFERENCE, TorchRunner
+from edgevit.build.reference import REFERENCE, TorchRunner
 from edgevit.manifest import Manifest, PresetEntry
 from edgevit.measure import concurrent, timed
 from edgevit.errors import EdgevitError
@@ -131,7 +131,7 @@ def _torch_engines(bundle: Path, manifest: Manifest, presets: list[PresetEntry],
         import torch
     except ImportError:
         return [], "skipped: torch is not installed on this host"
-    from edgevit.checkpoints import PickleRefused, load_checkpoint
+    from edgevit.build.checkpoints import PickleRefused, load_checkpoint
 
     # The baseline must be the model the engines were built from: a replaced model.pt would compare
     # the engines with another network (and report its accuracy) without a word.
@@ -241,7 +241,7 @@ def attach_accuracy(results: list[dict], manifest: Manifest, engines: list[Engin
     if remeasure:
         from edgevit.data.datasets import available_here, load_dataset
         from edgevit.data.preprocess import preprocess_from_dict
-        from edgevit.validate import run_engine
+        from edgevit.backends.base import run_engine
 
         name = manifest.data["name"]
         if not available_here(name):

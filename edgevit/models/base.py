@@ -15,7 +15,7 @@ runtime reach family knowledge only through these two things:
 - ``family`` (its family's name, a class attribute), ``config`` (the keyword options that rebuild it), ``img_size``, ``in_chans``, ``num_classes``,
   ``resolutions`` and ``keep_rates``;
 - optionally ``input_kind`` (``"images"``, the default, or ``"patches"``: raw multispectral patches),
-  ``int8_keep_fp32`` (node groups ``edgevit.quantize`` keeps out of INT8) and ``set_normalization(mean,
+  ``int8_keep_fp32`` (node groups ``edgevit.build.quantize`` keeps out of INT8) and ``set_normalization(mean,
   std)`` for patch models, whose per-band statistics live inside the graph.
 
 **The family** (:class:`Family`) provides what is not a property of one instance: the variant a bare family

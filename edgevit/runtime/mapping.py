@@ -55,7 +55,7 @@ def map_scene(runtime, scene, out, options: MapOptions = MapOptions()) -> dict:
     from rasterio.windows import Window
     from tqdm import tqdm
 
-    from edgevit.validate import run_engine
+    from edgevit.backends.base import run_engine
 
     tile, preset, preview, progress, chunk = options.tile, options.preset, options.preview, options.progress, CHUNK
     pre = runtime.preprocess

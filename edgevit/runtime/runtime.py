@@ -22,7 +22,7 @@ from edgevit.bundle import read_manifest, verify_files
 from edgevit.manifest import PENDING, EngineEntry, Manifest, PresetEntry
 from edgevit.data.preprocess import preprocess_from_dict
 from edgevit.errors import EdgevitError
-from edgevit.validate import run_engine
+from edgevit.backends.base import run_engine
 
 log = logging.getLogger("edgevit.runtime")
 

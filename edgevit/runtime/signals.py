@@ -4,7 +4,7 @@ latencies, or a replayed trace.
 Every source returns a dict of readings; a reading the platform lacks is absent, and ``status()`` says why
 (``unavailable: ...``), so policies degrade to what is there. ``root`` is a parameter so tests can point the
 sysfs readers at a fake tree. jetson-stats is not used (it is AGPL); everything comes from sysfs and nvpmodel
-(``edgevit.hardware``, which bench reads too).
+(``edgevit.runtime.sensors``, which bench reads too).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class JetsonSource(Source):
 
     def __init__(self, root: str = "/sys"):
         self.root = root
-        from edgevit.hardware import RailSensor, find_sensor, gpu_load_file
+        from edgevit.runtime.sensors import RailSensor, find_sensor, gpu_load_file
 
         self.gpu_load = gpu_load_file(root)
         sensor, _ = find_sensor(root)
@@ -131,7 +131,7 @@ class JetsonSource(Source):
         if self.rails is not None:
             out["power_w"] = self.rails.watts()
         if self.nvpmodel:
-            from edgevit.hardware import jetson_power_mode
+            from edgevit.runtime.sensors import jetson_power_mode
 
             mode = jetson_power_mode(timeout=5)
             if mode is not None:

@@ -22,7 +22,7 @@ from edgevit.backends.tensorrt.build import build_settings, shell_line, trtexec_
 from edgevit.backends.tensorrt.kit import TIMING_CACHE, artifact_paths, refit_from, write_artifact
 from edgevit.backends.tensorrt.runner import TensorRTRunner
 from edgevit.errors import EdgevitError
-from edgevit.schema import F
+from edgevit.fields import F
 
 
 class _Source(NamedTuple):
@@ -112,7 +112,7 @@ class TensorRTBackend(Backend):
         quant = _artifact(src, candidate.id, precision, candidate.level, settings)
         extra = []
         if precision == "fp16" and profile.tensorrt.get("int8_if_faster"):
-            # ARCHITECTURE §3: INT8 is not always faster than FP16 for ViTs on GPUs; the device measures both.
+            # docs/architecture.md, "Backends": INT8 is not always faster than FP16 for ViTs on GPUs; the device measures both.
             cand = build_settings(profile, "int8")
             cand["recipe"] = "explicit Q/DQ"
             cand["quantization"] = _artifact(src, "int8", "int8", 0, cand)
@@ -137,7 +137,7 @@ class TensorRTBackend(Backend):
     def validation_runner(self, bundle_dir, spec: EngineSpec) -> Runner:
         if spec.status != PENDING:
             return self.load(bundle_dir, spec)
-        from edgevit.backends.onnxruntime import OrtRunner
+        from edgevit.backends.onnxruntime.runner import OrtRunner
 
         # What the device will build from, run exactly as written (CPU: no GPU is involved yet).
         return OrtRunner(Path(bundle_dir) / spec.file, ["CPUExecutionProvider"])
@@ -147,8 +147,8 @@ class TensorRTBackend(Backend):
         device will also build and measure (FP16 profiles' INT8) are checked here on the CPU too."""
         if spec.status != PENDING:
             return {}
-        from edgevit.backends.onnxruntime import OrtRunner
-        from edgevit.validate import gate, validate
+        from edgevit.backends.onnxruntime.runner import OrtRunner
+        from edgevit.build.validate import gate, validate
 
         out = []
         for s in spec.settings.get("candidates", []):

@@ -22,7 +22,7 @@ import numpy as np
 
 from edgevit.backends.base import Candidate, EngineSpec
 from edgevit.manifest import PENDING
-from edgevit.pipeline import Choice, Checks
+from edgevit.build.pipeline import Choice, Checks
 from edgevit.errors import EdgevitError
 
 VALIDATION_FILE = "kit/validation.npz"
@@ -147,7 +147,7 @@ def device_job(bundle_dir: Path, preset: str, options: list[dict], checks, how: 
     at once (one engine at a time: a GPU holds few)."""
     from edgevit.backends.tensorrt import runner
     from edgevit.backends.tensorrt.kit import refit_from
-    from edgevit.pipeline import Job
+    from edgevit.build.pipeline import Job
 
     by_id = {s["precision"]: s for s in options}
 
@@ -176,7 +176,7 @@ def finish(bundle_dir: Path, entries: list[dict], checks, todo: list[str] | None
     with an INT8 candidate beside FP16 keeps INT8 only where it passes the gate and measures faster. Entries
     are updated in place; returns ``{"built": n, "failed": [...], "built_on": {...}}``."""
     from edgevit.backends.tensorrt.gpu import device_info
-    from edgevit.pipeline import choose, run_candidate
+    from edgevit.build.pipeline import choose, run_candidate
 
     here = device_info()
     built, failed = 0, []
@@ -219,7 +219,7 @@ def _log_engine(name: str, r, log) -> None:
 def _record_built(t: dict, spec: EngineSpec, choice, preset: str, here: dict) -> None:
     """The manifest entry ``t`` of an engine built and passed on this device: the pipeline's entry, with the
     figures the kit was validated with kept beside it and the device's attempts as its candidates."""
-    from edgevit.pipeline import entry_for
+    from edgevit.build.pipeline import entry_for
 
     kit_validation = {k: t.get(k) for k in ("top1", "agreement", "mean_abs_dlogit", "max_abs_dlogit", "samples",
                                              "validated_with") if k in t}
@@ -254,7 +254,7 @@ def engine_build(bundle, presets: list[str] | None = None, force: bool = False, 
     """Finish a bundle's TensorRT engines on this device and replace the bundle atomically."""
     from edgevit.bundle import BundleWriter, read_manifest, verify_files
     from edgevit.backends.tensorrt.gpu import deferred_reason, device_info, target_mismatches
-    from edgevit.report import manifest_report
+    from edgevit.manifest_report import manifest_report
 
     bundle = Path(bundle)
     manifest = read_manifest(bundle).to_dict()    # rewritten below (its TensorRT entries); commit validates it
@@ -297,8 +297,8 @@ def engine_build(bundle, presets: list[str] | None = None, force: bool = False, 
 
 def record_device_build(manifest: dict, summary: dict | None, bundle_reason: str | None) -> None:
     """The manifest's ``device_build`` section, the Pareto flags and tool versions after (not) building."""
-    from edgevit.selection import choose_backend
-    from edgevit.validate import mark_pareto
+    from edgevit.build.selection import choose_backend
+    from edgevit.build.validate import mark_pareto
 
     pending = pending_summary(manifest["presets"])
     section = {"status": "pending" if pending else "done", "pending_presets": pending, "kit": "kit/README.md",

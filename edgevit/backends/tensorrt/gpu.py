@@ -1,7 +1,7 @@
 """The GPU device an engine is built on or loaded on, and whether a TensorRT engine may run there.
 
 TensorRT engines are tied to the TensorRT version and the GPU architecture they were built for, and a
-Jetson's TensorRT comes with its JetPack/L4T release (ARCHITECTURE §3). Bundles record all three
+Jetson's TensorRT comes with its JetPack/L4T release (docs/architecture.md, "Backends"). Bundles record all three
 (``device_info``); loading compares them (``engine_mismatches``) and refuses a mismatch by name.
 """
 

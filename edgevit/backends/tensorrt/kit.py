@@ -15,14 +15,26 @@ def artifact_paths(name: str, candidate_id: str) -> tuple[Path, Path]:
     return KIT_DIR / f"{name}.{candidate_id}.onnx", ENGINE_DIR / f"{name}.{candidate_id}.plan"
 
 
+def tensorrt_qdq():
+    """The explicit-quantization form TensorRT's ONNX parser takes (docs/architecture.md, backends): weights stay
+    FP32 behind their own Q/DQ pair (TensorRT folds it and picks its INT8 kernels), biases stay FP32 (TensorRT
+    has no INT32 bias dequantization), and every consumer gets its own Q/DQ pair so TensorRT can fuse each
+    into its consumer; only GEMM inputs are quantized, never their outputs (an output Q/DQ would feed Softmax
+    or LayerNorm an INT8 tensor)."""
+    from edgevit.backends.onnxruntime.quantize import QdqForm
+
+    return QdqForm("tensorrt", {"AddQDQPairToWeight": True, "QuantizeBias": False, "DedicatedQDQPair": True,
+                                "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm", "Conv"]})
+
+
 def write_artifact(fp32_onnx, out: Path, precision: str, calib, level, profile) -> dict:
     """The explicit-precision ONNX for ``precision``: what TensorRT builds from and ORT validates."""
-    from edgevit.quantize import convert_fp16, quantize_onnxruntime
+    from edgevit.backends.onnxruntime.quantize import convert_fp16, quantize_onnxruntime
 
     out.parent.mkdir(parents=True, exist_ok=True)
     if precision == "int8":
         return quantize_onnxruntime(fp32_onnx, out, calib, level, profile.calibration["method"], profile.batch,
-                                    tensorrt=True)
+                                    form=tensorrt_qdq())
     if precision == "fp16":
         return convert_fp16(fp32_onnx, out)
     shutil.copyfile(fp32_onnx, out)

@@ -1,7 +1,7 @@
 """The build pipeline: profile + model -> export -> quantize -> compile -> validate -> bundle.
 
 Each stage is a plain function of plain inputs. Training, export and engines are cached by content hash
-(``edgevit.cache``), so a second build reuses them, and says so. The bundle is assembled in a temporary
+(``edgevit.build.cache``), so a second build reuses them, and says so. The bundle is assembled in a temporary
 directory and renamed into place only when every preset is done (``edgevit.bundle``).
 """
 
@@ -21,19 +21,20 @@ import numpy as np
 from edgevit.version import __version__
 from edgevit.backends.base import EngineSpec, get_backend
 from edgevit.bundle import BundleWriter, output_bundle
-from edgevit.cache import Cache, content_key
-from edgevit import engine_cache
-from edgevit.engine_cache import Site, array_digest, compile_cached
+from edgevit.build.cache import Cache, content_key
+from edgevit.build import artifacts as engine_cache
+from edgevit.build.artifacts import Site, array_digest, compile_cached
 from edgevit.errors import EdgevitError
 from edgevit.manifest import SCHEMA, SCHEMA_VERSION
 from edgevit.host import host_info, matches_target, tool_versions
 from edgevit.models import family_of, model_family
-from edgevit.profiles import Profile, load_profile
-from edgevit.selection import choose_backend, faster_beyond_noise
+from edgevit.build.profiles import Profile, load_profile
+from edgevit.build.selection import choose_backend, faster_beyond_noise
 from edgevit.measure import measure_into_records
-from edgevit.pipeline import (CandidateResult, Checks, Choice, Job, choose, discard_failed, entry_for,
+from edgevit.build.pipeline import (CandidateResult, Checks, Choice, Job, choose, discard_failed, entry_for,
                               measure_results, remove_unchosen, run_candidate)
-from edgevit.validate import cohen_kappa, mark_pareto, run_engine
+from edgevit.backends.base import run_engine
+from edgevit.build.validate import cohen_kappa, mark_pareto
 
 DEFAULT_MODEL = "supervit-nano"
 
@@ -74,33 +75,16 @@ class Obtained:
 
 def obtain(opts: BuildOptions, cache: Cache) -> Obtained:
     """Load ``--checkpoint`` or train the model (cached by its recipe and data split)."""
-    from edgevit.checkpoints import load_checkpoint
-    from edgevit.data.datasets import available_here, input_kind, load_dataset
-    from edgevit.data.preprocess import preprocess_from_dict
+    from edgevit.build.checkpoints import load_checkpoint
+    from edgevit.data.datasets import input_kind, load_dataset
     from edgevit.models import create_model
-    from edgevit.train import TrainConfig, data_overrides, recipe_for, train
+    from edgevit.build.train import TrainConfig, data_overrides, recipe_for, train
 
     log = opts.log
     if opts.checkpoint:
-        ck = load_checkpoint(opts.checkpoint, opts.model, trust=opts.trust_checkpoint)
-        model = ck.model.with_resolutions(opts.resolutions) if opts.resolutions else ck.model
-        data = opts.data or ck.meta.get("data", {}).get("name")
-        if opts.data and not available_here(opts.data):
-            raise EdgevitError(f"--data {opts.data} does not exist")
-        if data is None:
-            raise EdgevitError(f"checkpoint {opts.checkpoint} ({ck.layout} layout) records no data set; pass --data "
-                               f"DIR with the images to calibrate and validate on")
-        if not available_here(data):
-            raise EdgevitError(f"checkpoint {opts.checkpoint} was trained on {data}, which is not here; pass --data DIR")
-        ds = load_dataset(data, crop=model.img_size, channels=model.in_chans, kind=input_kind(model))
-        pre = preprocess_from_dict(ck.meta["preprocess"]) if "preprocess" in ck.meta else ds.preprocess
-        if input_kind(model) == "images" and pre.crop != model.img_size:  # --resolutions moved the full-size input: keep the resize/crop ratio
-            pre = replace(pre, crop=model.img_size, resize=round(pre.resize * model.img_size / pre.crop))
-        if model.num_classes != len(ds.classes):
-            raise EdgevitError(f"checkpoint {opts.checkpoint} has {model.num_classes} classes but the data set "
-                               f"{ds.name} has {len(ds.classes)}")
-        log(f"[obtain] loaded {opts.checkpoint} ({ck.layout} layout, {model.variant})")
-        return Obtained(model, ck.layout, str(opts.checkpoint), ds, pre)
+        got = from_checkpoint(opts)
+        log(f"[obtain] loaded {opts.checkpoint} ({got.layout} layout, {got.model.variant})")
+        return got
 
     name = opts.model or DEFAULT_MODEL
     extra = {"resolutions": list(opts.resolutions)} if opts.resolutions else {}
@@ -122,6 +106,33 @@ def obtain(opts: BuildOptions, cache: Cache) -> Obtained:
     return Obtained(ck.model, "edgevit", f"trained ({name}, {ds.name})", ds, ds.preprocess)
 
 
+def from_checkpoint(opts: BuildOptions) -> Obtained:
+    """``opts.checkpoint`` with the data set it is validated on (``--data``, else the one it records) and its
+    preprocessing (its own, else the data set's); errors name what is missing or does not match."""
+    from edgevit.build.checkpoints import load_checkpoint
+    from edgevit.data.datasets import available_here, input_kind, load_dataset
+    from edgevit.data.preprocess import preprocess_from_dict
+
+    ck = load_checkpoint(opts.checkpoint, opts.model, trust=opts.trust_checkpoint)
+    model = ck.model.with_resolutions(opts.resolutions) if opts.resolutions else ck.model
+    data = opts.data or ck.meta.get("data", {}).get("name")
+    if opts.data and not available_here(opts.data):
+        raise EdgevitError(f"--data {opts.data} does not exist")
+    if data is None:
+        raise EdgevitError(f"checkpoint {opts.checkpoint} ({ck.layout} layout) records no data set; pass --data "
+                           f"DIR with the images to calibrate and validate on")
+    if not available_here(data):
+        raise EdgevitError(f"checkpoint {opts.checkpoint} was trained on {data}, which is not here; pass --data DIR")
+    ds = load_dataset(data, crop=model.img_size, channels=model.in_chans, kind=input_kind(model))
+    pre = preprocess_from_dict(ck.meta["preprocess"]) if "preprocess" in ck.meta else ds.preprocess
+    if input_kind(model) == "images" and pre.crop != model.img_size:  # --resolutions moved the full-size input: keep the resize/crop ratio
+        pre = replace(pre, crop=model.img_size, resize=round(pre.resize * model.img_size / pre.crop))
+    if model.num_classes != len(ds.classes):
+        raise EdgevitError(f"checkpoint {opts.checkpoint} has {model.num_classes} classes but the data set "
+                           f"{ds.name} has {len(ds.classes)}")
+    return Obtained(model, ck.layout, str(opts.checkpoint), ds, pre)
+
+
 # -- export ------------------------------------------------------------------------------------------------
 
 def export_sample(plan) -> np.ndarray:
@@ -132,7 +143,7 @@ def export_sample(plan) -> np.ndarray:
 
 
 def export_cached(model, preset, weights: str, sample, profile: Profile, cache: Cache) -> tuple[Path, dict, bool]:
-    from edgevit.export import export_preset
+    from edgevit.build.export import export_preset
 
     return engine_cache.export_cached(
         "export", (weights, model.variant, model.config, preset.name, profile.opset, profile.batch), cache,
@@ -392,7 +403,7 @@ class Plan:
 
 def plan_build(opts: BuildOptions, cache: Cache) -> Plan:
     """Profile, model (loaded or trained), data splits, backends and whether this host is the target."""
-    from edgevit.train import weight_digest
+    from edgevit.build.train import weight_digest
 
     log = opts.log
     profile = resolve_profile(opts)
@@ -425,7 +436,7 @@ def plan_build(opts: BuildOptions, cache: Cache) -> Plan:
 
 def references(plan: Plan) -> dict[str, np.ndarray]:
     """Torch FP32 logits of every preset on the validation split: what every engine is compared with."""
-    from edgevit.backends.reference import TorchRunner
+    from edgevit.build.reference import TorchRunner
 
     return {p.name: run_engine(TorchRunner(plan.model, p.resolution, p.keep_rate), plan.vx) for p in plan.presets}
 
@@ -487,7 +498,7 @@ def static_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path, compiled: st
 def shared_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path) -> Engines:
     """One engine per backend for every preset (``--shared-weights``): export the shared graph, and each
     preset's static graph where a backend builds a branch per preset, then build and choose."""
-    from edgevit import shared_build
+    from edgevit.build import shared as shared_build
 
     log, profile = plan.opts.log, plan.profile
     src, report, hit = shared_build.export_cached(plan.model, plan.weights, export_sample(plan),
@@ -521,7 +532,8 @@ def shared_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path) -> Engines:
 def _memory_rule(plan: Plan, engines: Engines, cache: Cache, tmp: Path) -> Engines:
     """Shared engines that hold more than the presets' own engines would are not the default; where that is
     every backend's, the shared engines leave the bundle (``shared`` None: the per-preset build follows)."""
-    from edgevit import build_memory, shared_build
+    from edgevit.build import memory as build_memory
+    from edgevit.build import shared as shared_build
 
     largest = max(plan.presets, key=lambda p: p.flops)
     reference, _, _ = export_cached(plan.model, largest, plan.weights, export_sample(plan), plan.profile, cache)
@@ -611,9 +623,9 @@ def assemble(plan: Plan, entries: list[dict], checkpoint: str | None, seconds: f
 def build(opts: BuildOptions) -> Path:
     """profile + model -> references -> export and candidates -> measure and choose -> device engines ->
     manifest -> bundle, renamed into place only when complete."""
-    from edgevit import build_memory
-    from edgevit.checkpoints import save_checkpoint
-    from edgevit.report import manifest_report
+    from edgevit.build import memory as build_memory
+    from edgevit.build.checkpoints import save_checkpoint
+    from edgevit.manifest_report import manifest_report
 
     t_start, log = time.perf_counter(), opts.log
     cache = Cache(opts.cache_dir)

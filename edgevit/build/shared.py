@@ -32,10 +32,10 @@ import numpy as np
 
 from edgevit.backends.base import EngineSpec
 from edgevit.errors import EdgevitError
-from edgevit.selection import choose_backend
-from edgevit import engine_cache
-from edgevit.engine_cache import Site, compile_cached
-from edgevit.pipeline import (CandidateResult, Checks, Choice, Job, choose, discard_failed, entry_for, geomean,
+from edgevit.build.selection import choose_backend
+from edgevit.build import artifacts as engine_cache
+from edgevit.build.artifacts import Site, compile_cached
+from edgevit.build.pipeline import (CandidateResult, Checks, Choice, Job, choose, discard_failed, entry_for, geomean,
                               measure_results, remove_unchosen, run_candidate)
 
 ONNX_FILE = "onnx/shared.onnx"
@@ -97,7 +97,7 @@ def write_inputs(model, presets, bundle_dir: Path) -> None:
 
 
 def export_cached(model, weights: str, sample, profile, cache) -> tuple[Path, dict, bool]:
-    from edgevit.export import export_shared
+    from edgevit.build.export import export_shared
     from edgevit.models import family_of
 
     # The graph's inputs are its contract with the bundle: an export cached under another contract is stale.

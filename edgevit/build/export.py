@@ -56,7 +56,7 @@ def export_preset(model, preset, out_path, sample: np.ndarray, opset: int = 17, 
     dummy = torch.from_numpy(np.ascontiguousarray(np.resize(sample, (batch, c, h, w))))
 
     keep = getattr(model, "int8_keep_fp32", ())
-    # the model family's own quantization constraint travels with the graph (edgevit.quantize)
+    # the model family's own quantization constraint travels with the graph (edgevit.build.quantize)
     before, after, simplifier = _export_checked(module, (dummy,), out_path, [INPUT_NAME], None, opset,
                                                 {KEEP_FP32_KEY: ",".join(keep)} if keep else None)
 

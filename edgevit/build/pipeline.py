@@ -7,7 +7,7 @@ or every preset of a shared engine) and whether its latency is measured at once 
 at a time) or later, in one interleaved pass over every passing candidate (the build).
 
 A ``CandidateResult`` is typed; its manifest records (``record``) are made from it in one place, and the
-chooser (``choose``) applies ``edgevit.selection``'s rule to them.
+chooser (``choose``) applies ``edgevit.build.selection``'s rule to them.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import numpy as np
 
 from edgevit.backends.base import Candidate, EngineSpec
 from edgevit.manifest import EngineEntry
-from edgevit.selection import choose_candidate
-from edgevit.validate import gate, validate
+from edgevit.build.selection import choose_candidate
+from edgevit.build.validate import gate, validate
 
 # What an engine entry copies from its chosen candidate's record at its preset.
 FIGURES = ("top1", "agreement", "mean_abs_dlogit", "max_abs_dlogit", "samples", "predictions_sha256", "kappa",
@@ -171,7 +171,7 @@ def discard_failed(results: list[CandidateResult], bundle_dir: Path) -> None:
 
 
 def choose(results: list[CandidateResult], measured: bool) -> tuple[CandidateResult | None, str]:
-    """The result to ship (``edgevit.selection``'s rule: the fastest passing candidate faster than the floor
+    """The result to ship (``edgevit.build.selection``'s rule: the fastest passing candidate faster than the floor
     beyond the noise) and why. One preset's records are what the rule marks (``vs_floor``); an engine serving
     several presets is judged on its latency over all of them."""
     single = all(len(r.records) == 1 for r in results)

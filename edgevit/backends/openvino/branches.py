@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.backends.base import BRANCH_INPUT
+from edgevit.backends.shared import BRANCH_INPUT
 from edgevit.errors import EdgevitError
 
 
@@ -158,7 +158,7 @@ def build(sources_json, out_xml, weights: str = "fp32", unfuse: bool | None = No
     import openvino as ov
 
     from edgevit.bundle import sha256_file
-    from edgevit.quantize import compress_openvino_model
+    from edgevit.backends.openvino.quantize import compress_openvino_model
 
     unfuse = weights == "fp32" if unfuse is None else unfuse
     spec = json.loads(Path(sources_json).read_text())

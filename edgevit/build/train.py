@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgevit.checkpoints import save_checkpoint
+from edgevit.build.checkpoints import save_checkpoint
 from edgevit.data.datasets import Dataset, Split, input_kind, load_dataset
 from edgevit.data.preprocess import Preprocess
 from edgevit.errors import EdgevitError

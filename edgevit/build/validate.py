@@ -12,6 +12,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from edgevit.backends.base import run_engine
+
 
 @dataclass
 class Validation:
@@ -42,19 +44,6 @@ def cohen_kappa(pred: np.ndarray, labels: np.ndarray) -> float:
 
 def predictions_digest(pred: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(pred, dtype=np.int32).tobytes()).hexdigest()
-
-
-def run_engine(runner, x: np.ndarray) -> np.ndarray:
-    """Logits for every row of ``x`` with a static-batch runner (the last chunk is padded)."""
-    b = runner.input_shape[0]
-    outs = []
-    for i in range(0, len(x), b):
-        chunk = x[i:i + b]
-        n = len(chunk)
-        if n < b:
-            chunk = np.concatenate([chunk, np.zeros((b - n,) + chunk.shape[1:], chunk.dtype)])
-        outs.append(runner.infer(np.ascontiguousarray(chunk))[:n])
-    return np.concatenate(outs)
 
 
 def validate(runner, x: np.ndarray, y: np.ndarray, reference_logits: np.ndarray) -> Validation:

@@ -1,7 +1,7 @@
 """The build's memory stage: what each backend's engines hold with every preset resident, and the rule that
 keeps a shared-weight engine from shipping as the default when it holds more than the engines it replaces.
 
-Measured only where this host is the target (``plan.measure``), in fresh processes (``edgevit.resident``).
+Measured only where this host is the target (``plan.measure``), in fresh processes (``edgevit.build.resident``).
 A shared-weight engine exists to hold the weights once; on some hosts a backend packs them again for every
 preset's shape (OpenVINO bf16 branches on an AVX512-BF16 CPU: 12.6x one preset's engine), and then the
 presets' own engines would cost less. The reference is one preset's own engine of the same backend and
@@ -14,9 +14,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from edgevit import resident
+from edgevit.build import resident
 from edgevit.backends.base import EngineSpec
-from edgevit.engine_cache import Site, array_digest, compile_cached
+from edgevit.build.artifacts import Site, array_digest, compile_cached
 from edgevit.errors import EdgevitError
 
 

@@ -7,68 +7,26 @@ CUDA, then CPU) run the same files, with the TensorRT provider caching its engin
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-
-from edgevit.backends.base import Backend, Candidate, EngineSpec, Runner, shared_runner
-from edgevit.schema import F
-
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-
+from edgevit.backends.base import Backend, Candidate, EngineSpec, Runner
+from edgevit.backends.onnxruntime.runner import GPU_PROVIDERS, OrtRunner
+from edgevit.backends.shared import shared_runner
+from edgevit.fields import F
 
 def provider_options(precision: str, profile) -> dict:
     """Options per execution provider (names as in ONNX Runtime's TensorRT/CUDA provider documentation)."""
-    t = profile.tensorrt
+    own = profile.onnxruntime
     return {
         # A QDQ model needs INT8 enabled (TensorRT refuses Q/DQ layers otherwise) and no calibration table.
         "TensorrtExecutionProvider": {
             "trt_fp16_enable": precision in ("fp16", "int8"), "trt_int8_enable": precision == "int8",
             "trt_engine_cache_enable": True, "trt_timing_cache_enable": True,
-            "trt_max_workspace_size": t["workspace_mb"] << 20,
-            "trt_builder_optimization_level": t["builder_optimization_level"]},
+            "trt_max_workspace_size": own["trt_workspace_mb"] << 20,
+            "trt_builder_optimization_level": own["trt_builder_optimization_level"]},
         "CUDAExecutionProvider": {"device_id": 0, "cudnn_conv_algo_search": "HEURISTIC"},
     }
-
-
-def _engine_cache_dir(model_path: Path) -> str:
-    # Engines the TensorRT provider builds are tied to this GPU: keep them out of the (read-only) bundle.
-    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgevit" / "ort-tensorrt"
-    path = root / f"{model_path.parent.parent.parent.name}-{model_path.stem}"
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)
-
-
-class OrtRunner(Runner):
-    def __init__(self, path, providers=None, threads: int = 0, options: dict | None = None):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
-        available = ort.get_available_providers()
-        providers = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
-        options = dict(options or {})
-        if "TensorrtExecutionProvider" in providers:
-            cache = _engine_cache_dir(Path(path))
-            options["TensorrtExecutionProvider"] = {**options.get("TensorrtExecutionProvider", {}),
-                                                    "trt_engine_cache_path": cache, "trt_timing_cache_path": cache}
-        self.session = ort.InferenceSession(str(path), opts, providers=providers,
-                                            provider_options=[options.get(p, {}) for p in providers])
-        self.providers = self.session.get_providers()
-        i, o = self.session.get_inputs()[0], self.session.get_outputs()[0]
-        self.input_name, self.input_shape, self.output_shape = i.name, tuple(i.shape), tuple(o.shape)
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        # InferenceSession.run is thread-safe, so one session serves every caller.
-        return self.session.run(None, {self.input_name: batch})[0]
-
-    def run(self, feeds: dict) -> np.ndarray:
-        names = self._names = getattr(self, "_names", None) or {i.name for i in self.session.get_inputs()}
-        return self.session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
 
 
 class OnnxRuntimeBackend(Backend):
@@ -77,6 +35,10 @@ class OnnxRuntimeBackend(Backend):
     profile_section = {
         "providers": F(list, ["CPUExecutionProvider"], items=str),
         "threads": F(int, 0, min=0),
+        # The TensorRT execution provider's own settings (onnxruntime-gpu); this backend's, not the tensorrt
+        # backend's section, so each backend reads only its own keys.
+        "trt_workspace_mb": F(int, 4096, min=16),
+        "trt_builder_optimization_level": F(int, 3, min=0, max=5),
     }
 
     def recipes(self, precision, profile) -> list[Candidate]:
@@ -103,7 +65,8 @@ class OnnxRuntimeBackend(Backend):
         return super().shared_recipes(precision, profile)
 
     def compile(self, onnx_path, out_dir, name, candidate, calib, profile) -> EngineSpec:
-        from edgevit.quantize import convert_fp16, quantize_onnxruntime, quantize_onnxruntime_dynamic
+        from edgevit.backends.onnxruntime.quantize import (convert_fp16, quantize_onnxruntime,
+                                                           quantize_onnxruntime_dynamic)
 
         rel = Path("engines") / self.name / f"{name}.{candidate.id}.onnx"
         out = Path(out_dir) / rel

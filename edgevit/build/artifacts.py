@@ -14,9 +14,9 @@ import numpy as np
 
 from edgevit.backends.base import EngineSpec
 from edgevit.bundle import sha256_file
-from edgevit.cache import Cache, content_key
+from edgevit.build.cache import Cache, content_key
 from edgevit.host import tool_versions
-from edgevit.profiles import Profile
+from edgevit.build.profiles import Profile
 from edgevit.version import __version__
 
 

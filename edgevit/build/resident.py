@@ -3,7 +3,7 @@
 What a device pays to keep presets resident is the growth of a process's resident set when their engines
 are loaded and run, not the size of their files: OpenVINO packs weights for its kernels, ONNX Runtime keeps
 arenas, a shared-weight engine may pack a weight again per shape. The figure depends on what else the
-process did, so each set is measured in a new interpreter (``python -m edgevit.resident``) that imports the
+process did, so each set is measured in a new interpreter (``python -m edgevit.build.resident``) that imports the
 backend's library first (its own cost is not the engines'), takes the resident set as its baseline, then
 loads each engine in turn and runs it once. Engines load as the runtime loads them, through a compile cache
 that an earlier process filled: a compiled form can hold more than the compiling did (OpenVINO branches
@@ -66,7 +66,7 @@ def measure(bundle_dir: Path, backend: str, specs: dict, threads: int | None = N
 def _child(job: dict, backend: str) -> Resident:
     from edgevit import cleanup
 
-    proc = cleanup.track(subprocess.Popen([sys.executable, "-m", "edgevit.resident"], stdin=subprocess.PIPE,
+    proc = cleanup.track(subprocess.Popen([sys.executable, "-m", "edgevit.build.resident"], stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     try:
         out, err = proc.communicate(json.dumps(job), timeout=TIMEOUT_S)

@@ -12,18 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgevit.backends.reference import REFERENCE   # allowed where a backend is named
+from edgevit.build.reference import REFERENCE   # allowed where a backend is named
 from edgevit.errors import EdgevitError
 from edgevit.files import excerpt
 from edgevit.runtime.policies import POLICY_KEYS
-from edgevit.schema import REQUIRED, F   # the policy registry: names and their parameters
+from edgevit.fields import REQUIRED, F   # the policy registry: names and their parameters
 
 
 def _profile_dir() -> Path:
     """profiles/ of the checkout (editable installs), else the copy a wheel installs under <prefix>/share."""
     import sys
 
-    beside = Path(__file__).resolve().parent.parent / "profiles"
+    beside = Path(__file__).resolve().parents[2] / "profiles"
     installed = Path(sys.prefix) / "share" / "edgevit" / "profiles"
     return beside if beside.is_dir() or not installed.is_dir() else installed
 

@@ -1,0 +1,117 @@
+"""OpenVINO's quantizers (NNCF): post-training INT8 (transformer model type), accuracy-controlled INT8,
+weight-only INT8 and the FP32 IR, each a candidate of the OpenVINO backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgevit.build.quantize import batches, model_keep_fp32
+
+MAX_RESTORE_ITERATIONS = 8
+
+
+def _ov_head_names(model) -> list[str]:
+    node = model.get_results()[0].input_value(0).get_node()
+    seen = 0
+    while node is not None and seen < 16:
+        if node.get_type_name() == "MatMul":
+            return [node.get_friendly_name()]
+        node = node.input_value(0).get_node() if node.get_input_size() else None
+        seen += 1
+    return []
+
+
+def _ov_activation_matmuls(model) -> list[str]:
+    """MatMuls of two activations in an OpenVINO model (no constant operand, through Converts)."""
+    def constant(node):
+        while node.get_type_name() == "Convert":
+            node = node.input_value(0).get_node()
+        return node.get_type_name() == "Constant"
+
+    return [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"
+            and not any(constant(op.input_value(i).get_node()) for i in range(op.get_input_size()))]
+
+
+def quantize_openvino(fp32_onnx, out_xml, calib: np.ndarray, level: int = 0, batch: int = 1,
+                      max_drop: float = 0.01, inference_precision: str = "f32") -> dict:
+    """NNCF PTQ on the OpenVINO model (transformer model type); level 1: accuracy-controlled."""
+    import logging
+
+    import nncf
+    import openvino as ov
+
+    nncf.set_log_level(logging.WARNING)  # the build prints its own per-attempt summary
+    model = ov.Core().read_model(str(fp32_onnx))
+    calib_batches = list(batches(calib, batch))
+    dataset = nncf.Dataset(calib_batches)
+    common = dict(model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.PERFORMANCE,
+                  subset_size=len(calib_batches))
+    info = {"tool": f"nncf {nncf.__version__}", "model_type": "transformer", "samples": len(calib_batches) * batch,
+            "level": level}
+    keep = _ov_activation_matmuls(model) if "attention" in model_keep_fp32(fp32_onnx) else []
+    if level == 0:
+        if keep:
+            common["ignored_scope"] = nncf.IgnoredScope(names=keep, validate=False)
+            info["ignored"] = keep
+        qmodel = nncf.quantize(model, dataset, **common)
+    else:
+        head = _ov_head_names(model)
+        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": inference_precision})
+        reference = [int(np.argmax(compiled(b)[0], axis=-1)[0]) for b in calib_batches]
+
+        def agreement(compiled_model, items):
+            hits = [float(int(np.argmax(compiled_model(b)[0], axis=-1)[0]) == r) for b, r in zip(items, reference)]
+            return float(np.mean(hits)), hits
+
+        from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+        # Bounded: each iteration re-validates; a preset that needs more goes to the FP32 fallback instead.
+        # Ranking each quantizer group on a subset bounds the cost (it dominated builds where INT8 failed).
+        restorer = AdvancedAccuracyRestorerParameters(max_num_iterations=MAX_RESTORE_ITERATIONS, num_ranking_workers=1,
+                                                      ranking_subset_size=min(64, len(calib_batches)))
+        qmodel = nncf.quantize_with_accuracy_control(
+            model, calibration_dataset=dataset, validation_dataset=dataset, validation_fn=agreement,
+            max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
+            ignored_scope=nncf.IgnoredScope(names=head + keep, validate=False),
+            advanced_accuracy_restorer_parameters=restorer, **common)
+        info.update(accuracy_control={"metric": "agreement with FP32 on the calibration split",
+                                      "max_drop": max_drop, "max_iterations": MAX_RESTORE_ITERATIONS},
+                    ignored=head + keep)
+    out_xml = Path(out_xml)
+    out_xml.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(qmodel, str(out_xml), compress_to_fp16=False)
+    return info
+
+
+def compress_openvino_model(model):
+    """(model with INT8 weights, report): NNCF weight compression, FP32 activations. Nothing is calibrated,
+    so one engine can serve inputs of every shape, as a shared-weight engine does."""
+    import logging
+
+    import nncf
+
+    nncf.set_log_level(logging.WARNING)
+    return (nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM),
+            {"tool": f"nncf {nncf.__version__} compress_weights", "mode": "INT8_ASYM", "level": None})
+
+
+def compress_openvino_weights(fp32_onnx, out_xml) -> dict:
+    """``compress_openvino_model`` of the ONNX, written as an IR."""
+    import openvino as ov
+
+    model, report = compress_openvino_model(ov.convert_model(str(fp32_onnx)))
+    out_xml = Path(out_xml)
+    out_xml.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(out_xml), compress_to_fp16=False)
+    return report
+
+
+def convert_openvino_fp32(fp32_onnx, out_xml) -> dict:
+    import openvino as ov
+
+    out_xml = Path(out_xml)
+    out_xml.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov.convert_model(str(fp32_onnx)), str(out_xml), compress_to_fp16=False)
+    return {"tool": f"openvino {ov.__version__} convert_model", "level": None}
