@@ -108,11 +108,17 @@ class Backend:
     name: str = ""
     library: str = ""          # the Python package the backend needs
     compile_cache: bool = False  # whether loads can import a cached compiled form (``with_compile_cache``)
-    deferred_build: bool = False  # engines are built on the target device from the bundle's kit (TensorRT)
+    # Engines built on the target device from the bundle's kit: the module that runs the candidate pipeline
+    # there (``edgevit.build.deferred`` describes what it provides), or None where engines are built here.
+    device_build: str | None = None
     profile_section: dict = {}    # this backend's keys in a profile (``edgevit.fields.F`` fields)
     device_kinds: tuple | None = None  # the profile device kinds it can serve (None: any)
     tools: tuple = ()             # distributions whose versions key its engines and go into manifests
     modules: tuple = ()           # Python modules that come with its pip extra (edgevit[<name>])
+
+    @property
+    def deferred_build(self) -> bool:
+        return self.device_build is not None
 
     def tool_names(self) -> tuple:
         return self.tools or (self.library,)
@@ -164,19 +170,6 @@ class Backend:
         """``spec`` loading through a compiled-model cache in ``cache_dir``, where the backend has one (a later
         load imports the compiled engine instead of compiling it again). Default: no such cache."""
         return spec
-
-    def build_deferred(self, bundle_dir, entries, profile, checks, measure: bool, log) -> dict:
-        """``deferred_build`` backends: write what the device needs to build the engines (and build them now
-        where this host is that device; ``checks``: ``pipeline.Checks``, what they are validated on).
-        Returns what ``record_deferred`` and ``pending_note`` take."""
-        raise NotImplementedError
-
-    def record_deferred(self, manifest: dict, result: dict) -> None:
-        """Record ``build_deferred``'s result in the manifest."""
-
-    def pending_note(self, manifest: dict, result: dict, bundle, target: str) -> str | None:
-        """What is left to do on the device after ``build_deferred`` gave ``result``, with how, or None."""
-        return None
 
     def cache_tag(self):
         """What, besides the inputs, decides the compiled output on this host (part of the cache key)."""

@@ -23,6 +23,7 @@ from edgevit.backends.base import EngineSpec, get_backend
 from edgevit.bundle import BundleWriter, output_bundle
 from edgevit.build.cache import Cache, content_key
 from edgevit.build import artifacts as engine_cache
+from edgevit.build import deferred
 from edgevit.build.artifacts import Site, array_digest, compile_cached
 from edgevit.errors import EdgevitError
 from edgevit.manifest import SCHEMA, SCHEMA_VERSION
@@ -207,14 +208,16 @@ def build_candidates(site: Site, job: Job, preset, probing: Probing = Probing())
 
     results = []
     for cand in cands:
-        why = cand.skip or probing.not_built.get(cand.id)
+        why, verdict = cand.skip, "skipped"
+        if not why and cand.id in probing.not_built:
+            why, verdict = probing.not_built[cand.id], "not built"
         if cand.escalates and not why:
             base = done.get(cand.escalates)
             if base is None or base.passed:
                 continue
-            why = (_cannot_win(site, base, attempt(floor), job.checks.x)
-                   if probing.measured and floor is not None else None)
-        results.append(CandidateResult.skip(cand, why, [preset.name]) if why else attempt(cand))
+            why, verdict = (_cannot_win(site, base, attempt(floor), job.checks.x)
+                            if probing.measured and floor is not None else None), "not tried"
+        results.append(CandidateResult.skip(cand, why, [preset.name], verdict) if why else attempt(cand))
     slower = (_slower_than_floor(site, list(done.values()), floor.id, preset, job.checks.x)
               if probing.probe and probing.measured and floor is not None else {})
     discard_failed(list(done.values()), site.bundle_dir)
@@ -288,7 +291,7 @@ def _candidates_line(name: str, cands: Candidates, acc: str, scene: bool) -> str
     for r in cands.results:
         rec = r.records[cands.preset]
         if r.skipped:
-            parts.append(f"{r.id} {'not ' + r.reason.split()[1].rstrip(':') if r.reason.startswith('not ') else 'skipped'}")
+            parts.append(f"{r.id} {r.skipped_as}")
             continue
         mark = "ok" if r.passed else "FAILS GATE"
         kappa = f" kappa {rec['kappa']:.4f}" if scene else ""
@@ -638,7 +641,8 @@ def build(opts: BuildOptions) -> Path:
         memory = build_memory.record(plan, entries, tmp, engines.resident)
         if memory is not None and engines.shared_check:
             memory["shared_check"] = engines.shared_check
-        device = _deferred_engines(plan, tmp, entries, refs)
+        device = deferred.defer(plan.backends, tmp, entries, plan.profile,
+                                Checks(plan.vx, plan.vy, refs, plan.profile.accuracy), opts)
         mark_pareto(entries, plan.backends[0].name)     # after the device build, which may add latencies
         checkpoint = None
         if opts.include_checkpoint:
@@ -651,24 +655,13 @@ def build(opts: BuildOptions) -> Path:
         if memory is not None:
             manifest["memory"] = memory
         if device is not None:
-            device[0].record_deferred(manifest, device[1])
+            device.record(manifest)
         path = writer.commit(manifest, manifest_report(manifest))
     log(f"[bundle] {path} written ({len(entries)} presets, {seconds:.0f} s, of which {plan.obtain_seconds:.0f} s "
         f"obtaining the model); inspect it with: edgevit inspect {path}")
     if device is not None:
-        pending = device[0].pending_note(manifest, device[1], path, plan.profile.name)
+        pending = device.pending(manifest, path, plan.profile.name)
         if pending:
             log(f"[bundle] NOT DONE: {pending} Until then the bundle runs on: "
                 f"{', '.join(b.name for b in plan.backends if not b.deferred_build) or 'nothing'}")
     return path
-
-
-def _deferred_engines(plan: Plan, bundle_dir: Path, entries, refs):
-    """Engines a backend builds on the target device (TensorRT): the backend writes what the device needs, or
-    builds them now where this host is that device. Returns (backend, its result) or None."""
-    backend = next((b for b in plan.backends if b.deferred_build), None)
-    if backend is None:
-        return None
-    return backend, backend.build_deferred(bundle_dir, entries, plan.profile,
-                                           Checks(plan.vx, plan.vy, refs, plan.profile.accuracy),
-                                           plan.opts.measure, plan.opts.log)

@@ -73,13 +73,14 @@ class CandidateResult:
     passed: bool = False
     skipped: bool = False
     reason: str = ""
+    skipped_as: str = ""          # a skipped candidate's one-word verdict for the log: skipped, not tried, not built
     cached: bool = False
     seconds: float = 0.0
 
     @classmethod
-    def skip(cls, candidate: Candidate, why: str, presets) -> "CandidateResult":
+    def skip(cls, candidate: Candidate, why: str, presets, verdict: str = "skipped") -> "CandidateResult":
         rec = {**candidate.record(), "passed": False, "skipped": True, "reason": why, "latency_ms": None}
-        return cls(candidate, records={p: dict(rec) for p in presets}, skipped=True, reason=why)
+        return cls(candidate, records={p: dict(rec) for p in presets}, skipped=True, reason=why, skipped_as=verdict)
 
     @property
     def id(self) -> str:

@@ -49,7 +49,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     library = "tensorrt"
     modules = ("tensorrt", "cuda")   # cuda-python: the runner's device buffers
-    deferred_build = True
+    device_build = "edgevit.backends.tensorrt.device_build"
     device_kinds = ("gpu", "jetson")
     profile_section = {
         "version": F(str, "10", choices=("10", "11")),
@@ -65,21 +65,6 @@ class TensorRTBackend(Backend):
         # bundle holds one copy of the weights on disk, not one per preset plan.
         "strip_weights": F(bool, True),
     }
-
-    def build_deferred(self, bundle_dir, entries, profile, checks, measure: bool, log) -> dict:
-        from edgevit.backends.tensorrt.device_build import DeviceBuild, defer
-
-        return defer(self, Path(bundle_dir), entries, profile, checks, DeviceBuild(measure=measure, log=log))
-
-    def record_deferred(self, manifest: dict, result: dict) -> None:
-        from edgevit.backends.tensorrt.device_build import record_device_build
-
-        record_device_build(manifest, result["summary"], result["reason"])
-
-    def pending_note(self, manifest: dict, result: dict, bundle, target: str) -> str | None:
-        from edgevit.backends.tensorrt.device_build import pending_note
-
-        return pending_note(manifest, result, Path(bundle), target)
 
     def recipes(self, precision, profile) -> list[Candidate]:
         if precision == "int8":

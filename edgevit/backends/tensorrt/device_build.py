@@ -203,7 +203,7 @@ def finish(bundle_dir: Path, entries: list[dict], checks, todo: list[str] | None
                      reason="; ".join(f"{r.id}: {r.records[e['name']]['reason']}" for r in results))
             failed.append(e["name"])
             continue
-        _record_built(t, spec, Choice(chosen, why, results), e["name"], here)
+        _device_entry(t, spec, Choice(chosen, why, results), e["name"], here)
         built += 1
     return {"built": built, "failed": failed, "built_on": here}
 
@@ -216,7 +216,7 @@ def _log_engine(name: str, r, log) -> None:
                                                           f"  FAILS GATE: {rec['gate']['reason']}"))
 
 
-def _record_built(t: dict, spec: EngineSpec, choice, preset: str, here: dict) -> None:
+def _device_entry(t: dict, spec: EngineSpec, choice, preset: str, here: dict) -> None:
     """The manifest entry ``t`` of an engine built and passed on this device: the pipeline's entry, with the
     figures the kit was validated with kept beside it and the device's attempts as its candidates."""
     from edgevit.build.pipeline import entry_for
