@@ -5,8 +5,9 @@ Every manifest is read through :func:`parse` (``bundle.read_manifest``) and writ
 package) is a clear error naming the field, on the workstation that writes it and on the device that
 reads it. The schema version is checked exactly: this edgevit reads version ``SCHEMA_VERSION`` and no other.
 
-The builder assembles its records as plain dicts while it works (they grow stage by stage); they become
-typed here, once, at the edge of the bundle. ``to_dict(from_dict(d)) == d`` for every valid ``d``, so
+The build makes these types as it works (``build.pipeline.entry_for`` gives an ``EngineEntry``, the builder a
+``PresetEntry`` per preset and the ``Manifest``), and ``edgevit engine build`` rewrites a read one in place;
+both are checked against the schema when written. ``to_dict(from_dict(d)) == d`` for every valid ``d``, so
 reading and rewriting a manifest (``edgevit engine build``) changes nothing it does not mean to.
 """
 

@@ -301,7 +301,8 @@ def _fake_build(tmp_path, clock, latency=None):
     backend, site, job = _fake_site(tmp_path, latency, clock)
     cands = build_candidates(site, job, create_model("supervit-nano").preset("r32-k1"), Probing())
     measure_candidates({"fake": site}, {("r32-k1", "fake"): cands}, job.checks.x, lambda m: None)
-    return backend, cands, engine_entry(cands, site.bundle_dir, site.profile, measured=True), site.bundle_dir
+    entry = engine_entry(cands, site.bundle_dir, site.profile, measured=True).to_dict()
+    return backend, cands, entry, site.bundle_dir
 
 
 def test_int8_that_misses_the_gate_escalates_then_the_fastest_passing_candidate_ships(tmp_path, counted_clock):
@@ -627,9 +628,9 @@ def test_the_build_stages_run_alone(quick_checkpoint, tmp_path):
     work.mkdir()
     with cache.scratch("compiled") as compiled:
         engines = static_engines(plan, refs, cache, work, str(compiled))
-        assert isinstance(engines, Engines) and [e["name"] for e in engines.entries] == ["r16-k0.5"]
+        assert isinstance(engines, Engines) and [e.name for e in engines.entries] == ["r16-k0.5"]
         entries = choose_engines(plan, engines, work)
-    manifest = parse({**assemble(plan, entries, None, 1.0), "files": {}}, "the assembled manifest")
+    manifest = parse({**assemble(plan, entries, None, 1.0).to_dict(), "files": {}}, "the assembled manifest")
     assert isinstance(manifest, Manifest) and not (tmp_path / "b").exists()
     preset = manifest.preset("r16-k0.5")
     assert set(preset.engines) == {"openvino", "onnxruntime"} and preset.default_backend() == "openvino"

@@ -6,16 +6,25 @@ import numpy as np
 from edgevit.runtime.runtime import PresetInfo, Runtime
 from edgevit.measure import measure_latencies_interleaved
 from edgevit.build.validate import mark_pareto, pareto_front
+from edgevit.manifest import PresetEntry
 
 
 def _entries():
     # name, flops, (openvino p50, top1), (onnxruntime p50, top1): the backends disagree on what is cheap
     rows = [("a", 1, (0.20, 0.90), (0.50, 0.90)), ("b", 2, (0.30, 0.95), (0.30, 0.95)),
             ("c", 3, (0.40, 0.97), (0.60, 0.96)), ("d", 4, (0.45, 0.96), (0.90, 0.99))]
-    return [{"name": n, "flops": f, "engines": {
-        "openvino": {"status": "ok", "top1": ov[1], "latency_ms": {"p50": ov[0], "p90": ov[0] * 1.2}},
-        "onnxruntime": {"status": "ok", "top1": ort[1], "latency_ms": {"p50": ort[0], "p90": ort[0] * 1.2}},
-        "tensorrt": {"status": "unavailable", "reason": "no GPU"}}} for n, f, ov, ort in rows]
+    return [PresetEntry.from_dict({
+        "name": n, "resolution": 16, "keep_rate": 1.0, "flops": f, "gflops": f / 1e9, "params": 1, "onnx": "x.onnx",
+        "export": {}, "torch": {}, "engines": {
+            "openvino": {"status": "ok", "top1": ov[1], "latency_ms": {"p50": ov[0], "p90": ov[0] * 1.2}},
+            "onnxruntime": {"status": "ok", "top1": ort[1], "latency_ms": {"p50": ort[0], "p90": ort[0] * 1.2}},
+            "tensorrt": {"status": "unavailable", "reason": "no GPU"}}}) for n, f, ov, ort in rows]
+
+
+def _marked(primary: str) -> list[dict]:
+    entries = _entries()
+    mark_pareto(entries, primary)
+    return [e.to_dict() for e in entries]
 
 
 def test_pareto_front_drops_dominated_points_only():
@@ -23,8 +32,7 @@ def test_pareto_front_drops_dominated_points_only():
 
 
 def test_each_backend_gets_its_own_front_and_the_preset_flag_follows_the_primary():
-    entries = _entries()
-    mark_pareto(entries, "openvino")
+    entries = _marked("openvino")
     ov = {e["name"] for e in entries if e["engines"]["openvino"]["pareto"]}
     ort = {e["name"] for e in entries if e["engines"]["onnxruntime"]["pareto"]}
     assert ov == {"a", "b", "c"}   # d: slower and less accurate than c on OpenVINO
@@ -43,8 +51,7 @@ def _runtime(entries, backend):
 
 
 def test_candidates_climb_in_accuracy_as_latency_grows_on_every_backend():
-    entries = _entries()
-    mark_pareto(entries, "openvino")
+    entries = _marked("openvino")
     for backend in ("openvino", "onnxruntime"):
         ladder = _runtime(entries, backend).candidates
         lat = [p.latency_ms for p in ladder]

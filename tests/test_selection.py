@@ -55,13 +55,14 @@ def test_unmeasured_builds_follow_the_preference_order():
 
 
 def test_backend_switches_only_when_faster_beyond_noise():
-    engines = {"openvino": {"status": "ok", "latency_ms": lat(1.0)},
-               "onnxruntime": {"status": "ok", "latency_ms": lat(0.7)}}
+    from edgevit.manifest import EngineEntry
+
+    engines = {"openvino": EngineEntry("ok", latency_ms=lat(1.0)), "onnxruntime": EngineEntry("ok", latency_ms=lat(0.7))}
     assert choose_backend(engines, ["openvino", "onnxruntime"], measured=True)[0] == "onnxruntime"
-    engines["onnxruntime"]["latency_ms"] = lat(0.999)
+    engines["onnxruntime"].latency_ms = lat(0.999)
     assert choose_backend(engines, ["openvino", "onnxruntime"], measured=True)[0] == "openvino"
     assert choose_backend(engines, ["openvino", "onnxruntime"], measured=False)[0] == "openvino"
-    engines["openvino"]["status"] = "pending-device-build"
+    engines["openvino"].status = "pending-device-build"
     assert choose_backend(engines, ["openvino", "onnxruntime"], measured=True)[0] == "onnxruntime"
 
 

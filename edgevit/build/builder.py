@@ -26,7 +26,7 @@ from edgevit.build import artifacts as engine_cache
 from edgevit.build import deferred
 from edgevit.build.artifacts import Site, array_digest, compile_cached
 from edgevit.errors import EdgevitError
-from edgevit.manifest import SCHEMA, SCHEMA_VERSION
+from edgevit.manifest import SCHEMA, SCHEMA_VERSION, EngineEntry, Manifest, PresetEntry
 from edgevit.host import host_info, matches_target, tool_versions
 from edgevit.models import family_of, model_family
 from edgevit.build.profiles import Profile, load_profile
@@ -277,13 +277,12 @@ def measure_candidates(sites: dict, work: dict, vx, log) -> None:
     log(f"[latency] {n} passing candidates measured interleaved ({time.perf_counter() - t0:.1f} s)")
 
 
-def engine_entry(cands: Candidates, bundle_dir: Path, profile: Profile, measured: bool) -> dict:
+def engine_entry(cands: Candidates, bundle_dir: Path, profile: Profile, measured: bool) -> EngineEntry:
     """The manifest entry of one preset on one backend: the chosen candidate, why, and every candidate.
     The other candidates' files leave the bundle."""
     chosen, why = choose(cands.results, measured)
     remove_unchosen(cands.results, chosen, bundle_dir)
-    return entry_for(Choice(chosen, why, cands.results), cands.preset, chosen.spec, profile.preferred,
-                     measured).to_dict()
+    return entry_for(Choice(chosen, why, cands.results), cands.preset, chosen.spec, profile.preferred, measured)
 
 
 def _candidates_line(name: str, cands: Candidates, acc: str, scene: bool) -> str:
@@ -334,41 +333,44 @@ def available_backends(profile: Profile, log) -> tuple[list, dict]:
     return backends, unavailable
 
 
-def _preset_record(p, onnx_rel: str, export_report: dict, ref: np.ndarray, vy: np.ndarray) -> dict:
+_PRESET_FIELDS = ("name", "resolution", "keep_rate", "flops", "gflops", "params", "onnx", "export", "torch",
+                  "engines")
+
+
+def _preset_record(p, onnx_rel: str, export_report: dict, ref: np.ndarray, vy: np.ndarray) -> PresetEntry:
     """A preset's manifest record before its engines are chosen."""
-    return {"name": p.name, "resolution": p.resolution, "keep_rate": p.keep_rate, "flops": p.flops,
-            "gflops": round(p.gflops, 6), "params": p.params, "onnx": onnx_rel, "export": export_report,
-            "torch": {"top1": float((ref.argmax(-1) == vy).mean()), "kappa": cohen_kappa(ref.argmax(-1), vy),
-                      "samples": int(len(vy))},
-            "engines": {}}
+    return PresetEntry(p.name, p.resolution, p.keep_rate, p.flops, round(p.gflops, 6), p.params, onnx_rel,
+                       export_report, {"top1": float((ref.argmax(-1) == vy).mean()),
+                                       "kappa": cohen_kappa(ref.argmax(-1), vy), "samples": int(len(vy))},
+                       present=_PRESET_FIELDS)
 
 
-def engine_mix(entries: list[dict]) -> dict:
+def engine_mix(entries: list[PresetEntry]) -> dict:
     """How many presets ship each precision, per backend, and how many run on each backend by default."""
     mix: dict = {}
     for e in entries:
-        for b, eng in e["engines"].items():
-            if eng.get("precision"):
+        for b, eng in e.engines.items():
+            if eng.precision:
                 counts = mix.setdefault(b, {})
-                counts[eng["precision"]] = counts.get(eng["precision"], 0) + 1
+                counts[eng.precision] = counts.get(eng.precision, 0) + 1
     defaults: dict = {}
     for e in entries:
-        b = (e.get("default") or {}).get("backend")
+        b = e.default_backend()
         if b:
             defaults[b] = defaults.get(b, 0) + 1
     return {"precisions": mix, "defaults": defaults}
 
 
-def _choice_line(e: dict, backends) -> str:
+def _choice_line(e: PresetEntry, backends) -> str:
     parts = []
     for b in backends:
-        eng = e["engines"][b.name]
-        lat = f" {eng['latency_ms']['p50']:.3f} ms" if eng.get("latency_ms") else ""
-        floor = next((c for c in eng["candidates"] if c.get("floor") and c.get("latency_ms")), None)
-        vs = (f" (fp32 {floor['latency_ms']['p50']:.3f} ms)" if floor and floor["id"] != eng["chosen"]["id"] else "")
-        pend = " (pending device build)" if eng["status"] != "ok" else ""
-        parts.append(f"{b.name} {eng['chosen']['id']}{lat}{vs}{pend}")
-    return f"[choose] {e['name']:<10} " + " | ".join(parts) + f"  -> default {e['default']['backend']}"
+        eng = e.engines[b.name]
+        lat = f" {eng.latency():.3f} ms" if eng.latency_ms else ""
+        floor = next((c for c in eng.candidates if c.get("floor") and c.get("latency_ms")), None)
+        vs = (f" (fp32 {floor['latency_ms']['p50']:.3f} ms)" if floor and floor["id"] != eng.chosen["id"] else "")
+        pend = " (pending device build)" if eng.status != "ok" else ""
+        parts.append(f"{b.name} {eng.chosen['id']}{lat}{vs}{pend}")
+    return f"[choose] {e.name:<10} " + " | ".join(parts) + f"  -> default {e.default_backend()}"
 
 
 
@@ -494,7 +496,7 @@ def static_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path, compiled: st
             for cid, why in work[(p.name, b.name)].slower.items():
                 log(f"[probe] {b.name} {cid}: {why.removeprefix('not built: ')}; not built for smaller presets")
         entries.append(_preset_record(p, onnx_rel.as_posix(), report, ref, vy))
-    entries.sort(key=lambda e: [q.name for q in plan.presets].index(e["name"]))
+    entries.sort(key=lambda e: [q.name for q in plan.presets].index(e.name))
     return Engines(entries, work, sites=where)
 
 
@@ -513,7 +515,7 @@ def shared_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path) -> Engines:
     entries = []
     for i, p in enumerate(plan.presets, 1):
         entries.append(_preset_record(p, shared_build.ONNX_FILE, report, refs[p.name], plan.vy))
-        log(f"[{i:>2}/{len(plan.presets)}] {p.name:<10} torch {plan.acc} {100 * entries[-1]['torch']['top1']:.2f}%")
+        log(f"[{i:>2}/{len(plan.presets)}] {p.name:<10} torch {plan.acc} {100 * entries[-1].torch['top1']:.2f}%")
     with tempfile.TemporaryDirectory(prefix="edgevit-sources-") as scratch:
         sources = None
         if shared_build.needs_preset_graphs(plan.backends, profile):
@@ -550,7 +552,7 @@ def _memory_rule(plan: Plan, engines: Engines, cache: Cache, tmp: Path) -> Engin
         return engines
     for rel in {shared_build.ONNX_FILE, shared_build.INPUTS_FILE,
                 *(f for e in engines.shared.values() for b in plan.backends for f in
-                  EngineSpec(**e[b.name]["engine"]).files)}:
+                  EngineSpec(**e[b.name].engine).files)}:
         (tmp / rel).unlink(missing_ok=True)
     engines.shared, engines.resident = None, {}
     return engines
@@ -571,7 +573,7 @@ def engines_stage(plan: Plan, refs: dict, cache: Cache, tmp: Path, compiled: str
     return static
 
 
-def choose_engines(plan: Plan, engines: Engines, tmp: Path) -> list[dict]:
+def choose_engines(plan: Plan, engines: Engines, tmp: Path) -> list[PresetEntry]:
     """Measure every passing candidate (static engines, on the target), then per preset the engine of each
     backend and the default backend. Returns the preset records with their engines."""
     backends = plan.backends
@@ -579,24 +581,24 @@ def choose_engines(plan: Plan, engines: Engines, tmp: Path) -> list[dict]:
         measure_candidates(engines.sites, engines.work, plan.vx, plan.opts.log)
     for e in engines.entries:
         for b in backends:
-            e["engines"][b.name] = (engines.shared[e["name"]][b.name] if engines.shared is not None else
-                                    engine_entry(engines.work[(e["name"], b.name)], tmp, plan.profile, plan.measure))
+            e.engines[b.name] = (engines.shared[e.name][b.name] if engines.shared is not None else
+                                 engine_entry(engines.work[(e.name, b.name)], tmp, plan.profile, plan.measure))
         for name, why in plan.unavailable.items():
-            e["engines"][name] = {"status": "unavailable", "reason": why}
+            e.engines[name] = EngineEntry("unavailable", reason=why, present=("status", "reason"))
         if engines.shared is not None:
-            e["default"] = engines.shared[e["name"]]["default"]
+            e.default = engines.shared[e.name]["default"]
         else:
-            default, why = choose_backend(e["engines"], [b.name for b in backends], plan.measure)
-            e["default"] = {"backend": default, "why": why}
+            default, why = choose_backend(e.engines, [b.name for b in backends], plan.measure)
+            e.default = {"backend": default, "why": why}
         plan.opts.log(_choice_line(e, backends))
     return engines.entries
 
 
-def assemble(plan: Plan, entries: list[dict], checkpoint: str | None, seconds: float) -> dict:
+def assemble(plan: Plan, entries: list[PresetEntry], checkpoint: str | None, seconds: float) -> Manifest:
     """The bundle's manifest."""
 
     model, ds, pre, profile = plan.model, plan.got.dataset, plan.got.preprocess, plan.profile
-    return {
+    record = {
         "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "edgevit_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "name": plan.out.name,
@@ -619,8 +621,11 @@ def assemble(plan: Plan, entries: list[dict], checkpoint: str | None, seconds: f
         "checkpoint": checkpoint,
         "build_seconds": round(seconds, 1),
         "obtain_seconds": round(plan.obtain_seconds, 1),   # of build_seconds: loading or training the model
-        "presets": entries,
+        "presets": [],
     }
+    manifest = Manifest.from_dict(record)
+    manifest.presets = entries
+    return manifest
 
 
 def build(opts: BuildOptions) -> Path:
@@ -652,11 +657,10 @@ def build(opts: BuildOptions) -> Path:
                             classes=list(ds.classes), data={"name": ds.name, "split_hash": ds.split_hash()})
         seconds = time.perf_counter() - t_start
         manifest = assemble(plan, entries, checkpoint, seconds)
-        if memory is not None:
-            manifest["memory"] = memory
+        manifest.memory = memory
         if device is not None:
             device.record(manifest)
-        path = writer.commit(manifest, manifest_report(manifest))
+        path = writer.commit(manifest, manifest_report(manifest.to_dict()))
     log(f"[bundle] {path} written ({len(entries)} presets, {seconds:.0f} s, of which {plan.obtain_seconds:.0f} s "
         f"obtaining the model); inspect it with: edgevit inspect {path}")
     if device is not None:

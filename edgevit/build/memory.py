@@ -20,12 +20,12 @@ from edgevit.build.artifacts import Site, array_digest, compile_cached
 from edgevit.errors import EdgevitError
 
 
-def _chosen_specs(entries: list[dict], backend: str) -> dict:
-    return {e["name"]: EngineSpec(**e["engines"][backend]["engine"]) for e in entries
-            if e["engines"].get(backend, {}).get("status") == "ok"}
+def _chosen_specs(entries: list, backend: str) -> dict:
+    return {e.name: EngineSpec(**e.engines[backend].engine) for e in entries
+            if backend in e.engines and e.engines[backend].ok}
 
 
-def record(plan, entries: list[dict], bundle_dir: Path, known: dict | None = None) -> dict | None:
+def record(plan, entries: list, bundle_dir: Path, known: dict | None = None) -> dict | None:
     """Per backend, the resident memory of its chosen engines with every preset loaded; written into each
     engine entry (``resident_mb``) and returned as the manifest's ``memory`` record. ``known``: sets
     measured already (backend -> ``Resident``)."""
@@ -41,11 +41,11 @@ def record(plan, entries: list[dict], bundle_dir: Path, known: dict | None = Non
         except EdgevitError as e:
             plan.opts.log(f"[memory] {b.name}: not measured: {e}")
             continue
-        shared = any(e["engines"][b.name].get("shared") for e in entries if e["name"] in specs)
+        shared = any(e.engines[b.name].extra.get("shared", False) for e in entries if e.name in specs)
         for e in entries:
-            if e["name"] in r.added_mb:
-                e["engines"][b.name]["resident_mb"] = {"added": round(r.added_mb[e["name"]], 1),
-                                                       "all_presets": round(r.total_mb, 1)}
+            if e.name in r.added_mb:
+                e.engines[b.name].resident_mb = {"added": round(r.added_mb[e.name], 1),
+                                                 "all_presets": round(r.total_mb, 1)}
         out[b.name] = {"all_presets_mb": round(r.total_mb, 1), "presets": len(specs), "shared_weights": shared}
     if not out:
         return None
@@ -72,8 +72,8 @@ def shared_check(plan, shared: dict, bundle_dir: Path, reference_onnx: Path, cac
     largest = max(presets, key=lambda p: p.flops)
     measured, checks = {}, {}
     for b in plan.backends:
-        cand = _reference_candidate(b, plan.profile, shared[largest.name][b.name]["chosen"])
-        specs = {p.name: EngineSpec(**shared[p.name][b.name]["engine"]) for p in presets}
+        cand = _reference_candidate(b, plan.profile, shared[largest.name][b.name].chosen)
+        specs = {p.name: EngineSpec(**shared[p.name][b.name].engine) for p in presets}
         try:
             with tempfile.TemporaryDirectory(prefix="edgevit-reference-") as scratch:
                 site = Site(b, plan.profile, cache, Path(scratch), plan.cx, array_digest(plan.cx))
@@ -84,7 +84,7 @@ def shared_check(plan, shared: dict, bundle_dir: Path, reference_onnx: Path, cac
             log(f"[memory] {b.name} shared engine: not checked against the presets' own engines: {e}")
             continue
         limit = one * len(presets)
-        shared_id = shared[largest.name][b.name]["chosen"]["id"]
+        shared_id = shared[largest.name][b.name].chosen["id"]
         checks[b.name] = {"shared_engine": shared_id, "shared_mb": round(got.total_mb, 1),
                           "per_preset_engine": f"{cand.id} at {largest.name}", "per_preset_mb": round(one, 1),
                           "presets": len(presets), "passed": got.total_mb <= limit}

@@ -65,23 +65,23 @@ def choose_candidate(cands: list[dict], measured: bool) -> tuple[dict | None, st
     return best, f"fastest passing candidate: {best['vs_floor']} against {floor['precision']}"
 
 
-def choose_backend(engines: dict[str, dict], order: list[str], measured: bool) -> tuple[str | None, str]:
-    """The backend whose chosen engine runs a preset by default: the primary unless another backend's engine is
-    faster beyond the noise (fewer libraries loaded on a tie)."""
-    present = [b for b in order if engines.get(b, {}).get("status") not in (None, "unavailable")]
-    usable = [b for b in present if engines[b].get("status") == "ok"]
-    if not measured and present and engines[present[0]].get("status") in ("ok", PENDING):
+def choose_backend(engines: dict, order: list[str], measured: bool) -> tuple[str | None, str]:
+    """The backend whose chosen engine runs a preset by default (``engines``: backend -> ``EngineEntry``): the
+    primary unless another backend's engine is faster beyond the noise (fewer libraries loaded on a tie)."""
+    present = [b for b in order if b in engines and engines[b].status != "unavailable"]
+    usable = [b for b in present if engines[b].status == "ok"]
+    if not measured and present and engines[present[0]].status in ("ok", PENDING):
         # Not measured here: the profile's order decides, a primary still to be built on the device included
         # (loading it then says so and how to finish it, rather than silently running something else).
         return present[0], "the profile's primary backend (latency not measured here)"
     if not usable:
         return (present[0] if present else None), "no engine of this preset is built yet"
     primary = usable[0]
-    if not measured or not engines[primary].get("latency_ms"):
+    if not measured or not engines[primary].latency_ms:
         return primary, "the profile's first backend with a built engine (latency not measured here)"
     best, why = primary, "the primary backend; no other was faster beyond the noise"
     for b in usable[1:]:
-        ok, figures = faster_beyond_noise(engines[b].get("latency_ms"), engines[best].get("latency_ms"))
+        ok, figures = faster_beyond_noise(engines[b].latency_ms, engines[best].latency_ms)
         if ok:
             best, why = b, f"faster than {primary}: {figures}" if best == primary else f"faster than {best}: {figures}"
     return best, why

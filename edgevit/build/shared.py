@@ -32,6 +32,7 @@ import numpy as np
 
 from edgevit.backends.base import EngineSpec
 from edgevit.errors import EdgevitError
+from edgevit.manifest import EngineEntry
 from edgevit.build.selection import choose_backend
 from edgevit.build import artifacts as engine_cache
 from edgevit.build.artifacts import Site, compile_cached
@@ -162,7 +163,7 @@ def build_shared(graph: SharedGraph, sites: dict, checks: Checks, measure: bool,
         remove_unchosen(work[b], chosen, site.bundle_dir)
         for p in graph.presets:
             out[p.name][b] = entry_for(Choice(chosen, why, work[b]), p.name, graph.spec_for(chosen.spec, p),
-                                       site.profile.preferred, measure).to_dict()
+                                       site.profile.preferred, measure)
     set_default(out, graph.presets, list(sites), measure)
     return out
 
@@ -171,7 +172,7 @@ def set_default(out: dict, presets, order: list[str], measure: bool, excluded: d
     """One default backend for every preset (two shared engines resident would double the memory): the
     fastest by the geometric mean over presets, among the backends not ``excluded`` (name -> why)."""
     excluded = excluded or {}
-    totals = {b: {"status": "ok", "latency_ms": _aggregate([out[p.name][b] for p in presets])}
+    totals = {b: EngineEntry("ok", latency_ms=_aggregate([out[p.name][b] for p in presets]))
               for b in order if b not in excluded}
     default, why = choose_backend(totals, [b for b in order if b not in excluded], measure)
     note = "".join(f"; not {b}: {reason}" for b, reason in excluded.items())
@@ -179,9 +180,9 @@ def set_default(out: dict, presets, order: list[str], measure: bool, excluded: d
         out[p.name]["default"] = {"backend": default, "why": f"for every preset (shared weights): {why}{note}"}
 
 
-def _aggregate(records: list[dict]) -> dict | None:
-    """One latency record over all presets: geometric means of the p50s and of each round."""
-    lats = [r["latency_ms"] for r in records if r.get("latency_ms")]
+def _aggregate(records: list) -> dict | None:
+    """One latency record over all presets' engine entries: geometric means of the p50s and of each round."""
+    lats = [r.latency_ms for r in records if r.latency_ms]
     if len(lats) != len(records) or not lats:
         return None
     rounds = list(zip(*(lat["rounds"] for lat in lats)))

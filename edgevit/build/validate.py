@@ -142,28 +142,29 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
     return front
 
 
-def _front(engines_by_preset: dict[str, tuple[dict, dict]]) -> set[str]:
+def _front(engines_by_preset: dict) -> set[str]:
+    """``engines_by_preset``: preset name -> (PresetEntry, its EngineEntry on one backend, or None)."""
     points = {}
     for name, (e, eng) in engines_by_preset.items():
-        if eng.get("top1") is None:
+        if eng is None or eng.top1 is None:
             continue
-        cost = eng["latency_ms"]["p50"] if eng.get("latency_ms") else e["flops"]
-        points[name] = (cost, eng["top1"])
+        cost = eng.latency("p50") if eng.latency_ms else e.flops
+        points[name] = (cost, eng.top1)
     return pareto_front(points)
 
 
-def mark_pareto(entries, primary: str) -> None:
-    """The accuracy/latency Pareto flags: per backend on each engine (what a runtime pinned to that backend may
-    switch between), and on the preset for the engines ``edgevit.load`` runs by default (each preset's
-    ``default`` backend, else the primary). Cost is the measured p50, or FLOPs where not measured."""
-    names = {n for e in entries for n in e["engines"]}
+def mark_pareto(entries: list, primary: str) -> None:
+    """The accuracy/latency Pareto flags (``entries``: ``manifest.PresetEntry``): per backend on each engine
+    (what a runtime pinned to that backend may switch between), and on the preset for the engines
+    ``edgevit.load`` runs by default (each preset's ``default`` backend, else the primary). Cost is the
+    measured p50, or FLOPs where not measured."""
+    names = {n for e in entries for n in e.engines}
     for name in names:
-        front = _front({e["name"]: (e, e["engines"].get(name, {})) for e in entries})
+        front = _front({e.name: (e, e.engines.get(name)) for e in entries})
         for e in entries:
-            eng = e["engines"].get(name, {})
-            if eng.get("top1") is not None:
-                eng["pareto"] = e["name"] in front
-    default = lambda e: (e.get("default") or {}).get("backend") or primary  # noqa: E731
-    front = _front({e["name"]: (e, e["engines"].get(default(e), {})) for e in entries})
+            eng = e.engines.get(name)
+            if eng is not None and eng.top1 is not None:
+                eng.pareto = e.name in front
+    front = _front({e.name: (e, e.engines.get(e.default_backend() or primary)) for e in entries})
     for e in entries:
-        e["pareto"] = e["name"] in front
+        e.pareto = e.name in front

@@ -53,10 +53,15 @@ def read_validation(bundle_dir: Path) -> tuple[np.ndarray, np.ndarray, dict[str,
 
 # -- the kit's instructions --------------------------------------------------------------------------------
 
-def write_kit(bundle_dir: Path, entries: list[dict], target: dict, reason: str | None) -> None:
+def _trt(e):
+    """A preset's TensorRT engine entry where it has one with an engine spec, else None."""
+    t = e.engines.get("tensorrt")
+    return t if t is not None and t.engine is not None else None
+
+
+def write_kit(bundle_dir: Path, entries: list, target: dict, reason: str | None) -> None:
     """kit/README.md, kit/build_engines.sh and kit/settings.json, from the presets' tensorrt specs."""
-    specs = [(e["name"], e["engines"]["tensorrt"]["engine"]) for e in entries if "tensorrt" in e["engines"]
-             and "engine" in e["engines"]["tensorrt"]]
+    specs = [(e.name, _trt(e).engine) for e in entries if _trt(e) is not None]
     lines = [s["trtexec"] for _, spec in specs for s in [spec["settings"], *spec["settings"].get("candidates", [])]]
     kit = bundle_dir / "kit"
     kit.mkdir(parents=True, exist_ok=True)
@@ -168,7 +173,7 @@ def _candidates(options: list[dict]) -> list[Candidate]:
             for i, s in enumerate(options)]
 
 
-def finish(bundle_dir: Path, entries: list[dict], checks, todo: list[str] | None = None, force: bool = False,
+def finish(bundle_dir: Path, entries: list, checks, todo: list[str] | None = None, force: bool = False,
            how: DeviceBuild = DeviceBuild()) -> dict:
     """Build, validate and gate the TensorRT engines of ``entries`` (manifest presets) inside ``bundle_dir``
     with the build's candidate pipeline (``checks``: the kit's validation set and torch logits, the profile's
@@ -181,29 +186,30 @@ def finish(bundle_dir: Path, entries: list[dict], checks, todo: list[str] | None
     here = device_info()
     built, failed = 0, []
     for e in entries:
-        t = e["engines"].get("tensorrt")
-        if t is None or "engine" not in t or (todo and e["name"] not in todo):
+        t = _trt(e)
+        if t is None or (todo and e.name not in todo):
             continue
-        if t.get("status") != PENDING and not force:
+        if t.status != PENDING and not force:
             continue
-        if e["name"] not in checks.refs:
-            raise EdgevitError(f"{VALIDATION_FILE} has no torch logits for preset {e['name']}")
-        spec = EngineSpec(**t["engine"])
+        if e.name not in checks.refs:
+            raise EdgevitError(f"{VALIDATION_FILE} has no torch logits for preset {e.name}")
+        spec = EngineSpec(**t.engine)
         options = [spec.settings] + list(spec.settings.get("candidates", []))
-        job = device_job(bundle_dir, e["name"], options, checks, how)
+        job = device_job(bundle_dir, e.name, options, checks, how)
         results = [run_candidate(job, c) for c in _candidates(options)]
         for r in results:
-            _log_engine(e["name"], r, how.log)
+            _log_engine(e.name, r, how.log)
         chosen, why = choose(results, measured=how.measure)
         for r in results:
             if r is not chosen:
                 (bundle_dir / r.spec.settings["engine"]).unlink(missing_ok=True)
         if chosen is None:
-            t.update(status="failed-validation", device_attempts=[r.records[e["name"]] for r in results],
-                     reason="; ".join(f"{r.id}: {r.records[e['name']]['reason']}" for r in results))
-            failed.append(e["name"])
+            t.status = "failed-validation"
+            t.extra["device_attempts"] = [r.records[e.name] for r in results]
+            t.reason = "; ".join(f"{r.id}: {r.records[e.name]['reason']}" for r in results)
+            failed.append(e.name)
             continue
-        _device_entry(t, spec, Choice(chosen, why, results), e["name"], here)
+        _device_entry(t, spec, Choice(chosen, why, results), e.name, here)
         built += 1
     return {"built": built, "failed": failed, "built_on": here}
 
@@ -216,13 +222,15 @@ def _log_engine(name: str, r, log) -> None:
                                                           f"  FAILS GATE: {rec['gate']['reason']}"))
 
 
-def _device_entry(t: dict, spec: EngineSpec, choice, preset: str, here: dict) -> None:
-    """The manifest entry ``t`` of an engine built and passed on this device: the pipeline's entry, with the
-    figures the kit was validated with kept beside it and the device's attempts as its candidates."""
+def _device_entry(t, spec: EngineSpec, choice, preset: str, here: dict) -> None:
+    """The manifest entry ``t`` (``EngineEntry``) of an engine built and passed on this device: the pipeline's
+    entry, with the figures the kit was validated with kept beside it and the device's attempts as its
+    candidates."""
     from edgevit.build.pipeline import entry_for
 
-    kit_validation = {k: t.get(k) for k in ("top1", "agreement", "mean_abs_dlogit", "max_abs_dlogit", "samples",
-                                             "validated_with") if k in t}
+    old = t.to_dict()
+    kit_validation = {k: old[k] for k in ("top1", "agreement", "mean_abs_dlogit", "max_abs_dlogit", "samples",
+                                          "validated_with") if k in old}
     s = choice.chosen.spec.settings
     kit_files = ([spec.settings["onnx"]] + [o["onnx"] for o in spec.settings.get("candidates", [])]
                  + ([spec.settings["weights"]] if spec.settings.get("weights") else []))
@@ -230,17 +238,18 @@ def _device_entry(t: dict, spec: EngineSpec, choice, preset: str, here: dict) ->
                           settings={**spec.settings, **{k: v for k, v in s.items() if k != "candidates"},
                                     "built_on": here},
                           quantization=s.get("quantization", spec.quantization))
-    entry = entry_for(choice, preset, new_spec, spec.precision, measured=True).to_dict()
-    figures = {k: entry[k] for k in ("top1", "agreement", "mean_abs_dlogit", "max_abs_dlogit", "samples",
-                                     "predictions_sha256", "kappa", "discordant", "gate", "latency_ms") if k in entry}
-    t.update(status="ok", engine=new_spec.to_dict(), precision=s["precision"], **figures,
-             validated_with=f"tensorrt {here['tensorrt']} on {here['gpu']}", kit_validation=kit_validation,
-             device_attempts=entry["candidates"], chosen=entry["chosen"])
-    t.pop("reason", None)
+    entry = entry_for(choice, preset, new_spec, spec.precision, measured=True)
+    t.status, t.engine, t.precision, t.chosen, t.reason = "ok", new_spec.to_dict(), s["precision"], entry.chosen, None
+    t.present = tuple(k for k in t.present if k != "reason")   # a built engine has no reason to be pending
+    t.top1, t.agreement, t.gate, t.latency_ms = entry.top1, entry.agreement, entry.gate, entry.latency_ms
+    t.extra.update({k: v for k, v in entry.extra.items() if k in ("mean_abs_dlogit", "max_abs_dlogit", "samples",
+                                                                   "predictions_sha256", "kappa", "discordant")})
+    t.extra.update(validated_with=f"tensorrt {here['tensorrt']} on {here['gpu']}", kit_validation=kit_validation,
+                   device_attempts=entry.candidates)
 
 
-def pending_summary(entries: list[dict]) -> list[str]:
-    return [e["name"] for e in entries if e["engines"].get("tensorrt", {}).get("status") == PENDING]
+def pending_summary(entries: list) -> list[str]:
+    return [e.name for e in entries if "tensorrt" in e.engines and e.engines["tensorrt"].status == PENDING]
 
 
 # -- `edgevit engine build` --------------------------------------------------------------------------------
@@ -257,65 +266,67 @@ def engine_build(bundle, presets: list[str] | None = None, force: bool = False, 
     from edgevit.manifest_report import manifest_report
 
     bundle = Path(bundle)
-    manifest = read_manifest(bundle).to_dict()    # rewritten below (its TensorRT entries); commit validates it
-    if not any("tensorrt" in p["engines"] for p in manifest["presets"]):
-        raise EdgevitError(f"bundle {bundle} has no TensorRT engines (target {manifest['target']['name']}); "
+    manifest = read_manifest(bundle)    # rewritten below (its TensorRT entries); commit validates it
+    target = manifest.target
+    if not any("tensorrt" in p.engines for p in manifest.presets):
+        raise EdgevitError(f"bundle {bundle} has no TensorRT engines (target {target['name']}); "
                            f"build one with: edgevit build --target jetson-orin (or desktop-gpu)")
-    known = [p["name"] for p in manifest["presets"]]
+    known = [p.name for p in manifest.presets]
     if presets and set(presets) - set(known):
         raise EdgevitError(f"unknown preset(s) {sorted(set(presets) - set(known))}; this bundle has: {', '.join(known)}")
     why = deferred_reason()
     if why is not None:
         raise EdgevitError(f"edgevit engine build needs TensorRT and a CUDA GPU: {why}. Run it on the target "
-                           f"device ({manifest['target']['name']}), or use kit/build_engines.sh there")
+                           f"device ({target['name']}), or use kit/build_engines.sh there")
     here = device_info()
-    problems = target_mismatches(manifest["target"].get("device", {}), here)
+    problems = target_mismatches(target.get("device", {}), here)
     if problems and not any_device:
-        raise EdgevitError(f"this device is not the bundle's target {manifest['target']['name']}: "
+        raise EdgevitError(f"this device is not the bundle's target {target['name']}: "
                            + "; ".join(problems) + ". Engines built here would only run here; pass --any-device "
                            "to build them anyway")
     log = how.log
-    todo = [p["name"] for p in manifest["presets"] if "tensorrt" in p["engines"]
-            and (force or p["engines"]["tensorrt"].get("status") == PENDING) and (not presets or p["name"] in presets)]
+    todo = [p.name for p in manifest.presets if "tensorrt" in p.engines
+            and (force or p.engines["tensorrt"].status == PENDING) and (not presets or p.name in presets)]
     if not todo:
         log(f"[engine] nothing to build: every TensorRT engine in {bundle} is built (use --force to rebuild)")
         return {"built": 0, "failed": [], "built_on": here}
     verify_files(bundle, manifest)
-    checks = Checks(*read_validation(bundle), manifest["target"]["accuracy"])
+    checks = Checks(*read_validation(bundle), target["accuracy"])
     log(f"[engine] building {len(todo)} TensorRT engine(s) on {here['gpu']} (compute capability "
         f"{here['compute_capability']}, TensorRT {here['tensorrt']}"
         + (f", L4T {here['l4t']}" if here["l4t"] else "") + f"); validating on {len(checks.y)} images")
     with BundleWriter(bundle) as w:
         shutil.copytree(bundle, w.tmp, dirs_exist_ok=True)
-        summary = finish(w.tmp, manifest["presets"], checks, todo, force, how)
+        summary = finish(w.tmp, manifest.presets, checks, todo, force, how)
         record_device_build(manifest, summary, bundle_reason=None)
-        w.commit(manifest, manifest_report(manifest))
+        w.commit(manifest, manifest_report(manifest.to_dict()))
     log(f"[engine] {bundle}: {summary['built']} engine(s) built and validated"
         + (f"; {len(summary['failed'])} failed validation: {', '.join(summary['failed'])}" if summary["failed"] else ""))
     return summary
 
 
-def record_device_build(manifest: dict, summary: dict | None, bundle_reason: str | None) -> None:
-    """The manifest's ``device_build`` section, the Pareto flags and tool versions after (not) building."""
+def record_device_build(manifest, summary: dict | None, bundle_reason: str | None) -> None:
+    """The manifest's (``manifest.Manifest``) ``device_build`` section, the Pareto flags and tool versions after
+    (not) building."""
     from edgevit.build.selection import choose_backend
     from edgevit.build.validate import mark_pareto
 
-    pending = pending_summary(manifest["presets"])
+    pending = pending_summary(manifest.presets)
     section = {"status": "pending" if pending else "done", "pending_presets": pending, "kit": "kit/README.md",
                "reason": bundle_reason if pending else None}
     if summary is not None:
         section.update(built_on=summary["built_on"], failed=summary["failed"],
                        when=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        manifest.setdefault("tools", {})["tensorrt"] = summary["built_on"].get("tensorrt")
-        if summary["built"] and not manifest.get("latency_measured_here"):
+        manifest.tools["tensorrt"] = summary["built_on"].get("tensorrt")
+        if summary["built"] and not manifest.latency_measured_here:
             note = f"TensorRT engines measured on {summary['built_on'].get('gpu')} when they were built"
-            if note not in (manifest.get("latency_note") or ""):
-                manifest["latency_note"] = f"{manifest.get('latency_note') or 'other backends not measured'}; {note}"
-    manifest["device_build"] = section
-    for p in manifest["presets"]:   # built engines now run by default, in the profile's order
-        backend, why = choose_backend(p["engines"], manifest["backends"], measured=False)
-        p["default"] = {"backend": backend, "why": why}
-    mark_pareto(manifest["presets"], manifest["backend"])
+            if note not in (manifest.latency_note or ""):
+                manifest.latency_note = f"{manifest.latency_note or 'other backends not measured'}; {note}"
+    manifest.device_build = section
+    for p in manifest.presets:   # built engines now run by default, in the profile's order
+        backend, why = choose_backend(p.engines, manifest.backends, measured=False)
+        p.default = {"backend": backend, "why": why}
+    mark_pareto(manifest.presets, manifest.backend)
 
 
 def defer(backend, bundle_dir: Path, entries, profile, checks: Checks, how: DeviceBuild) -> dict:
@@ -338,9 +349,9 @@ def defer(backend, bundle_dir: Path, entries, profile, checks: Checks, how: Devi
         summary = finish(bundle_dir, entries, kit, how=how)
     else:
         for e in entries:
-            t = e["engines"].get(backend.name, {})
-            if t.get("status") == PENDING:
-                t["reason"] = f"not built here ({reason}); run `edgevit engine build BUNDLE` on the target device"
+            t = e.engines.get(backend.name)
+            if t is not None and t.status == PENDING:
+                t.reason = f"not built here ({reason}); run `edgevit engine build BUNDLE` on the target device"
     write_kit(bundle_dir, entries, profile.to_dict(), reason)
     return {"summary": summary, "reason": reason}
 
@@ -350,7 +361,7 @@ def _share_kit_weights(bundle_dir: Path, entries, name: str, log) -> None:
     each engine lists the weights file among its files."""
     from edgevit.backends.tensorrt.kit import share_weights
 
-    engines = [e["engines"][name]["engine"] for e in entries if "engine" in e["engines"].get(name, {})]
+    engines = [e.engines[name].engine for e in entries if name in e.engines and e.engines[name].engine is not None]
     rels = [s["onnx"] for spec in engines for s in [spec["settings"], *spec["settings"].get("candidates", [])]]
     if not rels:
         return
@@ -363,7 +374,7 @@ def _share_kit_weights(bundle_dir: Path, entries, name: str, log) -> None:
 
 
 def pending_note(manifest: dict, result: dict, bundle: Path, target: str) -> str | None:
-    pending = manifest["device_build"]["pending_presets"]
+    pending = manifest.device_build["pending_presets"]
     if not pending:
         return None
     return (f"{len(pending)} TensorRT engine(s) are {PENDING} because {result['reason']}. Copy {bundle} to the "
