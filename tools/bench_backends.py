@@ -8,12 +8,13 @@
    means nothing and latency is what is compared) from a random-weight checkpoint and a small folder of random
    images written here (calibration and validation).
 2. Loads it with `edgevit.load(bundle)`, no backend named: the engine each preset runs by default.
-3. Beside it, from the very ONNX file the bundle was built from, the peers done by hand:
-   plain `openvino.convert_model` FP32 compiled with defaults, `nncf.quantize` INT8 (transformer model type, as
-   NNCF's guide says for transformers) on that model, and an ONNX Runtime `InferenceSession` with defaults;
-   torch eager FP32 as the baseline.
-4. Times all of them round-robin at batch 1 (each round times every engine back to back, with an idle pause
-   between engines), and reports medians and the ratio best-peer / edgevit (>= 1: edgevit is at least as fast).
+3. Beside it, from the very ONNX file the bundle was built from, every path a user gets in a line or two
+   (``PEERS``): `openvino.convert_model` compiled with f32 pinned, with the bf16 hint (where the CPU has bf16)
+   and with no hint at all, `nncf.quantize` INT8 (transformer model type, as NNCF's guide says for
+   transformers), an ONNX Runtime `InferenceSession` with defaults, and ONNX Runtime `quantize_dynamic`.
+4. Times them round-robin at batch 1 (each round times every engine back to back, with a 0.25 s pause between
+   engines so worker threads go idle), then torch eager FP32 apart, and reports medians, the host's ISA and
+   the ratio best-peer / edgevit (>= 1: edgevit is at least as fast).
 """
 
 from __future__ import annotations
@@ -59,29 +60,46 @@ def build_bundle(model_name: str, presets: list[str], work: Path, log, shared_we
                               min_agreement=0.0, include_checkpoint=False, shared_weights=shared_weights, log=log))
 
 
-def peers(onnx_path: Path, calib: np.ndarray) -> dict:
-    """The paths a user takes by hand from the same ONNX file, each with its library's defaults."""
+PEERS = ("OV FP32", "OV bf16 hint", "OV default", "NNCF INT8", "ORT FP32", "ORT dynamic INT8")
+
+
+def peers(onnx_path: Path, calib: np.ndarray, work: Path) -> dict:
+    """Every path a user gets from the same ONNX file in a line or two, with the library's defaults except
+    where the line names a setting: OpenVINO FP32 (convert_model, f32 pinned: on an AVX512-BF16 CPU the plain
+    compile runs bf16), OpenVINO with the bf16 hint (where the CPU has bf16), OpenVINO with no hint at all,
+    nncf.quantize (transformer model type), ONNX Runtime FP32 and ONNX Runtime quantize_dynamic."""
     import logging
 
     import nncf
     import onnxruntime as ort
     import openvino as ov
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgevit.host import cpu_info
 
     nncf.set_log_level(logging.WARNING)
     core = ov.Core()
-    fp32 = core.compile_model(ov.convert_model(str(onnx_path)), "CPU")
+    model = ov.convert_model(str(onnx_path))
+    compiled = {"OV FP32": core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}),
+                "OV default": core.compile_model(model, "CPU")}
+    if {"avx512_bf16", "amx_bf16"} & set(cpu_info()["features"]):
+        compiled["OV bf16 hint"] = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
     int8 = nncf.quantize(ov.convert_model(str(onnx_path)), nncf.Dataset([c[None] for c in calib]),
                          model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib))
-    int8 = core.compile_model(int8, "CPU")
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    r_fp32, r_int8 = fp32.create_infer_request(), int8.create_infer_request()
-    return {"openvino fp32 (convert_model)": lambda x: r_fp32.infer({0: x}),
-            "openvino int8 (nncf.quantize)": lambda x: r_int8.infer({0: x}),
-            "onnxruntime fp32 (default session)": lambda x: sess.run(None, {name: x})}
+    compiled["NNCF INT8"] = core.compile_model(int8, "CPU")
+    runs = {}
+    for key, c in compiled.items():
+        req = c.create_infer_request()
+        runs[key] = lambda x, req=req: req.infer({0: x})
+    dynamic = work / f"{Path(onnx_path).stem}.dynamic.onnx"
+    quantize_dynamic(str(onnx_path), str(dynamic), weight_type=QuantType.QInt8)
+    for key, path in (("ORT FP32", onnx_path), ("ORT dynamic INT8", dynamic)):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        runs[key] = lambda x, sess=sess, name=sess.get_inputs()[0].name: sess.run(None, {name: x})
+    return {k: runs[k] for k in PEERS if k in runs}
 
 
-def interleaved(runs: dict, x: np.ndarray, rounds: int, reps: int, pause_s: float = 0.1) -> dict[str, list]:
+def interleaved(runs: dict, x: np.ndarray, rounds: int, reps: int, pause_s: float = 0.25) -> dict[str, list]:
     """Every sample of every run, round-robin (edgevit.measure, as the build and bench time)."""
     from edgevit.measure import interleaved as round_robin, timed
 
@@ -139,10 +157,12 @@ def main() -> int:
         lines = [f"# edgevit's default engine vs peers by hand: {m.model['name']} (random weights), batch 1",
                  "", f"host: {host}", "",
                  f"`python tools/bench_backends.py --presets {args.presets}`; {args.rounds} rounds x {args.reps} "
-                 "runs per engine, interleaved; medians in ms; ratio = best peer / edgevit (>= 1: edgevit at least "
-                 "as fast).", "",
-                 "| preset | edgevit default (backend, engine) | edgevit | OV FP32 | NNCF INT8 | ORT FP32 | torch "
-                 "eager | best peer | ratio |", "|---|---|---|---|---|---|---|---|---|"]
+                 "runs per engine, interleaved with 0.25 s pauses (worker threads go idle between paths); torch "
+                 "eager timed apart afterwards (its spinning threads would inflate the others); the same input "
+                 "tensor for every path; medians in ms; ratio = best peer / edgevit (>= 1: edgevit at least as "
+                 "fast). \"OV default\" is a plain compile_model (on an AVX512-BF16 CPU it runs bf16).", "",
+                 "| preset | edgevit default (backend, engine) | edgevit | " + " | ".join(PEERS)
+                 + " | torch eager | best peer | ratio |", "|---" * (len(PEERS) + 6) + "|"]
         results = []
         with edgevit.load(bundle) as rt:
             ck = load_checkpoint(bundle / "model.pt").model.eval() if (bundle / "model.pt").is_file() else None
@@ -155,7 +175,7 @@ def main() -> int:
                 shape = tuple(runner.input_shape)
                 x = rng.standard_normal(shape).astype(np.float32)
                 calib = rng.standard_normal((32,) + shape[1:]).astype(np.float32)
-                runs = {"edgevit": runner.infer, **peers(bundle / p.onnx, calib)}
+                runs = {"edgevit": runner.infer, **peers(bundle / p.onnx, calib, Path(tmp))}
                 if ck is None:
                     torch.manual_seed(0)
                     from edgevit.models import create_model
@@ -167,16 +187,16 @@ def main() -> int:
                     with torch.inference_mode():
                         return ck(xt, p.resolution, p.keep_rate)
 
-                runs["torch eager fp32"] = eager
                 s = {k: statistics.median(t) for k, t in interleaved(runs, x, args.rounds, args.reps).items()}
+                s["torch eager fp32"] = statistics.median(interleaved({"torch": eager}, x, args.rounds, args.reps)["torch"])
                 peer = {k: t for k, t in s.items() if k not in ("edgevit", "torch eager fp32")}
                 best = min(peer, key=peer.get)
                 ratio = peer[best] / s["edgevit"]
                 results.append({"preset": name, "backend": info.backend, "engine": engine.chosen["id"],
                                 "ms": s, "best_peer": best, "ratio": ratio})
                 lines.append(f"| {name} | {info.backend} {engine.chosen['id']} | {s['edgevit']:.2f} | "
-                             + " | ".join(f"{peer[k]:.2f}" for k in peer) + f" | {s['torch eager fp32']:.2f} | "
-                             f"{best.split(' (')[0]} | **{ratio:.2f}x** |")
+                             + " | ".join(f"{peer[k]:.2f}" if k in peer else "n/a" for k in PEERS)
+                             + f" | {s['torch eager fp32']:.2f} | {best} | **{ratio:.2f}x** |")
                 log(lines[-1])
         lines += ["", f"Bundle built in {build_s:.0f} s. Engine mix: "
                   + "; ".join(f"{b}: {c}" for b, c in m.engine_mix["precisions"].items())]
