@@ -430,7 +430,7 @@ def test_engine_build_on_the_device_validates_and_records(orin_bundle, fake_devi
 
 
 def test_engine_build_refuses_the_wrong_gpu(orin_bundle, fake_device, tmp_path):
-    from edgevit.backends.tensorrt.device_build import DeviceBuild, engine_build
+    from edgevit.backends.tensorrt.device_build import engine_build
 
     bundle = _copy(orin_bundle[0], tmp_path / "bundle")
     fake_device["info"] = {"tensorrt": "10.3.0", "gpu": "H100", "compute_capability": "9.0", "l4t": None,

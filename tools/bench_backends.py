@@ -80,6 +80,8 @@ def peers(onnx_path: Path, calib: np.ndarray, work: Path) -> dict:
     nncf.set_log_level(logging.WARNING)
     core = ov.Core()
     model = ov.convert_model(str(onnx_path))
+    # "OV default" and NNCF INT8 are compiled with no precision hint on purpose: they are what a plain one-line
+    # compile gives a user (bf16 for float ops on an AVX512-BF16 CPU, f32 elsewhere); the other peers pin it.
     compiled = {"OV FP32": core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}),
                 "OV default": core.compile_model(model, "CPU")}
     if {"avx512_bf16", "amx_bf16"} & set(cpu_info()["features"]):

@@ -10,12 +10,9 @@ from __future__ import annotations
 import importlib
 from dataclasses import asdict, dataclass, field, replace
 
-from pathlib import Path
-
 import numpy as np
 
 from edgevit.errors import EdgevitError
-from edgevit.manifest import PENDING
 
 
 

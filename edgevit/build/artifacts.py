@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +47,6 @@ class Site:
     calib: np.ndarray | None = None
     calib_digest: str | None = None
     compile_cache: str | None = None
-
-    def at(self, bundle_dir: Path) -> "Site":
-        return replace(self, bundle_dir=Path(bundle_dir))
 
     def load(self, spec: EngineSpec):
         """A runner of ``spec`` through the compile cache."""

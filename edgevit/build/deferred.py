@@ -19,24 +19,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgevit.build.pipeline import Checks
+from edgevit.manifest import Manifest, PresetEntry
 
 
 @dataclass
 class Deferred:
     """A backend's engines left to (or built by) its device build, with what ``defer`` returned."""
 
-    backend: object
     module: object
     result: dict
 
-    def record(self, manifest: dict) -> None:
+    def record(self, manifest: Manifest) -> None:
         self.module.record_device_build(manifest, self.result["summary"], self.result["reason"])
 
-    def pending(self, manifest: dict, bundle: Path, target: str) -> str | None:
+    def pending(self, manifest: Manifest, bundle: Path, target: str) -> str | None:
         return self.module.pending_note(manifest, self.result, Path(bundle), target)
 
 
-def defer(backends, bundle_dir: Path, entries: list[dict], profile, checks: Checks, opts) -> Deferred | None:
+def defer(backends, bundle_dir: Path, entries: list[PresetEntry], profile, checks: Checks,
+          opts) -> Deferred | None:
     """The first of ``backends`` whose engines are built on the device: its device build's first half
     (``opts``: the build's options, for ``measure`` and ``log``). None where every engine is built here."""
     backend = next((b for b in backends if b.device_build), None)
@@ -44,4 +45,4 @@ def defer(backends, bundle_dir: Path, entries: list[dict], profile, checks: Chec
         return None
     module = importlib.import_module(backend.device_build)
     how = module.DeviceBuild(measure=opts.measure, log=opts.log)
-    return Deferred(backend, module, module.defer(backend, Path(bundle_dir), entries, profile, checks, how))
+    return Deferred(module, module.defer(backend, Path(bundle_dir), entries, profile, checks, how))

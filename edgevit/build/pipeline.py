@@ -1,13 +1,14 @@
 """One candidate pipeline: build a candidate, gate it at every preset it serves, measure it, say why.
 
-The per-preset build (``builder.static_engines``), the shared-weight build (``shared_build``) and the
+The per-preset build (``builder.static_engines``), the shared-weight build (``build.shared``) and the
 TensorRT build on the device (``backends.tensorrt.device_build``) all run ``run_candidate`` and ``choose``.
 They differ only in the ``Job`` they pass in: what compiles a candidate, which runners check it (one preset,
 or every preset of a shared engine) and whether its latency is measured at once (on the device, one engine
 at a time) or later, in one interleaved pass over every passing candidate (the build).
 
-A ``CandidateResult`` is typed; its manifest records (``record``) are made from it in one place, and the
-chooser (``choose``) applies ``edgevit.build.selection``'s rule to them.
+A ``CandidateResult`` is typed and holds its manifest records (one per preset, made in ``_check``); the
+chooser (``choose``) applies ``edgevit.build.selection``'s rule to them and ``entry_for`` makes the
+manifest's ``EngineEntry``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Job:
     """How one kind of build runs a candidate.
 
     ``build(candidate)`` -> (spec, whether it came from a cache); ``runners(spec)`` -> {preset: runner} (the
-    presets the engine serves); ``notes(spec)`` -> extra record fields (an engine validated on another runtime
+    presets the engine serves); ``notes(spec, preset)`` -> extra record fields (an engine validated on another runtime
     says which); ``measure_now``: time each runner right after it passes (the device build)."""
 
     checks: Checks
@@ -94,21 +95,26 @@ class CandidateResult:
         return [p for p, r in self.records.items() if not r.get("skipped") and not r["gate"]["passed"]]
 
     def latency(self) -> dict | None:
-        """The candidate's latency over its presets: the one preset's record, or for an engine serving several
-        the geometric mean of the p50s and of each round (every preset measured in the same pass)."""
-        lats = [r.get("latency_ms") for r in self.records.values()]
-        if not lats or not all(lats):
-            return None
-        if len(lats) == 1:
-            return lats[0]
-        rounds = list(zip(*(lat["rounds"] for lat in lats)))
-        return {"p50": geomean(lat["p50"] for lat in lats), "rounds": [geomean(r) for r in rounds],
-                "over": f"geometric mean over {len(lats)} presets"}
+        """The candidate's latency over its presets (``over_presets``)."""
+        return over_presets([r.get("latency_ms") for r in self.records.values()])
 
 
 def geomean(values) -> float:
     values = [v for v in values if v and v > 0]
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else 0.0
+
+
+def over_presets(lats: list) -> dict | None:
+    """One latency record for an engine serving several presets: the one preset's record, or the geometric
+    mean of the p50s and of each round (every preset measured in the same pass). None unless every preset
+    was measured."""
+    if not lats or not all(lats):
+        return None
+    if len(lats) == 1:
+        return lats[0]
+    rounds = list(zip(*(lat["rounds"] for lat in lats)))
+    return {"p50": geomean(lat["p50"] for lat in lats), "rounds": [geomean(r) for r in rounds],
+            "over": f"geometric mean over {len(lats)} presets"}
 
 
 def run_candidate(job: Job, candidate: Candidate, log=None) -> CandidateResult:

@@ -36,8 +36,8 @@ from edgevit.manifest import EngineEntry
 from edgevit.build.selection import choose_backend
 from edgevit.build import artifacts as engine_cache
 from edgevit.build.artifacts import Site, compile_cached
-from edgevit.build.pipeline import (CandidateResult, Checks, Choice, Job, choose, discard_failed, entry_for, geomean,
-                              measure_results, remove_unchosen, run_candidate)
+from edgevit.build.pipeline import (CandidateResult, Checks, Choice, Job, choose, discard_failed, entry_for,
+                                    measure_results, over_presets, remove_unchosen, run_candidate)
 
 ONNX_FILE = "onnx/shared.onnx"
 INPUTS_FILE = "engines/shared-inputs.npz"
@@ -118,9 +118,10 @@ class SharedGraph:
     onnx: Path
     sources: Path | None = None
 
-    def spec_for(self, spec: EngineSpec, preset) -> EngineSpec:
-        """``spec`` selecting ``preset``: its binding in the settings."""
-        shared = binding(self.model, preset, self.presets.index(preset))
+    def spec_for(self, spec: EngineSpec, name: str) -> EngineSpec:
+        """``spec`` selecting the preset ``name``: its binding in the settings."""
+        i = [p.name for p in self.presets].index(name)
+        shared = binding(self.model, self.presets[i], i)
         return EngineSpec(**{**spec.to_dict(), "settings": {**spec.settings, "shared": shared}})
 
     def source(self, backend_name: str, cand) -> Path:
@@ -136,7 +137,8 @@ def shared_job(graph: SharedGraph, site: Site, checks: Checks) -> Job:
     """The shared build's job: one engine for every preset, checked at each of them."""
     b = site.backend
     return Job(checks, build=lambda cand: compile_cached(site, graph.source(b.name, cand), "shared", cand),
-               runners=lambda spec: {p.name: b.load(site.bundle_dir, graph.spec_for(spec, p)) for p in graph.presets},
+               runners=lambda spec: {p.name: b.load(site.bundle_dir, graph.spec_for(spec, p.name))
+                                     for p in graph.presets},
                bundle_dir=site.bundle_dir)
 
 
@@ -153,8 +155,8 @@ def build_shared(graph: SharedGraph, sites: dict, checks: Checks, measure: bool,
         discard_failed(work[b], site.bundle_dir)
     if measure:
         t0 = time.perf_counter()
-        n = measure_results({b: (lambda r, p, s=sites[b]: s.backend.load(s.bundle_dir, graph.spec_for(
-            r.spec, next(q for q in graph.presets if q.name == p))), rs) for b, rs in work.items()}, checks.x)
+        n = measure_results({b: (lambda r, p, s=sites[b]: s.backend.load(s.bundle_dir, graph.spec_for(r.spec, p)), rs)
+                             for b, rs in work.items()}, checks.x)
         log(f"[latency] {n} preset x candidate runners on shared engines measured interleaved "
             f"({time.perf_counter() - t0:.1f} s)")
     out: dict[str, dict] = {p.name: {} for p in graph.presets}
@@ -162,7 +164,7 @@ def build_shared(graph: SharedGraph, sites: dict, checks: Checks, measure: bool,
         chosen, why = choose(work[b], measure)
         remove_unchosen(work[b], chosen, site.bundle_dir)
         for p in graph.presets:
-            out[p.name][b] = entry_for(Choice(chosen, why, work[b]), p.name, graph.spec_for(chosen.spec, p),
+            out[p.name][b] = entry_for(Choice(chosen, why, work[b]), p.name, graph.spec_for(chosen.spec, p.name),
                                        site.profile.preferred, measure)
     set_default(out, graph.presets, list(sites), measure)
     return out
@@ -172,22 +174,13 @@ def set_default(out: dict, presets, order: list[str], measure: bool, excluded: d
     """One default backend for every preset (two shared engines resident would double the memory): the
     fastest by the geometric mean over presets, among the backends not ``excluded`` (name -> why)."""
     excluded = excluded or {}
-    totals = {b: EngineEntry("ok", latency_ms=_aggregate([out[p.name][b] for p in presets]))
+    totals = {b: EngineEntry("ok", latency_ms=over_presets([out[p.name][b].latency_ms for p in presets]))
               for b in order if b not in excluded}
     default, why = choose_backend(totals, [b for b in order if b not in excluded], measure)
     note = "".join(f"; not {b}: {reason}" for b, reason in excluded.items())
     for p in presets:
         out[p.name]["default"] = {"backend": default, "why": f"for every preset (shared weights): {why}{note}"}
 
-
-def _aggregate(records: list) -> dict | None:
-    """One latency record over all presets' engine entries: geometric means of the p50s and of each round."""
-    lats = [r.latency_ms for r in records if r.latency_ms]
-    if len(lats) != len(records) or not lats:
-        return None
-    rounds = list(zip(*(lat["rounds"] for lat in lats)))
-    return {"p50": geomean(lat["p50"] for lat in lats), "rounds": [geomean(r) for r in rounds],
-            "over": f"geometric mean over {len(lats)} presets"}
 
 
 def copy_into(onnx_src: Path, bundle_dir: Path) -> None:

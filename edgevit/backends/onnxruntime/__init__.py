@@ -15,6 +15,7 @@ from edgevit.backends.onnxruntime.runner import GPU_PROVIDERS, OrtRunner
 from edgevit.backends.shared import shared_runner
 from edgevit.fields import F
 
+
 def provider_options(precision: str, profile) -> dict:
     """Options per execution provider (names as in ONNX Runtime's TensorRT/CUDA provider documentation)."""
     own = profile.onnxruntime

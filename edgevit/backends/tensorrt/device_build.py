@@ -181,7 +181,7 @@ def finish(bundle_dir: Path, entries: list, checks, todo: list[str] | None = Non
     with an INT8 candidate beside FP16 keeps INT8 only where it passes the gate and measures faster. Entries
     are updated in place; returns ``{"built": n, "failed": [...], "built_on": {...}}``."""
     from edgevit.backends.tensorrt.gpu import device_info
-    from edgevit.build.pipeline import choose, run_candidate
+    from edgevit.build.pipeline import choose, discard_failed, remove_unchosen, run_candidate
 
     here = device_info()
     built, failed = 0, []
@@ -200,10 +200,10 @@ def finish(bundle_dir: Path, entries: list, checks, todo: list[str] | None = Non
         for r in results:
             _log_engine(e.name, r, how.log)
         chosen, why = choose(results, measured=how.measure)
-        for r in results:
-            if r is not chosen:
-                (bundle_dir / r.spec.settings["engine"]).unlink(missing_ok=True)
-        if chosen is None:
+        discard_failed(results, bundle_dir)
+        if chosen is not None:
+            remove_unchosen(results, chosen, bundle_dir)
+        else:
             t.status = "failed-validation"
             t.extra["device_attempts"] = [r.records[e.name] for r in results]
             t.reason = "; ".join(f"{r.id}: {r.records[e.name]['reason']}" for r in results)
