@@ -49,6 +49,17 @@ def test_speedup_and_fraction_of_peak():
     assert rs[2]["fraction_of_peak"] == pytest.approx(10.0 / 100.0)
 
 
+def test_theoretical_peak_is_cores_times_clock_times_the_isas_multiply_adds():
+    from edgevit.bench.peak import theoretical_peak
+
+    vnni = theoretical_peak(["avx2", "avx512f", "avx512_vnni", "avx512_bf16"], cores=2, mhz=2500.0)
+    assert vnni == {"int8": 2 * 2.5 * 128, "bf16": 2 * 2.5 * 64, "fp32": 2 * 2.5 * 32}
+    assert theoretical_peak(["avx2"], cores=4, mhz=3000.0) == {"int8": 4 * 3.0 * 32, "fp32": 4 * 3.0 * 16}
+    assert theoretical_peak(["amx_int8", "avx512_vnni"], cores=1, mhz=1000.0)["int8"] == 1024
+    assert theoretical_peak(["avx512_vnni"], cores=2, mhz=None) == {"int8": None}
+    assert theoretical_peak([], cores=2, mhz=2000.0) == {}
+
+
 def test_rapl_sensor_with_wraparound(tmp_path):
     d = tmp_path / "class/powercap/intel-rapl:0"
     d.mkdir(parents=True)

@@ -365,18 +365,49 @@ def test_a_precision_slower_than_the_floor_on_the_largest_preset_is_not_built_fo
     assert unmeasured.slower == {}
 
 
-def test_a_candidate_the_host_cannot_run_is_recorded_with_why(tmp_path):
+def test_the_int8_bf16_recipe_is_the_nncf_engine_with_bf16_pinned_for_its_float_ops(built, tmp_path):
+    """Built from the same graph and calibration as ``int8``, it differs only in the precision the CPU plugin is
+    told to run the ops left in float; the bundle records it (compiling needs no bf16 CPU, running it does)."""
     from edgevit.backends.openvino import BACKEND as OV
     from edgevit.build.profiles import load_profile
 
-    cands = {c.id: c for c in OV.candidates(load_profile("x86-cpu"))}
-    assert [c for c in cands] == ["int8", "int8-mixed", "bf16", "fp32"] and cands["fp32"].floor
-    from edgevit.host import cpu_info
+    out, _, _ = built
+    profile = load_profile("x86-cpu")
+    calib = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    cands = {c.id: c for c in OV.recipes("int8", profile)}
+    spec = OV.compile(out / "onnx" / "r32-k1.onnx", tmp_path, "r32-k1", cands["int8-bf16"], calib, profile)
+    base = OV.compile(out / "onnx" / "r32-k1.onnx", tmp_path, "r32-k1", cands["int8"], calib, profile)
+    assert spec.precision == base.precision == "int8" and spec.file.endswith("r32-k1.int8-bf16.xml")
+    assert spec.settings["inference_precision"] == "bf16" and base.settings["inference_precision"] == "f32"
+    assert {k: v for k, v in spec.settings.items() if k != "inference_precision"} == \
+        {k: v for k, v in base.settings.items() if k != "inference_precision"}
+    assert spec.quantization == base.quantization
+    m = read_manifest(out).to_dict()
+    for p in m["presets"]:
+        e = p["engines"]["openvino"]
+        rec = {c["id"]: c for c in e["candidates"]}["int8-bf16"]
+        assert rec.get("skipped") or "passed" in rec, rec        # built and gated, or skipped with why
+        if e["chosen"]["id"] == "int8-bf16":
+            assert e["engine"]["settings"]["inference_precision"] == e["inference_precision"] == "bf16"
 
-    has_bf16 = bool({"avx512_bf16", "amx_bf16"} & set(cpu_info()["features"]))
-    assert (cands["bf16"].skip is None) == has_bf16
-    if not has_bf16:
-        assert "AVX512-BF16" in cands["bf16"].skip
+
+def test_a_candidate_the_host_cannot_run_is_recorded_with_why(monkeypatch):
+    """On a CPU without bf16 kernels both bf16 recipes are skipped with why; with them, neither is (the ISA is
+    made up both ways, so the rule is checked on every host)."""
+    import edgevit.host as host
+    from edgevit.backends.openvino import BACKEND as OV
+    from edgevit.build.profiles import load_profile
+
+    real = host.cpu_info()
+    for features, has_bf16 in ((["avx2", "avx512_vnni", "avx512_bf16"], True), (["avx2"], False)):
+        monkeypatch.setattr(host, "cpu_info", lambda f=features: {**real, "features": f})
+        cands = {c.id: c for c in OV.candidates(load_profile("x86-cpu"))}
+        assert [c for c in cands] == ["int8", "int8-bf16", "int8-mixed", "bf16", "fp32"] and cands["fp32"].floor
+        for cid in ("bf16", "int8-bf16"):
+            assert (cands[cid].skip is None) == has_bf16
+            if not has_bf16:
+                assert "AVX512-BF16" in cands[cid].skip
+        assert cands["int8"].skip is None and cands["int8-bf16"].precision == "int8"
 
 
 def test_killed_build_leaves_nothing_at_output(quick_checkpoint, tmp_path):

@@ -111,6 +111,40 @@ def interleaved(runs: dict, x: np.ndarray, rounds: int, reps: int, pause_s: floa
     return samples
 
 
+def flops_lines(m, results: list, cpu: dict) -> list[str]:
+    """Does latency follow FLOPs? Each preset's achieved rate against the host's theoretical peak (cores x
+    clock x multiply-adds per cycle of its ISA), and the largest over the smallest preset's p50 beside their
+    FLOPs ratio, both as this run measured them and as the build's own latency pass did."""
+    from edgevit.bench.peak import cpu_mhz, theoretical_peak
+
+    mhz = cpu_mhz()
+    peak = theoretical_peak(cpu["features"], cpu["cores"], mhz)
+    lines = ["", f"Theoretical peak: {cpu['cores']} cores x {mhz or '?'} MHz x multiply-adds per cycle "
+             "(2 vector ports): " + ", ".join(f"{k} {v:.0f} GMAC/s" for k, v in peak.items() if v) + ".", "",
+             "| preset | GMAC | edgevit ms | GMAC/s | % of its precision's peak | build's p50 ms |",
+             "|---|---|---|---|---|---|"]
+    by_name = {r["preset"]: r for r in results}
+    for name, r in by_name.items():
+        p = m.preset(name)
+        e = p.engines[r["backend"]]
+        rate = p.flops / 1e9 / (r["ms"]["edgevit"] / 1e3)
+        top = peak.get(e.precision)
+        r.update(gmacs=p.flops / 1e9, gmac_per_s=rate, fraction_of_peak=rate / top if top else None,
+                 build_p50_ms=e.latency("p50"))
+        lines.append(f"| {name} | {p.flops / 1e9:.2f} | {r['ms']['edgevit']:.2f} | {rate:.0f} | "
+                     + (f"{100 * rate / top:.0f}%" if top else "n/a") + f" | {e.latency('p50') or 'n/a'} |")
+    if len(by_name) > 1:
+        big = max(by_name, key=lambda n: m.preset(n).flops)
+        small = min(by_name, key=lambda n: m.preset(n).flops)
+        flops = m.preset(big).flops / m.preset(small).flops
+        here = by_name[big]["ms"]["edgevit"] / by_name[small]["ms"]["edgevit"]
+        line = f"{big} / {small}: FLOPs {flops:.1f}x, p50 here {here:.1f}x"
+        if by_name[big]["build_p50_ms"] and by_name[small]["build_p50_ms"]:
+            line += f", in the build's latency pass {by_name[big]['build_p50_ms'] / by_name[small]['build_p50_ms']:.1f}x"
+        lines += ["", line + "."]
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="supervit-deit-s")
@@ -202,6 +236,7 @@ def main() -> int:
                 log(lines[-1])
         lines += ["", f"Bundle built in {build_s:.0f} s. Engine mix: "
                   + "; ".join(f"{b}: {c}" for b, c in m.engine_mix["precisions"].items())]
+        lines += flops_lines(m, results, cpu)
         text = "\n".join(lines) + "\n"
         print(text)
         if args.md:

@@ -65,3 +65,37 @@ def int8_peak(n: int = 1024, reps: int = 5, threads: int = 0) -> float | None:
     feeds = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
     del onnx
     return _best_rate(lambda: sess.run(None, feeds), float(n) ** 3, reps)
+
+
+# Multiply-adds per cycle per core of the widest kernels each ISA has, assuming two vector multiply-add ports
+# (Intel server cores, AMD Zen 5; one-port parts reach half): INT8 (VNNI vpdpbusd: 64 per 512-bit
+# instruction; AMX TDPBUSD: 1024 a cycle), BF16 (vdpbf16ps: 32; AMX: 512) and FP32 FMA (16 per 512-bit).
+_MACS_PER_CYCLE = (
+    ("amx_int8", "int8", 1024), ("avx512_vnni", "int8", 128), ("avx2", "int8", 32),
+    ("amx_bf16", "bf16", 512), ("avx512_bf16", "bf16", 64),
+    ("avx512f", "fp32", 32), ("avx2", "fp32", 16),
+)
+
+
+def cpu_mhz() -> float | None:
+    """The clock /proc/cpuinfo reports (nominal on a VM; turbo not counted), or None where it says none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "cpu MHz":
+                    return float(value)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def theoretical_peak(features, cores: int, mhz: float | None) -> dict[str, float | None]:
+    """GMAC/s per precision (1 multiply-add = 1 op, as the model FLOP counts): cores x clock x multiply-adds
+    per cycle of the best kernel the listed ``features`` allow; None where the clock is unknown."""
+    have = set(features)
+    peak: dict[str, float | None] = {}
+    for flag, precision, per_cycle in _MACS_PER_CYCLE:
+        if flag in have and precision not in peak:
+            peak[precision] = None if mhz is None else cores * mhz * 1e6 * per_cycle / 1e9
+    return peak
