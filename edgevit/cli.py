@@ -205,23 +205,28 @@ def eval_cmd(checkpoint, data, model, presets, trust_checkpoint):
                    "(dynamic: less memory, slower requests); ONNX Runtime runs the dynamic-shape graph.")
 @click.option("--no-latency", is_flag=True,
               help="Skip the latency pass: the profile's preference order then picks each engine.")
+@click.option("--request-interval-ms", default=None, type=click.FloatRange(0, 10000),
+              help="How often the device serves a request (33: a 30 fps camera; 0: back to back). The latency "
+                   "pass times each request after that much idle, where idle cores cost some engines more than "
+                   "others (profile default: runtime.request_interval_ms, 0).")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow full pickle loading of --checkpoint (trusted files only).")
 def build_cmd(target, model, checkpoint, data, out, presets, resolutions, batch, cache_dir, no_checkpoint, precision,
-              max_top1_drop, min_agreement, calib_samples, shared_weights, no_latency, trust_checkpoint):
+              max_top1_drop, min_agreement, calib_samples, shared_weights, no_latency, request_interval_ms,
+              trust_checkpoint):
     """Export, quantize, validate, measure and bundle every preset for a target.
 
     \b
     Stages, per preset:  ONNX export (static shapes) -> onnx.checker -> onnxslim -> FP32 parity of
     ONNX Runtime against torch -> candidates per backend, in the profile's precision preference
-      OpenVINO:     NNCF INT8 (transformer) | mixed INT8 (NNCF accuracy control, where INT8 fails the gate)
-                    | BF16 (CPUs with AVX512-BF16/AMX) | FP32
+      OpenVINO:     NNCF INT8 (transformer) | the same with its float ops in BF16 | mixed INT8 (NNCF
+                    accuracy control, where INT8 fails the gate) | BF16 (both: CPUs with AVX512-BF16/AMX) | FP32
       ONNX Runtime: static QDQ INT8 | dynamic INT8 | FP32
     -> validation of every candidate (top-1, agreement with torch FP32 with its n and confidence bound)
     -> the gate drops candidates that lose accuracy beyond the noise.
     Presets go largest first: a candidate slower than FP32 there (interleaved probe) is not built for
     the smaller ones, and the manifest says why.
-    Then every passing candidate of every preset and backend is timed in one interleaved pass, and each
-    preset ships the fastest: a reduced precision only where it beats FP32 beyond the noise. Each preset
+    Then every passing candidate of every preset and backend is timed in one interleaved pass (each
+    request after --request-interval-ms idle, as the device will serve them), and each preset ships the fastest: a reduced precision only where it beats FP32 beyond the noise. Each preset
     runs by default on the backend measured fastest. When this host is not the target, the profile's
     preference order decides. The manifest records every candidate and why one was chosen; the bundle
     appears only when complete.
@@ -245,6 +250,7 @@ def build_cmd(target, model, checkpoint, data, out, presets, resolutions, batch,
                        trust_checkpoint=trust_checkpoint, include_checkpoint=not no_checkpoint,
                        measure=not no_latency, max_top1_drop=max_top1_drop, min_agreement=min_agreement,
                        calib_samples=calib_samples, shared_weights=shared_weights,
+                       request_interval_ms=request_interval_ms,
                        precision=[x.strip() for x in precision.split(",") if x.strip()] if precision else None))
 
 
@@ -360,6 +366,9 @@ def _names(value, option: str = "--presets"):
               help="Seconds per engine over all repeats [default: 1.5].")
 @click.option("--iterations", default=None, type=click.IntRange(1), help="Inferences per engine instead of --duration.")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1), help="Interleaved rounds.")
+@click.option("--interval-ms", default=None, type=click.FloatRange(0),
+              help="Idle before each timed request, as a device serving one every INTERVAL ms does (33: a 30 fps "
+                   "camera; 0: back to back). Default: the bundle's runtime.request_interval_ms, as the build timed.")
 @click.option("--accuracy", is_flag=True, help="Re-measure top-1 on the validation split (default: the manifest's).")
 @click.option("--no-baseline", is_flag=True, help="Skip the torch eager FP32 baseline.")
 @click.option("--power-modes", default=None, help="Jetson (root): repeat in each nvpmodel mode, e.g. MAXN,30W,15W.")
@@ -367,8 +376,8 @@ def _names(value, option: str = "--presets"):
 @click.option("--md", "md_out", default=None, metavar="FILE", help="[default: bench/<bundle>.md]")
 @click.option("--plot", "plot_out", default=None, metavar="FILE.png", help="[default: bench/<bundle>.png]")
 @click.option("--no-plot", is_flag=True, help="Write no plot (also skipped, with a note, without matplotlib).")
-def bench_cmd(bundle, presets, backends, batches, threads, warmup, duration, iterations, repeats, accuracy, no_baseline,
-              power_modes, json_out, md_out, plot_out, no_plot):
+def bench_cmd(bundle, presets, backends, batches, threads, warmup, duration, iterations, repeats, interval_ms, accuracy,
+              no_baseline, power_modes, json_out, md_out, plot_out, no_plot):
     """Latency, throughput, memory, accuracy and energy of every preset and backend, beside torch eager.
 
     \b
@@ -405,7 +414,7 @@ def bench_cmd(bundle, presets, backends, batches, threads, warmup, duration, ite
     result = run_bench(BenchOptions(
         bundle=bundle, presets=_names(presets), backends=_names(backends, "--backends"), batches=batches,
         threads=threads, warmup_s=warmup, duration_s=None if iterations else (duration or 1.5),
-        iterations=iterations, repeats=repeats, accuracy=accuracy, baseline=not no_baseline,
+        iterations=iterations, repeats=repeats, interval_ms=interval_ms, accuracy=accuracy, baseline=not no_baseline,
         power_modes=_names(power_modes, "--power-modes"), log=lambda m: click.echo(m, err=True)))
     for p in (json_out, md_out, plot_out):
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -17,11 +17,16 @@ clock = time.perf_counter
 pause = time.sleep
 
 
-def timed(fn, x, seconds: float | None = None, iterations: int | None = None) -> list[float]:
-    """Milliseconds of each call of ``fn(x)``: ``iterations`` calls, or as many as fit in ``seconds``."""
+def timed(fn, x, seconds: float | None = None, iterations: int | None = None,
+          interval_s: float = 0.0) -> list[float]:
+    """Milliseconds of each call of ``fn(x)``: ``iterations`` calls, or as many as fit in ``seconds``.
+    ``interval_s``: idle that long before each call, untimed, as a device serving a request every ``interval_s``
+    does (the cores go idle between requests, which costs some engines much more than others)."""
     times = []
     deadline = clock() + (seconds or 0)
     while (iterations is not None and len(times) < iterations) or (iterations is None and clock() < deadline):
+        if interval_s:
+            pause(interval_s)
         t0 = clock()
         fn(x)
         times.append((clock() - t0) * 1e3)
@@ -49,17 +54,18 @@ def concurrent(fn, x, workers: int, seconds: float) -> tuple[int, float]:
     return sum(counts), time.perf_counter() - t0
 
 
-def interleaved(fns: dict, xs: dict, rounds: int, iters: dict, pause_s: float = 0.03) -> tuple[dict, dict]:
+def interleaved(fns: dict, xs: dict, rounds: int, iters: dict, pause_s: float = 0.03,
+                interval_s: float = 0.0) -> tuple[dict, dict]:
     """``rounds`` round-robin rounds; in each, ``fns[k](xs[k])`` is called once untimed (after ``pause_s``,
-    so the previous engine's pool goes idle) and ``iters[k]`` times timed. Returns every sample and each
-    round's median, per key, in milliseconds."""
+    so the previous engine's pool goes idle) and ``iters[k]`` times timed, each after ``interval_s`` idle.
+    Returns every sample and each round's median, per key, in milliseconds."""
     samples = {k: [] for k in fns}
     per_round = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
             pause(pause_s)
             fn(xs[k])
-            t = timed(fn, xs[k], iterations=iters[k])
+            t = timed(fn, xs[k], iterations=iters[k], interval_s=interval_s)
             samples[k] += t
             per_round[k].append(round(float(np.median(t)), 4))
     return samples, per_round
@@ -71,28 +77,34 @@ def percentiles(ms) -> dict:
             "p99": round(float(np.percentile(t, 99)), 4), "iters": int(len(t))}
 
 
-def measure_latency(runner, sample: np.ndarray, warmup: int = 10, iters: int = 50) -> dict:
-    """Median and tail latency of one static-shape inference of one runner."""
+def measure_latency(runner, sample: np.ndarray, warmup: int = 10, iters: int = 50, interval_s: float = 0.0) -> dict:
+    """Median and tail latency of one static-shape inference of one runner, each after ``interval_s`` idle."""
     x = np.ascontiguousarray(sample[: runner.input_shape[0]])
     timed(runner.infer, x, iterations=warmup)
-    return percentiles(timed(runner.infer, x, iterations=iters))
+    pattern = {"interval_ms": round(interval_s * 1e3, 3)} if interval_s else {}
+    return {**percentiles(timed(runner.infer, x, iterations=iters, interval_s=interval_s)), **pattern}
 
 
 def measure_latencies_interleaved(runners: dict, sample: np.ndarray, rounds: int = 5, budget_s: float = 0.15,
-                                  max_iters: int = 40, pause_s: float = 0.03) -> dict[str, dict]:
+                                  max_iters: int = 40, pause_s: float = 0.03,
+                                  interval_s: float = 0.0) -> dict[str, dict]:
     """Latency of several runners measured round-robin (``interleaved``), each round about ``budget_s`` per
     runner. A preset's figures are measured once per build and seed the Pareto front the switcher chooses
     from; timed one after another, right after each quantization, they ordered presets by when they were
     built rather than by their cost. Each result keeps every round's median (``rounds``), so two engines can
-    be compared round by round: what ``edgevit.build.selection`` calls faster beyond the noise."""
+    be compared round by round: what ``edgevit.build.selection`` calls faster beyond the noise.
+    ``interval_s``: the time between requests the device serves (the profile's ``runtime.request_interval_ms``);
+    each timed request comes after that much idle, and the figures say so (``interval_ms``)."""
     xs = {name: np.ascontiguousarray(sample[: r.input_shape[0]]) for name, r in runners.items()}
     iters = {}
     for name, r in runners.items():
         timed(r.infer, xs[name], iterations=3)
         one = max(timed(r.infer, xs[name], iterations=1)[0] / 1e3, 1e-5)
-        iters[name] = int(min(max_iters, max(5, budget_s / one)))
-    samples, per_round = interleaved({k: r.infer for k, r in runners.items()}, xs, rounds, iters, pause_s)
-    return {name: {**percentiles(t), "interleaved": True, "rounds": per_round[name]} for name, t in samples.items()}
+        iters[name] = int(min(max_iters, max(5, budget_s / (one + interval_s))))
+    samples, per_round = interleaved({k: r.infer for k, r in runners.items()}, xs, rounds, iters, pause_s, interval_s)
+    pattern = {"interval_ms": round(interval_s * 1e3, 3)} if interval_s else {}
+    return {name: {**percentiles(t), "interleaved": True, **pattern, "rounds": per_round[name]}
+            for name, t in samples.items()}
 
 
 def measure_into_records(loads: dict, sample: np.ndarray, **timing) -> int:

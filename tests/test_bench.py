@@ -60,6 +60,25 @@ def test_theoretical_peak_is_cores_times_clock_times_the_isas_multiply_adds():
     assert theoretical_peak([], cores=2, mhz=2000.0) == {}
 
 
+def test_timed_idles_before_each_request_and_does_not_count_the_idle(monkeypatch):
+    import edgevit.measure as measure
+
+    now, pauses = [0.0], []
+    monkeypatch.setattr(measure, "clock", lambda: now[0])
+
+    def pause(s):
+        pauses.append(s)
+        now[0] += s
+
+    def work(_):
+        now[0] += 0.002
+
+    monkeypatch.setattr(measure, "pause", pause)
+    assert measure.timed(work, None, iterations=4, interval_s=0.033) == pytest.approx([2.0] * 4)
+    assert pauses == [0.033] * 4
+    assert measure.timed(work, None, iterations=3) == pytest.approx([2.0] * 3) and len(pauses) == 4
+
+
 def test_rapl_sensor_with_wraparound(tmp_path):
     d = tmp_path / "class/powercap/intel-rapl:0"
     d.mkdir(parents=True)
@@ -174,6 +193,15 @@ def test_cli_writes_four_outputs_and_names_bad_input(built, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(j.read_text())["schema"] == "edgevit-bench" and md.read_text().startswith("# edgevit bench")
     assert png.exists() and "p50 ms" in res.output
+    # the bundle's request interval (the build's, 0 here) unless --interval-ms names one; the report says which
+    assert json.loads(j.read_text())["settings"]["interval_ms"] == 0 and "requests back to back" in md.read_text()
+    res = CliRunner().invoke(cli, ["bench", str(out), "--presets", "r16-k0.5", "--iterations", "3", "--warmup", "0",
+                                   "--repeats", "1", "--interval-ms", "5", "--no-baseline", "--json", str(j),
+                                   "--md", str(md), "--no-plot"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(j.read_text())["settings"]["interval_ms"] == 5 and "after 5 ms idle" in md.read_text()
+    bad = CliRunner().invoke(cli, ["bench", str(out), "--interval-ms", "-1"])
+    assert bad.exit_code == 2 and "--interval-ms" in bad.output
     bad = CliRunner().invoke(cli, ["bench", str(out), "--presets", "r99-k1"])
     assert bad.exit_code == 2 and "unknown preset(s) r99-k1" in bad.output
     bad = CliRunner().invoke(cli, ["bench", str(out), "--batch", "1,x"])

@@ -326,6 +326,67 @@ def test_a_passing_candidate_slower_than_fp32_does_not_ship(tmp_path, counted_cl
     assert sorted(p.name for p in bundle.iterdir()) == ["r32-k1.fp32"]
 
 
+class _WakingRunner(_NoisyRunner):
+    """Pays ``wake`` seconds more when it was idle for 10 ms or more before a call, as an engine whose worker
+    threads went to sleep does; the counted clock tells it how long it was idle."""
+
+    def __init__(self, *args, wake: float = 0.0):
+        super().__init__(*args)
+        self.wake, self.last = wake, None
+
+    def infer(self, batch):
+        idle = self.last is None or self.clock.now - self.last >= 0.010
+        if idle:
+            self.clock.now += self.wake
+        out = super().infer(batch)
+        self.last = self.clock.now
+        return out
+
+
+@pytest.mark.parametrize("interval_ms, chosen", [(0, "int8"), (33, "bf16")])
+def test_the_latency_pass_times_each_request_after_the_profiles_request_interval(tmp_path, counted_clock,
+                                                                                 monkeypatch, interval_ms, chosen):
+    """INT8 is faster back to back but pays 2 ms after idle; timed as a device serving a request every 33 ms,
+    the build ships the engine that is faster there, and the figures say under which interval they were taken."""
+    from edgevit.build.builder import Probing, build_candidates, engine_entry, measure_candidates
+    from edgevit.models import create_model
+
+    import edgevit.measure as measure
+
+    pauses = []
+
+    def pause(s):
+        pauses.append(s)
+        counted_clock.now += s
+
+    monkeypatch.setattr(measure, "pause", pause)
+    latency = {"int8": 0.0005, "int8-mixed": 0.0005, "bf16": 0.001, "fp32": 0.003}
+    backend, site, job = _fake_site(tmp_path, latency, counted_clock, n=1000, profile_text=(
+        f"precision: [int8, bf16, fp32]\nruntime: {{request_interval_ms: {interval_ms}}}\n"))
+    backend.load = lambda bundle_dir, spec: _WakingRunner(
+        backend.ref, "bf16" if spec.precision == "int8" else spec.precision,   # every candidate passes the gate
+        latency[spec.settings["id"]], counted_clock, wake=0.002 if spec.precision == "int8" else 0.0)
+    assert site.profile.request_interval_s == interval_ms / 1e3
+    cands = build_candidates(site, job, create_model("supervit-nano").preset("r32-k1"), Probing())
+    measure_candidates({"fake": site}, {("r32-k1", "fake"): cands}, job.checks.x, lambda m: None)
+    entry = engine_entry(cands, site.bundle_dir, site.profile, measured=True).to_dict()
+    by_id = {c["id"]: c for c in entry["candidates"]}
+    assert entry["chosen"]["id"] == chosen
+    if interval_ms:
+        assert by_id["int8"]["latency_ms"]["p50"] == 2.5 and by_id["bf16"]["latency_ms"]["p50"] == 1.0
+        assert by_id["int8"]["latency_ms"]["interval_ms"] == 33 and pauses.count(0.033) >= 5 * 5
+    else:
+        assert by_id["int8"]["latency_ms"]["p50"] == 0.5 and "interval_ms" not in by_id["int8"]["latency_ms"]
+        assert 0.033 not in pauses
+
+
+def test_a_request_interval_outside_its_range_is_named():
+    from edgevit.build.profiles import load_profile
+
+    with pytest.raises(EdgevitError, match="request_interval_ms"):
+        load_profile("x86-cpu").with_overrides(**{"runtime.request_interval_ms": -1})
+
+
 def _fake_candidates(tmp_path, latency, clock, measured=True, **probing):
     """build_candidates on the fake backend as on a host that is the target (``measured``)."""
     from edgevit.build.builder import Probing, build_candidates

@@ -43,7 +43,8 @@ def random_image_folder(root: Path, size: int, classes: int = 10, per_split=(4, 
     return root
 
 
-def build_bundle(model_name: str, presets: list[str], work: Path, log, shared_weights: bool = False) -> Path:
+def build_bundle(model_name: str, presets: list[str], work: Path, log, shared_weights: bool = False,
+                 request_interval_ms: float | None = None) -> Path:
     import torch
 
     from edgevit.build.builder import BuildOptions, build
@@ -57,7 +58,8 @@ def build_bundle(model_name: str, presets: list[str], work: Path, log, shared_we
                            data={"name": str(data)})
     return build(BuildOptions(target="x86-cpu", checkpoint=str(ckpt), data=str(data), presets=presets,
                               out=str(work / "bundle"), cache_dir=str(work / "cache"), max_top1_drop=1.0,
-                              min_agreement=0.0, include_checkpoint=False, shared_weights=shared_weights, log=log))
+                              min_agreement=0.0, include_checkpoint=False, shared_weights=shared_weights,
+                              request_interval_ms=request_interval_ms, log=log))
 
 
 PEERS = ("OV FP32", "OV bf16 hint", "OV default", "NNCF INT8", "ORT FP32", "ORT dynamic INT8")
@@ -101,13 +103,15 @@ def peers(onnx_path: Path, calib: np.ndarray, work: Path) -> dict:
     return {k: runs[k] for k in PEERS if k in runs}
 
 
-def interleaved(runs: dict, x: np.ndarray, rounds: int, reps: int, pause_s: float = 0.25) -> dict[str, list]:
-    """Every sample of every run, round-robin (edgevit.measure, as the build and bench time)."""
+def interleaved(runs: dict, x: np.ndarray, rounds: int, reps: int, pause_s: float = 0.25,
+                interval_s: float = 0.0) -> dict[str, list]:
+    """Every sample of every run, round-robin (edgevit.measure, as the build and bench time), each request after
+    ``interval_s`` idle."""
     from edgevit.measure import interleaved as round_robin, timed
 
     for fn in runs.values():
         timed(fn, x, iterations=5)
-    samples, _ = round_robin(runs, {k: x for k in runs}, rounds, {k: reps for k in runs}, pause_s)
+    samples, _ = round_robin(runs, {k: x for k in runs}, rounds, {k: reps for k in runs}, pause_s, interval_s)
     return samples
 
 
@@ -151,6 +155,8 @@ def main() -> int:
     ap.add_argument("--presets", default="r224-k1,r224-k0.5,r128-k0.5")
     ap.add_argument("--rounds", type=int, default=20, help="round-robin rounds (each times every engine)")
     ap.add_argument("--reps", type=int, default=5, help="inferences per engine per round")
+    ap.add_argument("--interval-ms", type=float, default=0.0,
+                    help="idle before each timed request, as a device serving one every INTERVAL ms (33: 30 fps)")
     ap.add_argument("--bundle", default=None, help="measure this bundle instead of building one")
     ap.add_argument("--work", default=None, help="build in this folder and keep it (default: a temporary one)")
     ap.add_argument("--json", default=None, help="write the figures here")
@@ -175,7 +181,8 @@ def main() -> int:
             Path(tmp).mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         bundle = (Path(args.bundle) if args.bundle else
-                  build_bundle(args.model, names, Path(tmp), log, shared_weights=args.shared_weights))
+                  build_bundle(args.model, names, Path(tmp), log, shared_weights=args.shared_weights,
+                             request_interval_ms=args.interval_ms))
         build_s = time.perf_counter() - t0
         m = read_manifest(bundle)
         if args.build_only:
@@ -192,8 +199,12 @@ def main() -> int:
                 f"torch {v['torch']}, onnxruntime {v['onnxruntime']}, openvino {v['openvino']}, nncf {v['nncf']}")
         lines = [f"# edgevit's default engine vs peers by hand: {m.model['name']} (random weights), batch 1",
                  "", f"host: {host}", "",
-                 f"`python tools/bench_backends.py --presets {args.presets}`; {args.rounds} rounds x {args.reps} "
-                 "runs per engine, interleaved with 0.25 s pauses (worker threads go idle between paths); torch "
+                 f"`python tools/bench_backends.py --presets {args.presets}"
+                 + (f" --interval-ms {args.interval_ms:g}" if args.interval_ms else "")
+                 + f"`; {args.rounds} rounds x {args.reps} runs per engine"
+                 + (f", each after {args.interval_ms:g} ms idle (a device serving a request every "
+                    f"{args.interval_ms:g} ms)" if args.interval_ms else "")
+                 + ", interleaved with 0.25 s pauses (worker threads go idle between paths); torch "
                  "eager timed apart afterwards (its spinning threads would inflate the others); the same input "
                  "tensor for every path; medians in ms; ratio = best peer / edgevit (>= 1: edgevit at least as "
                  "fast). \"OV default\" is a plain compile_model (on an AVX512-BF16 CPU it runs bf16).", "",
@@ -223,8 +234,11 @@ def main() -> int:
                     with torch.inference_mode():
                         return ck(xt, p.resolution, p.keep_rate)
 
-                s = {k: statistics.median(t) for k, t in interleaved(runs, x, args.rounds, args.reps).items()}
-                s["torch eager fp32"] = statistics.median(interleaved({"torch": eager}, x, args.rounds, args.reps)["torch"])
+                gap = args.interval_ms / 1e3
+                s = {k: statistics.median(t) for k, t in interleaved(runs, x, args.rounds, args.reps,
+                                                                      interval_s=gap).items()}
+                s["torch eager fp32"] = statistics.median(interleaved({"torch": eager}, x, args.rounds, args.reps,
+                                                                      interval_s=gap)["torch"])
                 peer = {k: t for k, t in s.items() if k not in ("edgevit", "torch eager fp32")}
                 best = min(peer, key=peer.get)
                 ratio = peer[best] / s["edgevit"]

@@ -56,7 +56,9 @@ def host_lines(result: dict) -> list[str]:
              f"settings: warm-up {result['settings']['warmup_s']} s, "
              + (f"{result['settings']['duration_s']} s" if result['settings']['duration_s'] is not None
                 else f"{result['settings']['iterations']} iterations")
-             + f" per engine over {result['settings']['repeats']} interleaved repeats; medians"]
+             + f" per engine over {result['settings']['repeats']} interleaved repeats; "
+             + (f"each request after {result['settings']['interval_ms']:g} ms idle; "
+                if result['settings'].get('interval_ms') else "requests back to back; ") + "medians"]
     return lines
 
 

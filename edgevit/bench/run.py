@@ -51,6 +51,8 @@ class BenchOptions:
     duration_s: float | None = 1.5       # per engine and batch size, over all repeats
     iterations: int | None = None        # instead of duration: inferences per engine, over all repeats
     repeats: int = 3
+    # Idle before each timed request (None: the bundle's runtime.request_interval_ms, as the build timed it).
+    interval_ms: float | None = None
     accuracy: bool = False
     baseline: bool = True
     power_modes: list[str] | None = None
@@ -195,7 +197,7 @@ def _one_turn(e: Engine, tally: _Tally, x_for, opts: BenchOptions, sensor, share
     timed(e.infer, x, None, 2)  # wake this engine's pool before the clock starts
     if sensor is not None:
         sensor.start()
-    t = timed(e.infer, x, share, iters)
+    t = timed(e.infer, x, share, iters, interval_s=(opts.interval_ms or 0) / 1e3)
     if sensor is not None:
         tally.joules += sensor.stop()
         tally.calls += len(t)
@@ -308,6 +310,8 @@ def run_bench(opts: BenchOptions) -> dict:
     threads = opts.threads or os.cpu_count() or 1
     if opts.repeats < 1:
         raise EdgevitError("--repeats must be at least 1")
+    if opts.interval_ms is None:
+        opts.interval_ms = float(manifest.target.get("runtime", {}).get("request_interval_ms", 0) or 0)
     engines, notes = load_engines(bundle, manifest, opts, threads)
     if not engines:
         raise EdgevitError(f"nothing to measure in {bundle}: {notes['skipped']}")
@@ -335,7 +339,8 @@ def run_bench(opts: BenchOptions) -> dict:
         "host": _host(threads, engines),
         "settings": {"batches": list(opts.batches), "warmup_s": opts.warmup_s, "settle_s": opts.settle_s,
                      "duration_s": opts.duration_s,
-                     "iterations": opts.iterations, "repeats": opts.repeats, "accuracy": opts.accuracy},
+                     "iterations": opts.iterations, "repeats": opts.repeats, "accuracy": opts.accuracy,
+                     "interval_ms": opts.interval_ms},
         "peak": peaks,
         "energy": {"sensor": None if sensor is None else sensor.name, "note": energy_note or None},
         "baseline": notes["baseline"],

@@ -56,6 +56,7 @@ class BuildOptions:
     min_agreement: float | None = None
     calib_samples: int | None = None
     shared_weights: bool | None = None   # one engine per backend for every preset (SuperViT)
+    request_interval_ms: float | None = None   # how often the device serves a request (runtime section)
     cache_dir: str = ".edgevit-cache"
     trust_checkpoint: bool = False
     include_checkpoint: bool = True
@@ -228,7 +229,7 @@ def _probe(site: Site, results: dict, sample) -> dict:
     """A short interleaved latency probe of ``results`` (key -> CandidateResult): key -> latency record."""
     records = {k: {} for k in results}
     measure_into_records({k: (lambda r=r: site.load(r.spec), records[k]) for k, r in results.items()},
-                         sample, budget_s=0.05, max_iters=20)
+                         sample, budget_s=0.05, max_iters=20, interval_s=site.profile.request_interval_s)
     return {k: rec["latency_ms"] for k, rec in records.items()}
 
 
@@ -272,9 +273,12 @@ def measure_candidates(sites: dict, work: dict, vx, log) -> None:
     between backends and between presets (the Pareto front) rests on figures taken under the same
     conditions. Writes ``latency_ms`` into the candidates' records."""
     t0 = time.perf_counter()
+    interval = next(iter(sites.values())).profile.request_interval_s if sites else 0.0
     n = measure_results({f"{p}/{b}": (lambda r, _, s=sites[b]: s.load(r.spec), c.results)
-                         for (p, b), c in work.items()}, vx)
-    log(f"[latency] {n} passing candidates measured interleaved ({time.perf_counter() - t0:.1f} s)")
+                         for (p, b), c in work.items()}, vx, interval)
+    log(f"[latency] {n} passing candidates measured interleaved"
+        + (f", each request after {interval * 1e3:g} ms idle (runtime.request_interval_ms)" if interval else "")
+        + f" ({time.perf_counter() - t0:.1f} s)")
 
 
 def engine_entry(cands: Candidates, bundle_dir: Path, profile: Profile, measured: bool) -> EngineEntry:
@@ -311,7 +315,8 @@ def resolve_profile(opts: BuildOptions) -> Profile:
                                      "accuracy.max_top1_drop": opts.max_top1_drop,
                                      "accuracy.min_agreement": opts.min_agreement,
                                      "calibration.samples": opts.calib_samples,
-                                     "shared_weights": opts.shared_weights})
+                                     "shared_weights": opts.shared_weights,
+                                     "runtime.request_interval_ms": opts.request_interval_ms})
 
 
 def available_backends(profile: Profile, log) -> tuple[list, dict]:

@@ -7,7 +7,7 @@ device needs (``defer``), builds the engines at once where this host is the devi
 the manifest (``record_device_build``) and says what is left to do (``pending_note``). On the device,
 ``edgevit engine build`` runs the second half with the same ``pipeline.run_candidate`` and ``choose``.
 
-The module provides ``DeviceBuild`` (how it builds: its ``measure`` and ``log``), ``defer(backend,
+The module provides ``DeviceBuild`` (how it builds: its ``measure``, ``interval_s`` and ``log``), ``defer(backend,
 bundle_dir, entries, profile, checks, how) -> result``, ``record_device_build(manifest, summary, reason)``
 and ``pending_note(manifest, result, bundle, target) -> str | None``.
 """
@@ -44,5 +44,5 @@ def defer(backends, bundle_dir: Path, entries: list[PresetEntry], profile, check
     if backend is None:
         return None
     module = importlib.import_module(backend.device_build)
-    how = module.DeviceBuild(measure=opts.measure, log=opts.log)
+    how = module.DeviceBuild(measure=opts.measure, interval_s=profile.request_interval_s, log=opts.log)
     return Deferred(module, module.defer(backend, Path(bundle_dir), entries, profile, checks, how))

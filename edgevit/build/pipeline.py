@@ -51,7 +51,8 @@ class Job:
 
     ``build(candidate)`` -> (spec, whether it came from a cache); ``runners(spec)`` -> {preset: runner} (the
     presets the engine serves); ``notes(spec, preset)`` -> extra record fields (an engine validated on another runtime
-    says which); ``measure_now``: time each runner right after it passes (the device build)."""
+    says which); ``measure_now``: time each runner right after it passes (the device build), each request after
+    ``interval_s`` idle (the profile's request interval)."""
 
     checks: Checks
     build: Callable
@@ -59,6 +60,7 @@ class Job:
     bundle_dir: Path
     notes: Callable = field(default=lambda spec, preset: {})
     measure_now: bool = False
+    interval_s: float = 0.0
     floor_ships: bool = True      # the build's floor (FP32) ships even where it misses the gate; the device's
                                   # floor (the profile's precision, built by TensorRT) does not
 
@@ -156,7 +158,7 @@ def _check(job: Job, candidate: Candidate, preset: str, runner) -> dict:
     if precision:
         rec["inference_precision"] = precision
     if job.measure_now and (candidate.floor or g.passed):
-        rec["latency_ms"] = measure_latency(runner, checks.x)
+        rec["latency_ms"] = measure_latency(runner, checks.x, interval_s=job.interval_s)
     return rec
 
 
@@ -199,9 +201,10 @@ def remove_unchosen(results: list[CandidateResult], chosen: CandidateResult, bun
                     (Path(bundle_dir) / rel).unlink(missing_ok=True)
 
 
-def measure_results(jobs: dict, sample: np.ndarray) -> int:
+def measure_results(jobs: dict, sample: np.ndarray, interval_s: float = 0.0) -> int:
     """Latency of every passing, locally runnable candidate of ``jobs`` (key -> (loader, results)), in one
-    interleaved pass: ``loader(result, preset)`` gives a runner. Writes each record's ``latency_ms``."""
+    interleaved pass, each request after ``interval_s`` idle (the profile's request interval):
+    ``loader(result, preset)`` gives a runner. Writes each record's ``latency_ms``."""
     from edgevit.measure import measure_into_records
 
     loads = {}
@@ -210,7 +213,7 @@ def measure_results(jobs: dict, sample: np.ndarray) -> int:
             if r.passed and r.runs_here:
                 for preset, rec in r.records.items():
                     loads[f"{key}/{r.id}/{preset}"] = (lambda r=r, p=preset, ld=loader: ld(r, p), rec)
-    return measure_into_records(loads, sample)
+    return measure_into_records(loads, sample, interval_s=interval_s)
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ def build_shared(graph: SharedGraph, sites: dict, checks: Checks, measure: bool,
     if measure:
         t0 = time.perf_counter()
         n = measure_results({b: (lambda r, p, s=sites[b]: s.backend.load(s.bundle_dir, graph.spec_for(r.spec, p)), rs)
-                             for b, rs in work.items()}, checks.x)
+                             for b, rs in work.items()}, checks.x, next(iter(sites.values())).profile.request_interval_s)
         log(f"[latency] {n} preset x candidate runners on shared engines measured interleaved "
             f"({time.perf_counter() - t0:.1f} s)")
     out: dict[str, dict] = {p.name: {} for p in graph.presets}

@@ -13,7 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -120,10 +120,12 @@ def _trtexec() -> str:
 @dataclass(frozen=True)
 class DeviceBuild:
     """How the device builds its engines: through trtexec or the TensorRT Python API, with its output shown
-    (``verbose``), whether latencies are measured, and where progress goes."""
+    (``verbose``), whether latencies are measured (each request after ``interval_s`` idle: None, the bundle's
+    ``runtime.request_interval_ms``), and where progress goes."""
 
     use_trtexec: bool = False
     measure: bool = True
+    interval_s: float | None = None
     verbose: bool = False
     log: Callable[[str], None] = print
 
@@ -165,7 +167,8 @@ def device_job(bundle_dir: Path, preset: str, options: list[dict], checks, how: 
         s = spec.settings
         return {preset: runner.TensorRTRunner(bundle_dir / s["engine"], s, refit_from(bundle_dir, s))}
 
-    return Job(checks, build, runners, bundle_dir, measure_now=how.measure, floor_ships=False)
+    return Job(checks, build, runners, bundle_dir, measure_now=how.measure, interval_s=how.interval_s or 0.0,
+               floor_ships=False)
 
 
 def _candidates(options: list[dict]) -> list[Candidate]:
@@ -284,6 +287,8 @@ def engine_build(bundle, presets: list[str] | None = None, force: bool = False, 
         raise EdgevitError(f"this device is not the bundle's target {target['name']}: "
                            + "; ".join(problems) + ". Engines built here would only run here; pass --any-device "
                            "to build them anyway")
+    if how.interval_s is None:
+        how = replace(how, interval_s=float(target.get("runtime", {}).get("request_interval_ms", 0) or 0) / 1e3)
     log = how.log
     todo = [p.name for p in manifest.presets if "tensorrt" in p.engines
             and (force or p.engines["tensorrt"].status == PENDING) and (not presets or p.name in presets)]
