@@ -209,10 +209,14 @@ def eval_cmd(checkpoint, data, model, presets, trust_checkpoint):
               help="How often the device serves a request (33: a 30 fps camera; 0: back to back). The latency "
                    "pass times each request after that much idle, where idle cores cost some engines more than "
                    "others (profile default: runtime.request_interval_ms, 0).")
+@click.option("--memory-budget-mb", default=None, type=click.FloatRange(1),
+              help="MB the device gives its resident presets: each preset's default engine is the fastest passing "
+                   "one whose whole set fits, measured in fresh processes (profile default: "
+                   "runtime.memory_budget_mb, no limit).")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow full pickle loading of --checkpoint (trusted files only).")
 def build_cmd(target, model, checkpoint, data, out, presets, resolutions, batch, cache_dir, no_checkpoint, precision,
               max_top1_drop, min_agreement, calib_samples, shared_weights, no_latency, request_interval_ms,
-              trust_checkpoint):
+              memory_budget_mb, trust_checkpoint):
     """Export, quantize, validate, measure and bundle every preset for a target.
 
     \b
@@ -250,7 +254,7 @@ def build_cmd(target, model, checkpoint, data, out, presets, resolutions, batch,
                        trust_checkpoint=trust_checkpoint, include_checkpoint=not no_checkpoint,
                        measure=not no_latency, max_top1_drop=max_top1_drop, min_agreement=min_agreement,
                        calib_samples=calib_samples, shared_weights=shared_weights,
-                       request_interval_ms=request_interval_ms,
+                       request_interval_ms=request_interval_ms, memory_budget_mb=memory_budget_mb,
                        precision=[x.strip() for x in precision.split(",") if x.strip()] if precision else None))
 
 

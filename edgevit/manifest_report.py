@@ -51,23 +51,29 @@ def preset_rows(manifest: dict) -> list[list[str]]:
         for b in backends:
             e = p["engines"].get(b, {})
             if e.get("status") == PENDING:   # figures of the ONNX it is built from, on ORT CPU
-                row += [f"{e['precision']} (pending, ORT CPU)", _pct(e["top1"]), _pct(e["agreement"]), "n/a"]
+                row += [f"{e['precision']} (pending, ORT CPU)", _pct(e["top1"]), _pct(e["agreement"]), "n/a", "n/a"]
                 continue
             if e.get("status") != "ok":
-                row += [e.get("status", "missing"), "", "", ""]
+                row += [e.get("status", "missing"), "", "", "", ""]
                 continue
             prec = e.get("chosen", {}).get("id", e["precision"])
             if (p.get("default") or {}).get("backend") == b and len(backends) > 1:
                 prec += " (default)"
-            row += [prec, _pct(e["top1"]), _agree(e), _ms(e)]
+            row += [prec, _pct(e["top1"]), _agree(e), _ms(e), _mb(e)]
         rows.append(row)
     return rows
+
+
+def _mb(e: dict) -> str:
+    """What the engine adds resident (fresh process, every preset loaded), or n/a where not measured."""
+    r = e.get("resident_mb")
+    return f"{r['added']:.1f}" if r else "n/a"
 
 
 def preset_header(manifest: dict) -> list[str]:
     head = ["preset", "res", "keep", "GFLOPs", "torch top-1"]
     for b in manifest["backends"]:
-        head += [f"{b} precision", f"{b} top-1", f"{b} agree", f"{b} p50 ms"]
+        head += [f"{b} precision", f"{b} top-1", f"{b} agree", f"{b} p50 ms", f"{b} MB"]
     return head
 
 
@@ -130,6 +136,13 @@ def memory_lines(m: dict) -> list[str]:
     lines = ["memory     every preset resident: " + "; ".join(
         f"{b} {v['all_presets_mb']:.1f} MB for {v['presets']}{' (shared weights)' if v['shared_weights'] else ''}"
         for b, v in mem["backends"].items()) + " (fresh process)"]
+    bud = mem.get("budget")
+    if bud:
+        held = (f"{bud['default_set_mb']:.1f} MB" if bud["default_set_mb"] is not None
+                else f"about {bud['estimate_mb']:.1f} MB")
+        lines.append(f"budget     {bud['mb']:g} MB for resident presets: the default engines hold {held}, "
+                     + ("fits" if bud["fits"] else "over the budget (no set built here fits)")
+                     + ("; moved " + ", ".join(f"{p} {m}" for p, m in bud["moved"].items()) if bud["moved"] else ""))
     for b, c in (mem.get("shared_check") or {}).items():
         verdict = "kept" if c["passed"] else "not the default"
         lines.append(f"shared     {b} {c.get('shared_engine', '')}: {c['shared_mb']:.1f} MB for {c['presets']} presets "

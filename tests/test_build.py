@@ -727,3 +727,52 @@ def test_the_build_stages_run_alone(quick_checkpoint, tmp_path):
     assert set(preset.engines) == {"openvino", "onnxruntime"} and preset.default_backend() == "openvino"
     for e in preset.engines.values():
         assert e.gate["passed"] and (work / e.engine["file"]).is_file()
+
+
+def test_a_memory_budget_moves_the_presets_that_save_the_most_per_ms_lost():
+    from edgevit.build.budget import Option, fit
+
+    options = {"big": [Option("ov", 10.0, 100.0), Option("ort", 12.0, 40.0)],      # 60 MB for 2 ms
+               "small": [Option("ov", 3.0, 100.0), Option("ort", 3.1, 40.0)]}      # 60 MB for 0.1 ms
+    current = {"big": "ov", "small": "ov"}
+    assert fit(options, current, 200.0) == (current, 200.0)                          # fits: nothing moves
+    assert fit(options, current, 150.0) == ({"big": "ov", "small": "ort"}, 140.0)   # the cheap move first
+    assert fit(options, current, 100.0) == ({"big": "ort", "small": "ort"}, 80.0)
+    assert fit(options, current, 10.0) == ({"big": "ort", "small": "ort"}, 80.0)    # none fits: the smallest set
+
+
+def test_the_build_applies_the_profiles_memory_budget_and_measures_the_set(built):
+    import types
+
+    import jsonschema
+
+    from edgevit.build import budget
+    from edgevit.build.profiles import load_profile
+    from edgevit.manifest import schema
+
+    out, _, _ = built
+    m = read_manifest(out)
+    options = budget.options_of(m.presets)
+    assert all(len(o) == 2 for o in options.values())          # both backends measured, with resident MB
+    smallest = sum(min(o.mb for o in opts) for opts in options.values())
+    current = sum(next(o.mb for o in options[p.name] if o.backend == p.default_backend()) for p in m.presets)
+    logs = []
+    plan = types.SimpleNamespace(profile=load_profile("x86-cpu").with_overrides(
+        **{"runtime.memory_budget_mb": max(1.0, smallest + 0.01)}), opts=types.SimpleNamespace(log=logs.append))
+    memory = budget.apply(plan, m.presets, dict(m.memory), out)
+    rec = memory["budget"]
+    assert rec["fits"] == (rec["default_set_mb"] <= rec["mb"]) and rec["default_set_mb"] > 0
+    for p in m.presets:                                        # every default now has the smallest engine
+        assert next(o.mb for o in options[p.name] if o.backend == p.default_backend()) == \
+            min(o.mb for o in options[p.name])
+        if p.name in rec["moved"]:
+            assert "within the memory budget" in p.default["why"]
+    assert bool(rec["moved"]) == (current > smallest + 0.01)
+    m.memory = memory
+    jsonschema.validate(json.loads(json.dumps(m.to_dict())), schema())
+    assert any(line.startswith("[memory] budget") for line in logs)
+    from edgevit.manifest_report import memory_lines
+
+    assert any(line.startswith("budget") for line in memory_lines(m.to_dict()))
+    plan.profile = load_profile("x86-cpu")                     # no budget: nothing changes
+    assert budget.apply(plan, m.presets, {"how": "", "backends": {}}, out) == {"how": "", "backends": {}}

@@ -57,6 +57,7 @@ class BuildOptions:
     calib_samples: int | None = None
     shared_weights: bool | None = None   # one engine per backend for every preset (SuperViT)
     request_interval_ms: float | None = None   # how often the device serves a request (runtime section)
+    memory_budget_mb: float | None = None      # MB the device gives its resident presets (runtime section)
     cache_dir: str = ".edgevit-cache"
     trust_checkpoint: bool = False
     include_checkpoint: bool = True
@@ -316,7 +317,8 @@ def resolve_profile(opts: BuildOptions) -> Profile:
                                      "accuracy.min_agreement": opts.min_agreement,
                                      "calibration.samples": opts.calib_samples,
                                      "shared_weights": opts.shared_weights,
-                                     "runtime.request_interval_ms": opts.request_interval_ms})
+                                     "runtime.request_interval_ms": opts.request_interval_ms,
+                                     "runtime.memory_budget_mb": opts.memory_budget_mb})
 
 
 def available_backends(profile: Profile, log) -> tuple[list, dict]:
@@ -636,6 +638,7 @@ def assemble(plan: Plan, entries: list[PresetEntry], checkpoint: str | None, sec
 def build(opts: BuildOptions) -> Path:
     """profile + model -> references -> export and candidates -> measure and choose -> device engines ->
     manifest -> bundle, renamed into place only when complete."""
+    from edgevit.build import budget
     from edgevit.build import memory as build_memory
     from edgevit.build.checkpoints import save_checkpoint
     from edgevit.manifest_report import manifest_report
@@ -651,6 +654,7 @@ def build(opts: BuildOptions) -> Path:
         memory = build_memory.record(plan, entries, tmp, engines.resident)
         if memory is not None and engines.shared_check:
             memory["shared_check"] = engines.shared_check
+        memory = budget.apply(plan, entries, memory, tmp)
         device = deferred.defer(plan.backends, tmp, entries, plan.profile,
                                 Checks(plan.vx, plan.vy, refs, plan.profile.accuracy), opts)
         mark_pareto(entries, plan.backends[0].name)     # after the device build, which may add latencies

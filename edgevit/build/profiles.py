@@ -77,6 +77,9 @@ SCHEMA: dict = {
         # every engine after that much idle: cores that went idle cost OpenVINO INT8 1.3 ms more and ONNX
         # Runtime INT8 0.7 ms more at r128-k0.5 (DeiT-S, 2-core AVX-512 host), enough to swap the two.
         "request_interval_ms": F((int, float), 0, min=0, max=10000),
+        # MB the device gives its resident presets (null: no limit). Each preset's default engine is then the
+        # fastest passing one whose whole set fits (edgevit.build.budget), measured in fresh processes.
+        "memory_budget_mb": F((int, float, type(None)), None, min=1),
     },
 }
 
