@@ -122,3 +122,17 @@ def measure_into_records(loads: dict, sample: np.ndarray, **timing) -> int:
     for key, (_, record) in loads.items():
         record["latency_ms"] = lat[key]
     return len(runners)
+
+
+def resident_mb() -> float:
+    """The process's proportional set size (PSS) where the OS gives it, else its resident set: a file page
+    mapped by several sessions (ONNX Runtime's weights file, shared by every preset's graph) counts once in
+    PSS and once per mapping in RSS, which would report twelve copies of weights held once."""
+    import psutil
+
+    proc = psutil.Process()
+    try:
+        pss = getattr(proc.memory_full_info(), "pss", None)
+    except (psutil.AccessDenied, OSError):
+        pss = None
+    return (pss if pss is not None else proc.memory_info().rss) / 2 ** 20

@@ -1,5 +1,7 @@
 """Shared-weight engines: every SuperViT preset in one graph, loaded once, selected by its inputs."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -121,6 +123,55 @@ def test_openvino_branches_run_each_presets_graph_and_store_equal_weights_once(t
         np.testing.assert_allclose(got, x @ w + b, rtol=1e-5, atol=1e-5, err_msg=f"branch {i}")
 
 
+def test_onnxruntime_presets_engine_runs_each_presets_static_graph_over_one_weights_file(built, tmp_path):
+    """Two presets' static graphs: each quantized as ONNX Runtime's dynamic INT8 engine of that preset, their
+    equal weights written once, and each preset's session gives that preset's own engine's logits."""
+    from edgevit.backends.base import EngineSpec
+    from edgevit.backends.onnxruntime import BACKEND as ORT
+    from edgevit.build.profiles import load_profile
+    from edgevit.build.shared import write_sources
+    from edgevit.errors import EdgevitError
+
+    out, _, _ = built
+    profile = load_profile("x86-cpu")
+    names = ["r32-k1", "r16-k0.5"]
+    sources = write_sources({n: out / "onnx" / f"{n}.onnx" for n in names}, tmp_path / "sources.json")
+    cand = next(c for c in ORT.shared_recipes("int8", profile) if c.source == "presets")
+    bundle = tmp_path / "bundle"
+    spec = ORT.compile(sources, bundle, "shared", cand, None, profile)
+    assert spec.file == "engines/onnxruntime/shared.int8-dynamic-presets.weights.bin"
+    assert spec.extra_files == spec.settings["graphs"] and len(spec.extra_files) == 2
+    own = {n: ORT.compile(out / "onnx" / f"{n}.onnx", tmp_path / "own", n,
+                          next(c for c in ORT.recipes("int8", profile) if c.id == "int8-dynamic"), None, profile)
+           for n in names}
+    one = (tmp_path / "own" / own["r32-k1"].file).stat().st_size
+    assert (bundle / spec.file).stat().st_size < 1.1 * one                    # the weights once, not twice
+    for rel in spec.extra_files:
+        g = onnx.load(str(bundle / rel), load_external_data=False)
+        big = [t for t in g.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+        assert big and all({e.key: e.value for e in t.external_data}["location"] == Path(spec.file).name for t in big)
+        assert (bundle / rel).stat().st_size < 0.25 * one                       # small tensors stay inline
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    for i, n in enumerate(names):
+        runner = ORT.load(bundle, EngineSpec(**{**spec.to_dict(), "settings": {**spec.settings, "shared": {"branch": i}}}))
+        ref = ORT.load(tmp_path / "own", own[n])
+        np.testing.assert_allclose(runner.infer(x), ref.infer(x), rtol=1e-4, atol=1e-4, err_msg=n)
+    for bad in ({"branch": 2}, {"branch": "0"}, {}):
+        with pytest.raises(EdgevitError, match="names no graph of this engine's files"):
+            ORT.load(bundle, EngineSpec(**{**spec.to_dict(), "settings": {**spec.settings, "shared": bad}}))
+    outside = {**spec.settings, "graphs": ["../../elsewhere.onnx", spec.settings["graphs"][1]], "shared": {"branch": 0}}
+    with pytest.raises(EdgevitError, match="names no graph"):
+        ORT.load(bundle, EngineSpec(**{**spec.to_dict(), "settings": outside}))
+    g = onnx.load(str(bundle / spec.extra_files[0]), load_external_data=False)   # weights pointing out of the bundle
+    for t in g.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../../../outside.bin"
+    (bundle / spec.extra_files[0]).write_bytes(g.SerializeToString())
+    with pytest.raises(EdgevitError, match="cannot load it with its weights file"):
+        ORT.load(bundle, EngineSpec(**{**spec.to_dict(), "settings": {**spec.settings, "shared": {"branch": 0}}}))
+
+
 def test_openvino_branches_keep_the_activation_out_of_the_matmul_so_its_weights_pack_once(tmp_path):
     """An activation fused into an FP32 matmul takes it off the weight packing that is shared whatever the
     token count: the FP32 branches build keeps them apart (the output unchanged), the INT8-weights one not."""
@@ -232,7 +283,14 @@ def test_shared_bundle_loads_one_engine_per_backend(quick_checkpoint, tmp_path, 
     ov_bin = (out / m["presets"][0]["engines"]["openvino"]["engine"]["file"]).with_suffix(".bin")
     assert ov_bin.stat().st_size < 1.05 * (out / "onnx/shared.onnx").stat().st_size
     engine_files = [f for f in m["files"] if f.startswith("engines/") and not f.endswith(".npz")]
-    assert len([f for f in engine_files if f.endswith((".xml", ".onnx"))]) == 2   # one per backend
+    assert len([f for f in engine_files if f.endswith(".xml")]) == 1
+    ort_engine = m["presets"][0]["engines"]["onnxruntime"]["engine"]
+    # ONNX Runtime: every preset's static graph over one weights file (the first shared recipe, and the one
+    # shipped when latency is not measured), or the one dynamic-shape graph
+    per_preset_graphs = "graphs" in ort_engine["settings"]
+    assert len([f for f in engine_files if f.endswith(".onnx")]) == (2 if per_preset_graphs else 1)
+    if per_preset_graphs:
+        assert ort_engine["file"].endswith(".weights.bin") and ort_engine["extra_files"] == ort_engine["settings"]["graphs"]
     import edgevit.bundle
 
     hashed = []                                                  # the shared engine is checked once, not per preset
@@ -245,7 +303,10 @@ def test_shared_bundle_loads_one_engine_per_backend(quick_checkpoint, tmp_path, 
     for b in ("openvino", "onnxruntime"):
         with edgevit.load(out, backend=b) as rt:
             a, c = (rt.runner(p.name) for p in rt.presets)
-            assert a.base is c.base                              # one loaded engine serves both presets
+            if b == "onnxruntime" and per_preset_graphs:          # a session per preset, the weights mapped once
+                assert a is not c and a.session is not c.session
+            else:
+                assert a.base is c.base                          # one loaded engine serves both presets
             for p in m["presets"]:
                 pred = rt.predict(images, preset=p["name"])
                 assert predictions_digest(pred.indices) == p["engines"][b]["predictions_sha256"]
@@ -253,7 +314,8 @@ def test_shared_bundle_loads_one_engine_per_backend(quick_checkpoint, tmp_path, 
 
 def test_openvino_shared_candidates_follow_the_profiles_shared_graph():
     """``openvino.shared_graph`` picks what a shared OpenVINO engine is built from: each preset's static graph
-    (branches, the default) or the one dynamic-shape graph; ONNX Runtime always takes the one graph."""
+    (branches, the default) or the one dynamic-shape graph; ONNX Runtime builds INT8 both ways (every
+    preset's static graph over one weights file, and the one graph), its FP32 floor from the one graph."""
     from edgevit.backends.base import get_backend
     from edgevit.build.profiles import load_profile
 
@@ -263,7 +325,8 @@ def test_openvino_shared_candidates_follow_the_profiles_shared_graph():
     built = [c for c in ov.candidates(branches, shared=True) if not c.skip]
     assert built and {c.source for c in built} == {"presets"} and built[-1].floor
     assert {c.source for c in ov.candidates(dynamic, shared=True)} == {"model"}
-    assert {c.source for c in ort.candidates(branches, shared=True)} == {"model"}
+    by_id = {c.id: c.source for c in ort.candidates(branches, shared=True)}
+    assert by_id["int8-dynamic-presets"] == "presets" and by_id["int8-dynamic"] == by_id["fp32"] == "model"
 
 
 def _scripted_memory(monkeypatch, shared_factor: dict):

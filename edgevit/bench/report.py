@@ -9,7 +9,7 @@ from edgevit.manifest_report import markdown_table, text_table
 from edgevit.build.validate import pareto_front
 
 HEAD = ["preset", "backend", "prec", "p50 ms", "p90 ms", "p99 ms", "max ms", "img/s", "vs torch", "GFLOP/s",
-        "% peak", "engine MB", "RSS MB", "top-1", "mJ/inf", "spread"]
+        "% peak", "engine MB", "resident MB", "top-1", "mJ/inf", "spread"]
 
 
 def _f(v, fmt="{:.3f}", none="n/a"):

@@ -29,7 +29,7 @@ from edgevit.bench.stats import summarize
 from edgevit.bundle import read_manifest, verify_files
 from edgevit.build.reference import REFERENCE, TorchRunner
 from edgevit.manifest import Manifest, PresetEntry
-from edgevit.measure import concurrent, timed
+from edgevit.measure import concurrent, resident_mb, timed
 from edgevit.errors import EdgevitError
 from edgevit.host import cpu_info, tool_versions
 
@@ -73,10 +73,6 @@ class Engine:
     runner: object = None
 
 
-def _rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2 ** 20
 
 
 def _files_mb(bundle: Path, files: list[str]) -> float:
@@ -98,7 +94,7 @@ def load_engines(bundle: Path, manifest: Manifest, opts: BenchOptions, threads: 
             raise EdgevitError(f"backend {b!r} is not in this bundle; it has: {', '.join(manifest.backends)}")
     engines, skipped, resident, verified = [], {}, {}, set()
     for b in backends:            # backend by backend, so each one's resident memory with all presets is clear
-        rss_before, loaded = _rss_mb(), 0
+        rss_before, loaded = resident_mb(), 0
         for p in chosen:
             entry = p.engines.get(b)
             if entry is None or not entry.ok:
@@ -108,14 +104,14 @@ def load_engines(bundle: Path, manifest: Manifest, opts: BenchOptions, threads: 
             spec.settings = {**spec.settings, "threads": threads}
             verify_files(bundle, manifest, [f for f in spec.files if f not in verified])   # shared files once
             verified.update(spec.files)
-            before = _rss_mb()
+            before = resident_mb()
             runner = get_backend(b).load(bundle, spec)
             engines.append(Engine(p, b, spec.precision, runner.infer, runner.input_shape[0],
-                                  _files_mb(bundle, spec.files), _rss_mb() - before,
+                                  _files_mb(bundle, spec.files), resident_mb() - before,
                                   getattr(runner, "inference_precision", None), runner))
             loaded += 1
         if loaded:
-            resident[b] = {"presets": loaded, "mb": round(_rss_mb() - rss_before, 1),
+            resident[b] = {"presets": loaded, "mb": round(resident_mb() - rss_before, 1),
                            "shared_weights": any(b in p.engines and p.engines[b].extra.get("shared") for p in chosen)}
     baseline_note = None
     if opts.baseline:
@@ -139,7 +135,7 @@ def _torch_engines(bundle: Path, manifest: Manifest, presets: list[PresetEntry],
     # the engines with another network (and report its accuracy) without a word.
     verify_files(bundle, manifest, [manifest.checkpoint])
     torch.set_num_threads(threads)
-    before = _rss_mb()
+    before = resident_mb()
     try:
         model = load_checkpoint(bundle / manifest.checkpoint).model.eval()
     except PickleRefused:
@@ -148,7 +144,7 @@ def _torch_engines(bundle: Path, manifest: Manifest, presets: list[PresetEntry],
                            f"which bench never does (it can run arbitrary code); measure without the torch "
                            f"baseline (--no-baseline), or rebuild the bundle, whose checkpoint edgevit writes "
                            f"as plain tensors") from None
-    rss = _rss_mb() - before
+    rss = resident_mb() - before
     size = _files_mb(bundle, [manifest.checkpoint])
     out = []
     for p in presets:

@@ -20,11 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgevit.errors import EdgevitError
+from edgevit.measure import resident_mb
 
 TIMEOUT_S = 1800     # a fresh process compiling twelve DeiT-S engines stays well inside this
 UNKNOWN_BACKEND = 3  # the child's exit code when it cannot make the backend
-HOW = ("fresh process, compile cache warm as on a device's every start but its first: resident-set growth after "
-       "the backend's import, each engine loaded and run once")
+HOW = ("fresh process, compile cache warm as on a device's every start but its first: growth of the proportional "
+       "set size (PSS; RSS where the OS gives none) after the backend's import, each engine loaded and run once")
 
 
 @dataclass
@@ -88,12 +89,6 @@ def _child(job: dict, backend: str) -> Resident:
     return Resident(backend, got["total_mb"], got["added_mb"], got["baseline_mb"])
 
 
-def _rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2 ** 20
-
-
 def _backend(job: dict):
     """The backend by name; one registered by a plugin is made from its class, found by its module."""
     from edgevit.backends.base import get_backend, register_backend
@@ -126,13 +121,13 @@ def _main() -> None:
     job = json.loads(sys.stdin.read())
     backend = _backend(job)
     importlib.import_module(backend.library)
-    baseline = before = _rss_mb()
+    baseline = before = resident_mb()
     added, runners = {}, []
     for label, spec in job["specs"].items():
         runner = backend.load(Path(job["bundle"]), EngineSpec(**spec))
         runner.infer(np.zeros(tuple(runner.input_shape), np.float32))   # the runtime's own warm-up
         runners.append(runner)            # kept: the set is resident together
-        now = _rss_mb()
+        now = resident_mb()
         added[label], before = now - before, now
     print(json.dumps({"total_mb": before - baseline, "added_mb": added, "baseline_mb": baseline}))
 

@@ -77,6 +77,22 @@ def write_sources(preset_onnx: dict, path: Path) -> Path:
     return path
 
 
+def read_sources(sources_json) -> list[tuple[str, Path]]:
+    """(preset, static ONNX) in branch order from a ``write_sources`` file, each graph checked against its
+    digest: the file's own digest keys the engine cache, so a graph changed or gone since would build another."""
+    from edgevit.bundle import sha256_file
+
+    out = []
+    for item in json.loads(Path(sources_json).read_text())["presets"]:
+        onnx_path = Path(item["onnx"])
+        if not onnx_path.is_file() or sha256_file(onnx_path) != item["sha256"]:
+            raise EdgevitError(f"{sources_json}: preset {item['name']}: {onnx_path} is "
+                               f"{'changed since it was listed' if onnx_path.is_file() else 'missing'}; "
+                               f"build again (or remove the build's --cache-dir)")
+        out.append((item["name"], onnx_path))
+    return out
+
+
 def needs_preset_graphs(backends, profile) -> bool:
     return any(c.source == "presets" and not c.skip for b in backends for c in b.candidates(profile, shared=True))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from edgevit.backends.base import Backend, Candidate, EngineSpec, Runner
 from edgevit.backends.onnxruntime.runner import GPU_PROVIDERS, OrtRunner
 from edgevit.backends.shared import shared_runner
+from edgevit.errors import EdgevitError
 from edgevit.fields import F
 
 
@@ -62,7 +63,11 @@ class OnnxRuntimeBackend(Backend):
 
     def shared_recipes(self, precision, profile) -> list[Candidate]:
         if precision == "int8":   # weight-only: nothing fitted to one preset's activations
-            return [c for c in self.recipes(precision, profile) if c.id == "int8-dynamic"]
+            # Every preset's static graph over one weights file (``presets``), or one dynamic-shape graph:
+            # static speed against the least memory; both measured.
+            return [Candidate("int8-dynamic-presets", "int8", "quantize_dynamic of every preset's static graph, "
+                              "the weights in one file they all map, prepacking off", source="presets"),
+                    *[c for c in self.recipes(precision, profile) if c.id == "int8-dynamic"]]
         return super().shared_recipes(precision, profile)
 
     def compile(self, onnx_path, out_dir, name, candidate, calib, profile) -> EngineSpec:
@@ -73,6 +78,8 @@ class OnnxRuntimeBackend(Backend):
         out = Path(out_dir) / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         quant = {}
+        if candidate.source == "presets":
+            return self._compile_presets(onnx_path, out.parent, f"{name}.{candidate.id}", profile)
         if candidate.id == "int8-dynamic":
             quant = quantize_onnxruntime_dynamic(onnx_path, out)
         elif candidate.precision == "int8":
@@ -90,7 +97,37 @@ class OnnxRuntimeBackend(Backend):
                                          if p in providers}}
         return EngineSpec(self.name, candidate.precision, rel.as_posix(), settings=settings, quantization=quant)
 
+    def _compile_presets(self, sources_json, folder: Path, stem: str, profile) -> EngineSpec:
+        from edgevit.backends.onnxruntime import presets
+
+        graphs, weights, quant = presets.build(sources_json, folder, stem)
+        rel = Path("engines") / self.name
+        settings = {"providers": list(profile.onnxruntime["providers"]), "threads": profile.onnxruntime["threads"],
+                    "graphs": [(rel / g).as_posix() for g in graphs], "session_config": dict(presets.SESSION_CONFIG)}
+        return EngineSpec(self.name, "int8", (rel / weights).as_posix(), settings["graphs"], settings=settings,
+                          quantization=quant)
+
+    def _load_preset_graph(self, bundle_dir, spec: EngineSpec) -> Runner:
+        """One preset of an engine built from every preset's static graph: its own session over the shared
+        weights file. The graph comes from the engine's file list, which the bundle checks, never from a path
+        the settings alone name."""
+        shared = spec.settings.get("shared") or {}
+        graphs = spec.settings["graphs"]
+        branch = shared.get("branch")
+        if not isinstance(branch, int) or not 0 <= branch < len(graphs) or graphs[branch] not in spec.extra_files:
+            raise EdgevitError(f"{spec.file}: preset branch {branch!r} names no graph of this engine's files "
+                               f"({len(graphs)} graphs)")
+        try:
+            return OrtRunner(Path(bundle_dir) / graphs[branch], spec.settings.get("providers"),
+                             spec.settings.get("threads", 0), None, spec.settings.get("session_config"))
+        except Exception as e:   # ONNX Runtime's refusal (external data outside the bundle, a truncated file)
+            raise EdgevitError(f"{graphs[branch]}: ONNX Runtime cannot load it with its weights file "
+                               f"{spec.file}: {str(e).splitlines()[0][:300]}") from e
+
     def load(self, bundle_dir, spec: EngineSpec) -> Runner:
+        if "graphs" in spec.settings:
+            return self._load_preset_graph(bundle_dir, spec)
+
         def make():
             return OrtRunner(Path(bundle_dir) / spec.file, spec.settings.get("providers"),
                              spec.settings.get("threads", 0), spec.settings.get("provider_options"))

@@ -24,13 +24,16 @@ def _engine_cache_dir(model_path: Path) -> str:
 
 
 class OrtRunner(Runner):
-    def __init__(self, path, providers=None, threads: int = 0, options: dict | None = None):
+    def __init__(self, path, providers=None, threads: int = 0, options: dict | None = None,
+                 session_config: dict | None = None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        for key, value in (session_config or {}).items():
+            opts.add_session_config_entry(key, str(value))
         available = ort.get_available_providers()
         providers = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
         options = dict(options or {})

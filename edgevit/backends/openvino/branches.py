@@ -18,7 +18,6 @@ token count is packed again per branch, which an FP32 matmul with a fused activa
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -157,20 +156,13 @@ def build(sources_json, out_xml, weights: str = "fp32", unfuse: bool | None = No
     oneDNN either way. Writes the branches IR."""
     import openvino as ov
 
-    from edgevit.bundle import sha256_file
     from edgevit.backends.openvino.quantize import compress_openvino_model
+    from edgevit.build.shared import read_sources
 
     unfuse = weights == "fp32" if unfuse is None else unfuse
-    spec = json.loads(Path(sources_json).read_text())
     models, names, seen, replaced, guarded = [], [], {}, 0, 0
     report = {"tool": f"openvino {ov.__version__} convert_model", "level": None}
-    for item in spec["presets"]:
-        onnx_path = Path(item["onnx"])
-        # The sources file's digest keys the engine cache; a graph changed or gone since would build another.
-        if not onnx_path.is_file() or sha256_file(onnx_path) != item["sha256"]:
-            raise EdgevitError(f"{sources_json}: preset {item['name']}: {onnx_path} is "
-                               f"{'changed since it was listed' if onnx_path.is_file() else 'missing'}; "
-                               f"build again (or remove the build's --cache-dir)")
+    for name, onnx_path in read_sources(sources_json):
         m = ov.convert_model(str(onnx_path))
         if weights == "int8":
             m, report = compress_openvino_model(m)
@@ -178,7 +170,7 @@ def build(sources_json, out_xml, weights: str = "fp32", unfuse: bool | None = No
             guarded += _keep_fc_unfused(m)
         replaced += _dedup_into(m, seen)
         models.append(m)
-        names.append(item["name"])
+        names.append(name)
     model = assemble(models, names)
     out_xml = Path(out_xml)
     out_xml.parent.mkdir(parents=True, exist_ok=True)
