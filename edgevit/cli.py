@@ -230,10 +230,11 @@ def build_cmd(target, model, checkpoint, data, out, presets, resolutions, batch,
     Presets go largest first: a candidate slower than FP32 there (interleaved probe) is not built for
     the smaller ones, and the manifest says why.
     Then every passing candidate of every preset and backend is timed in one interleaved pass (each
-    request after --request-interval-ms idle, as the device will serve them), and each preset ships the fastest: a reduced precision only where it beats FP32 beyond the noise. Each preset
-    runs by default on the backend measured fastest. When this host is not the target, the profile's
-    preference order decides. The manifest records every candidate and why one was chosen; the bundle
-    appears only when complete.
+    request after --request-interval-ms idle, as the device will serve them), and each preset ships the
+    fastest: a reduced precision only where it beats FP32 beyond the noise. Each preset runs by default
+    on the backend measured fastest (within --memory-budget-mb for the whole set, where one is set).
+    When this host is not the target, the profile's preference order decides. The manifest records every
+    candidate and why one was chosen; the bundle appears only when complete.
 
     \b
     Examples:
