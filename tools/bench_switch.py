@@ -33,7 +33,7 @@ presets = json.loads(sys.argv[2])
 rt = edgevit.load(sys.argv[1], presets=presets)
 x = np.zeros(tuple(rt.manifest.input["shape"]), np.float32)
 for p in rt.presets:
-    rt.predict(x, preset=p.name)
+    rt.predict(x, preset=p.name, preprocessed=True)
 print(json.dumps({"presets": len(rt.presets), "rss_mb": psutil.Process().memory_info().rss / 2**20,
                   "base_mb": rss0 / 2**20}))
 """
@@ -62,7 +62,7 @@ def main() -> int:
     rng = np.random.default_rng(0)
     for n in names:                      # warm every preset in this thread, as a running device loop would be
         for _ in range(20):
-            rt.predict(x, preset=n)
+            rt.predict(x, preset=n, preprocessed=True)
 
     def run(switch: bool, count: int, warm: bool = False) -> tuple[list[float], list[float], list[float]]:
         uses, served, decided = [], [], []
@@ -75,7 +75,7 @@ def main() -> int:
             if switch:
                 rt.use(target)
             t1 = time.perf_counter()
-            pred = rt.predict(x, preset=None if switch else target)
+            pred = rt.predict(x, preset=None if switch else target, preprocessed=True)
             t2 = time.perf_counter()
             assert pred.preset == target
             uses.append((t1 - t0) * 1e3)
@@ -95,7 +95,7 @@ def main() -> int:
 
         def client(stop=stop):
             while not stop.is_set():
-                rt.predict(x)
+                rt.predict(x, preprocessed=True)
 
         threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
         for t in threads:
@@ -106,7 +106,7 @@ def main() -> int:
         same = []
         for _ in range(args.switches):
             t0 = time.perf_counter()
-            rt.predict(x)
+            rt.predict(x, preprocessed=True)
             same.append((time.perf_counter() - t0) * 1e3)
         stop.set()
         for t in threads:
