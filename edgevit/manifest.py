@@ -149,6 +149,12 @@ class Manifest(_Record):
     present: tuple = field(default=(), repr=False, compare=False)
     _nested = {"presets": lambda ps: [PresetEntry.from_dict(p) for p in ps]}
 
+    @property
+    def request_interval_s(self) -> float:
+        """The idle before each timed request the bundle was measured with (``runtime.request_interval_ms``;
+        bundles from before it: 0, back to back)."""
+        return float((self.target.get("runtime") or {}).get("request_interval_ms") or 0) / 1e3
+
     def preset(self, name: str) -> PresetEntry:
         for p in self.presets:
             if p.name == name:

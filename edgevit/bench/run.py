@@ -307,7 +307,7 @@ def run_bench(opts: BenchOptions) -> dict:
     if opts.repeats < 1:
         raise EdgevitError("--repeats must be at least 1")
     if opts.interval_ms is None:
-        opts.interval_ms = float(manifest.target.get("runtime", {}).get("request_interval_ms", 0) or 0)
+        opts.interval_ms = manifest.request_interval_s * 1e3
     engines, notes = load_engines(bundle, manifest, opts, threads)
     if not engines:
         raise EdgevitError(f"nothing to measure in {bundle}: {notes['skipped']}")

@@ -8,8 +8,9 @@ that file instead of copying it, so a process with every preset loaded holds the
 off (``session.disable_prepacking``), because a prepacked copy per session would undo that. ONNX Runtime
 refuses external data outside the model's folder, and the runner names the file when it does.
 
-On the 2-core AVX-512 host, SuperViT-DeiT-S, 12 presets: 127 MB unique memory against 407 MB for twelve
-separate dynamic-INT8 sessions, at 1.0-1.07x their latency at r224-k1.
+On the 2-core AVX-512 VNNI/BF16 host, SuperViT-DeiT-S, 12 presets: 145 MB (PSS) against 394 MB for twelve
+separate dynamic-INT8 sessions, at 1.06-1.16x their latency (no prepacking); docs/benchmarks/
+shared-ort-presets-deit-s-avx512.md.
 """
 
 from __future__ import annotations

@@ -288,7 +288,7 @@ def engine_build(bundle, presets: list[str] | None = None, force: bool = False, 
                            + "; ".join(problems) + ". Engines built here would only run here; pass --any-device "
                            "to build them anyway")
     if how.interval_s is None:
-        how = replace(how, interval_s=float(target.get("runtime", {}).get("request_interval_ms", 0) or 0) / 1e3)
+        how = replace(how, interval_s=manifest.request_interval_s)
     log = how.log
     todo = [p.name for p in manifest.presets if "tensorrt" in p.engines
             and (force or p.engines["tensorrt"].status == PENDING) and (not presets or p.name in presets)]
