@@ -202,7 +202,9 @@ def eval_cmd(checkpoint, data, model, presets, trust_checkpoint):
               help="SuperViT: one engine per backend serving every preset, its weights stored and loaded once "
                    "(default: the profile's shared_weights, false). OpenVINO puts each preset's static graph "
                    "behind a branch (profile openvino.shared_graph: branches) or runs one dynamic-shape graph "
-                   "(dynamic: less memory, slower requests); ONNX Runtime runs the dynamic-shape graph.")
+                   "(dynamic: less memory, slower requests); ONNX Runtime runs the dynamic-shape graph or every "
+                   "preset's static graph over one weights file; TensorRT builds one engine with an "
+                   "optimisation profile per preset (on the device).")
 @click.option("--no-latency", is_flag=True,
               help="Skip the latency pass: the profile's preference order then picks each engine.")
 @click.option("--request-interval-ms", default=None, type=click.FloatRange(0, 10000),

@@ -462,6 +462,145 @@ def test_engine_that_fails_on_the_device_is_not_marked_ok(orin_bundle, fake_devi
     assert not list((bundle / "engines").glob("tensorrt/r16-k0.5.*"))
 
 
+# -- shared weights: one engine, an optimisation profile per preset ----------------------------------------
+
+FOUR = ["r32-k1", "r16-k0.5", "r24-k0.7", "r16-k1"]
+
+
+@pytest.fixture(scope="module")
+def orin_shared(quick_checkpoint, tmp_path_factory):
+    from edgevit.build.builder import BuildOptions, build
+
+    if tensorrt_ready()[0]:
+        pytest.skip("TensorRT and a GPU are here: the build finishes the engine itself")
+    base = tmp_path_factory.mktemp("orin-shared")
+    logs = []
+    out = build(BuildOptions(target="jetson-orin", checkpoint=str(quick_checkpoint), presets=FOUR,
+                             shared_weights=True, out=str(base / "bundle"), cache_dir=str(base / "cache"),
+                             log=logs.append))
+    return out, logs
+
+
+def test_shared_kit_has_one_engine_with_a_profile_per_preset(orin_shared):
+    from edgevit.models.registry import create_model
+
+    out, _ = orin_shared
+    m = read_manifest(out).to_dict()
+    verify_files(out, m)
+    model = create_model("supervit-nano")
+    settings = [p["engines"]["tensorrt"]["engine"]["settings"] for p in m["presets"]]
+    assert {p["engines"]["tensorrt"]["engine"]["file"] for p in m["presets"]} == {"kit/tensorrt/shared.fp16.onnx"}
+    assert {s["engine"] for s in settings} == {"engines/tensorrt/shared.fp16.plan"}
+    profiles = settings[0]["profiles"]
+    assert all(s["profiles"] == profiles for s in settings)
+    # The profile list is the preset list: profile i is the preset whose binding says branch i, pinned to
+    # exactly the shapes that preset feeds (min = opt = max).
+    assert [p["preset"] for p in profiles] == [p["name"] for p in m["presets"]] == FOUR
+    for i, (p, s) in enumerate(zip(profiles, settings)):
+        assert s["shared"]["branch"] == i
+        r, k = model.preset(p["preset"]).resolution, model.preset(p["preset"]).keep_rate
+        counts = model.token_counts(r, k)
+        kept = [counts[j] - 1 for j in model.prune_at]
+        assert p["shapes"] == {"input": [1, 3, 32, 32], "keep1": [kept[0]], "keep2": [kept[1]], "keep3": [kept[2]],
+                               "pos_embed": [1, (r // model.patch_size) ** 2 + 1, model.embed_dim], "size": [r]}
+    line = settings[0]["trtexec"]
+    assert [int(x) for x in re.findall(r"--profile=(\d+)", line)] == list(range(len(FOUR)))
+    assert "--minShapes=input:1x3x32x32,keep1:9,keep2:5,keep3:3,pos_embed:1x17x96,size:16" in line
+    script = (out / "kit" / "build_engines.sh").read_text()
+    assert script.count('"$TRTEXEC" ') == 1     # one engine, built once, for every preset
+    for p in m["presets"]:   # validated here on ORT CPU as the device will build it, at every preset
+        t = p["engines"]["tensorrt"]
+        assert t["status"] == "pending-device-build" and t["precision"] == "fp16" and t["gate"]["passed"]
+
+
+def test_profiles_reach_the_builder_pinned_and_checked():
+    from edgevit.backends.tensorrt.profiles import add_profiles, trtexec_flags
+
+    class Profile:
+        def __init__(self):
+            self.shapes = {}
+
+        def set_shape(self, name, lo, opt, hi):
+            self.shapes[name] = (lo, opt, hi)
+
+    class Config:
+        def __init__(self):
+            self.profiles = []
+
+        def add_optimization_profile(self, p):
+            self.profiles.append(p)
+            return len(self.profiles) - 1
+
+    class Builder:
+        def create_optimization_profile(self):
+            return Profile()
+
+    class Network:
+        num_inputs = 2
+
+        def get_input(self, i):
+            return type("T", (), {"name": ["input", "size"][i]})()
+
+    profiles = [{"preset": "a", "shapes": {"input": [1, 3, 8, 8], "size": [8]}},
+                {"preset": "b", "shapes": {"input": [1, 3, 8, 8], "size": [4]}}]
+    config = Config()
+    add_profiles(Builder(), Network(), config, profiles)
+    assert [p.shapes for p in config.profiles] == [
+        {"input": ([1, 3, 8, 8],) * 3, "size": ([8],) * 3}, {"input": ([1, 3, 8, 8],) * 3, "size": ([4],) * 3}]
+    with pytest.raises(EdgevitError, match=r"profile 1 \(b\) gives shapes for \['input'\].*'size'"):
+        add_profiles(Builder(), Network(), Config(), [profiles[0], {"preset": "b", "shapes": {"input": [1]}}])
+    assert trtexec_flags(profiles)[4:] == ["--profile=1", "--minShapes=input:1x3x8x8,size:4",
+                                           "--optShapes=input:1x3x8x8,size:4", "--maxShapes=input:1x3x8x8,size:4"]
+
+
+class SharedOrtAsTensorRT(OrtAsTensorRT):
+    """A multi-profile 'engine': ``bind`` checks that the preset's feeds are exactly its profile's shapes, as
+    TensorRT's set_input_shape would, and runs the graph with them."""
+
+    made = 0
+
+    def __init__(self, path, settings, refit_onnx=None):
+        super().__init__(path, settings, refit_onnx)
+        SharedOrtAsTensorRT.made += 1
+        self.profiles, self.input_name = settings["profiles"], self._r.input_name
+
+    def bind(self, feeds):
+        feeds = dict(feeds)
+        shapes = self.profiles[int(feeds.pop("preset"))]["shapes"]
+        assert {k: list(v.shape) for k, v in feeds.items()} == {k: v for k, v in shapes.items() if k != "input"}
+        return lambda x: self._r.run({self.input_name: x, **feeds})
+
+
+def test_shared_engine_build_on_the_device(orin_shared, fake_device, tmp_path, monkeypatch):
+    import edgevit.backends.tensorrt as trt_backend
+    import edgevit.backends.tensorrt.runner as trt_runner
+    from edgevit.backends.tensorrt.device_build import DeviceBuild, engine_build
+
+    for module in (trt_backend, trt_runner):
+        monkeypatch.setattr(module, "TensorRTRunner", SharedOrtAsTensorRT)
+    bundle = _copy(orin_shared[0], tmp_path / "bundle")
+    summary = engine_build(bundle, how=DeviceBuild(log=lambda m: None))
+    assert summary == {"built": 1, "failed": [], "built_on": ORIN} and fake_device["builds"] == ["fp16"]
+    m = read_manifest(bundle).to_dict()
+    verify_files(bundle, m)
+    assert m["device_build"]["status"] == "done"
+    for i, p in enumerate(m["presets"]):
+        t = p["engines"]["tensorrt"]
+        s = t["engine"]["settings"]
+        assert t["status"] == "ok" and t["gate"]["passed"] and t["latency_ms"]["p50"] > 0
+        assert t["engine"]["file"] == "engines/tensorrt/shared.fp16.plan" and s["shared"]["branch"] == i
+        assert len(s["profiles"]) == len(FOUR) and s["built_on"] == ORIN
+    SharedOrtAsTensorRT.made = 0
+    x = np.random.default_rng(0).random((3, 3, 32, 32), np.float32)
+    with edgevit.load(bundle) as rt, edgevit.load(bundle, backend="onnxruntime") as ref:
+        assert rt.backend == "tensorrt"
+        rt.wait_loaded()
+        for name in FOUR:     # every preset resident on one engine: one deserialization, a context each
+            np.testing.assert_allclose(rt.predict(x, preset=name, preprocessed=True).logits,
+                                       ref.predict(x, preset=name, preprocessed=True).logits, atol=0.05)
+    assert SharedOrtAsTensorRT.made == 1
+
+
 def test_int8_candidate_kept_only_where_it_passes_and_is_faster():
     """The device step chooses with the build's rule (edgevit.build.selection): the profile's precision is the floor."""
     from edgevit.build.selection import choose_candidate
@@ -552,3 +691,24 @@ def test_tensorrt_engine_matches_onnxruntime(quick_checkpoint, tmp_path):
         x = np.random.default_rng(0).random((4, 3, 32, 32), np.float32)
         with edgevit.load(out, backend="onnxruntime") as ref:
             assert (rt.predict(x).indices == ref.predict(x).indices).mean() >= 0.75
+
+
+@needs_gpu
+def test_tensorrt_shared_engine_serves_every_preset(quick_checkpoint, tmp_path):
+    """The multi-profile engine on a real GPU: one engine, a profile per preset, each preset agreeing with
+    ONNX Runtime on the same bundle."""
+    from edgevit.build.builder import BuildOptions, build
+
+    out = build(BuildOptions(target="desktop-gpu", checkpoint=str(quick_checkpoint), presets=FOUR,
+                             shared_weights=True, out=str(tmp_path / "b"), cache_dir=str(tmp_path / "cache"),
+                             log=print))
+    m = read_manifest(out).to_dict()
+    if m["device_build"]["status"] == "pending":
+        pytest.skip(f"GPU is not the desktop-gpu target: {m['device_build']['reason']}")
+    files = {p["engines"]["tensorrt"]["engine"]["file"] for p in m["presets"]}
+    assert len(files) == 1 and all(p["engines"]["tensorrt"]["status"] == "ok" for p in m["presets"])
+    x = np.random.default_rng(0).random((4, 3, 32, 32), np.float32)
+    with edgevit.load(out) as rt, edgevit.load(out, backend="onnxruntime") as ref:
+        rt.wait_loaded()
+        for name in FOUR:
+            assert (rt.predict(x, preset=name).indices == ref.predict(x, preset=name).indices).mean() >= 0.75

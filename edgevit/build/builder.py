@@ -438,10 +438,9 @@ def plan_build(opts: BuildOptions, cache: Cache) -> Plan:
     host_ok, host_why = matches_target(profile)
     if not host_ok:
         log(f"[build] latencies are not measured: {host_why}; the profile's preference order decides")
-    if profile.shared_weights and (family_of(model).shared_presets is None or any(b.deferred_build for b in backends)):
+    if profile.shared_weights and family_of(model).shared_presets is None:
         raise EdgevitError(f"--shared-weights (profile shared_weights) is built for models whose family has a "
-                           f"shared-weight graph (SuperViT) on backends that build on this host (OpenVINO, ONNX "
-                           f"Runtime); {model.variant} on {', '.join(b.name for b in backends)} is not")
+                           f"shared-weight graph (SuperViT); {model.variant} has none")
     return Plan(opts, profile, got, out, presets, backends, unavailable, opts.measure and host_ok, host_why,
                 weight_digest(model), cx, vx, vy, obtain_seconds)
 

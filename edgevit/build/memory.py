@@ -72,6 +72,10 @@ def shared_check(plan, shared: dict, bundle_dir: Path, reference_onnx: Path, cac
     largest = max(presets, key=lambda p: p.flops)
     measured, checks = {}, {}
     for b in plan.backends:
+        if b.deferred_build:
+            log(f"[memory] {b.name} shared engine: built and measured on the device (one engine, an optimisation "
+                f"profile per preset)")
+            continue
         cand = _reference_candidate(b, plan.profile, shared[largest.name][b.name].chosen)
         specs = {p.name: EngineSpec(**shared[p.name][b.name].engine) for p in presets}
         try:

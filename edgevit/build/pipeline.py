@@ -114,9 +114,10 @@ def over_presets(lats: list) -> dict | None:
         return None
     if len(lats) == 1:
         return lats[0]
-    rounds = list(zip(*(lat["rounds"] for lat in lats)))
-    return {"p50": geomean(lat["p50"] for lat in lats), "rounds": [geomean(r) for r in rounds],
-            "over": f"geometric mean over {len(lats)} presets"}
+    out = {"p50": geomean(lat["p50"] for lat in lats), "over": f"geometric mean over {len(lats)} presets"}
+    if all(lat.get("rounds") for lat in lats):   # timed in one interleaved pass (not one runner at a time)
+        out["rounds"] = [geomean(r) for r in zip(*(lat["rounds"] for lat in lats))]
+    return out
 
 
 def run_candidate(job: Job, candidate: Candidate, log=None) -> CandidateResult:

@@ -153,7 +153,7 @@ def shared_job(graph: SharedGraph, site: Site, checks: Checks) -> Job:
     """The shared build's job: one engine for every preset, checked at each of them."""
     b = site.backend
     return Job(checks, build=lambda cand: compile_cached(site, graph.source(b.name, cand), "shared", cand),
-               runners=lambda spec: {p.name: b.load(site.bundle_dir, graph.spec_for(spec, p.name))
+               runners=lambda spec: {p.name: b.validation_runner(site.bundle_dir, graph.spec_for(spec, p.name))
                                      for p in graph.presets},
                bundle_dir=site.bundle_dir)
 

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 
 from edgevit.backends.base import Backend, Candidate, EngineSpec, Runner
+from edgevit.backends.shared import SharedRunner, preset_feeds, shared_runner
 from edgevit.manifest import PENDING
 from edgevit.backends.tensorrt.build import build_settings, shell_line, trtexec_command
 from edgevit.backends.tensorrt.kit import TIMING_CACHE, artifact_paths, refit_from, write_artifact
@@ -43,6 +44,12 @@ def _artifact(src: _Source, candidate_id: str, precision: str, level, settings: 
                     trtexec=shell_line(trtexec_command(settings, onnx_rel.as_posix(), engine_rel.as_posix(),
                                                        TIMING_CACHE.as_posix())))
     return quant
+
+
+def _takes_preset_inputs(onnx_path) -> bool:
+    import onnx
+
+    return len(onnx.load(str(onnx_path), load_external_data=False).graph.input) > 1
 
 
 class TensorRTBackend(Backend):
@@ -75,6 +82,18 @@ class TensorRTBackend(Backend):
             return [Candidate(precision, precision, "strongly typed" if precision == "fp16" else "fp32")]
         return super().recipes(precision, profile)
 
+    def shared_recipes(self, precision, profile) -> list[Candidate]:
+        """One engine for every preset: the shared graph with an optimisation profile per preset (``profiles``).
+        INT8 asks for FP16 here: one set of Q/DQ scales would be fitted to the activations of presets whose
+        token counts differ 3-fold (docs/architecture.md, shared weights)."""
+        if precision == "int8":
+            return [Candidate("fp16", "fp16", "strongly typed, an optimisation profile per preset (INT8 Q/DQ "
+                                              "scales would be shared by every preset)")]
+        if precision in ("fp16", "fp32"):
+            return [Candidate(precision, precision, f"{'strongly typed' if precision == 'fp16' else 'fp32'}, "
+                                                    f"an optimisation profile per preset")]
+        return super().shared_recipes(precision, profile)
+
     def available(self) -> tuple[bool, str]:
         # The kit (explicit-precision ONNX validated on ORT, settings, trtexec lines) can be made anywhere;
         # whether the engine itself is built here is ``deferred()``.
@@ -96,7 +115,9 @@ class TensorRTBackend(Backend):
         src = _Source(onnx_path, Path(out_dir), name, calib, profile)
         quant = _artifact(src, candidate.id, precision, candidate.level, settings)
         extra = []
-        if precision == "fp16" and profile.tensorrt.get("int8_if_faster"):
+        # A shared-weight graph (the preset is inputs) has no INT8 candidate: its calibration would need
+        # every preset's inputs, and one set of scales would serve them all (shared_recipes).
+        if precision == "fp16" and profile.tensorrt.get("int8_if_faster") and not _takes_preset_inputs(onnx_path):
             # docs/architecture.md, "Backends": INT8 is not always faster than FP16 for ViTs on GPUs; the device measures both.
             cand = build_settings(profile, "int8")
             cand["recipe"] = "explicit Q/DQ"
@@ -117,15 +138,24 @@ class TensorRTBackend(Backend):
             raise EdgevitError(f"bundle {bundle_dir}: refusing to load {spec.file}: " + "; ".join(problems) +
                                f". Rebuild it for this device from the bundle's kit: edgevit engine build "
                                f"{bundle_dir} --force")
-        return TensorRTRunner(Path(bundle_dir) / spec.file, spec.settings, refit_from(bundle_dir, spec.settings))
+
+        def make():
+            return TensorRTRunner(Path(bundle_dir) / spec.file, spec.settings, refit_from(bundle_dir, spec.settings))
+
+        # Shared weights: one engine per process, each preset a context on its own optimisation profile.
+        return shared_runner(bundle_dir, spec, make) if spec.settings.get("shared") else make()
 
     def validation_runner(self, bundle_dir, spec: EngineSpec) -> Runner:
         if spec.status != PENDING:
             return self.load(bundle_dir, spec)
         from edgevit.backends.onnxruntime.runner import OrtRunner
 
-        # What the device will build from, run exactly as written (CPU: no GPU is involved yet).
-        return OrtRunner(Path(bundle_dir) / spec.file, ["CPUExecutionProvider"])
+        # What the device will build from, run exactly as written (CPU: no GPU is involved yet); a shared
+        # engine's preset is that graph fed the preset's inputs.
+        runner = OrtRunner(Path(bundle_dir) / spec.file, ["CPUExecutionProvider"])
+        if spec.settings.get("shared"):
+            return SharedRunner(runner, preset_feeds(bundle_dir, spec.settings["shared"]), runner.close)
+        return runner
 
     def validation_notes(self, bundle_dir, spec: EngineSpec, checks, preset: str) -> dict:
         """A pending engine was validated as the device will build it, on ONNX Runtime; the precisions the

@@ -89,6 +89,10 @@ def trtexec_command(settings: dict, onnx: str, engine: str, timing_cache: str | 
         cmd.append("--versionCompatible")
     if settings.get("strip_weights"):
         cmd.append("--stripWeights")   # refit with identical weights, from the kit's ONNX at load
+    if settings.get("profiles"):
+        from edgevit.backends.tensorrt.profiles import trtexec_flags
+
+        cmd += trtexec_flags(settings["profiles"])   # shared weights: one profile per preset
     cmd.append("--skipInference")  # build only: `edgevit engine build` validates and measures afterwards
     return cmd
 
@@ -158,6 +162,10 @@ def build_engine_file(onnx_path, engine_path, settings: dict, timing_cache_path=
         raise EdgevitError(f"TensorRT {trt.__version__} could not parse {onnx_path}: {errors}")
 
     config = _builder_config(trt, builder, settings, strongly_typed)
+    if settings.get("profiles"):
+        from edgevit.backends.tensorrt.profiles import add_profiles
+
+        add_profiles(builder, network, config, settings["profiles"])
 
     cache_path = Path(timing_cache_path) if (settings["timing_cache"] and timing_cache_path) else None
     if cache_path is not None:
@@ -178,6 +186,8 @@ def build_engine_file(onnx_path, engine_path, settings: dict, timing_cache_path=
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         cache_path.write_bytes(memoryview(config.get_timing_cache().serialize()))
     seconds = time.perf_counter() - t0
+    n = len(settings.get("profiles") or [])
     log(f"[tensorrt] built {engine_path.name} in {seconds:.1f} s (TensorRT {trt.__version__}, "
-        f"{'strongly typed' if strongly_typed else 'weakly typed ' + settings['precision']})")
+        f"{'strongly typed' if strongly_typed else 'weakly typed ' + settings['precision']}"
+        + (f", {n} optimisation profiles: one per preset" if n else "") + ")")
     return {"tensorrt": trt.__version__, "strongly_typed": strongly_typed, "build_seconds": round(seconds, 2)}

@@ -62,7 +62,9 @@ def _trt(e):
 def write_kit(bundle_dir: Path, entries: list, target: dict, reason: str | None) -> None:
     """kit/README.md, kit/build_engines.sh and kit/settings.json, from the presets' tensorrt specs."""
     specs = [(e.name, _trt(e).engine) for e in entries if _trt(e) is not None]
-    lines = [s["trtexec"] for _, spec in specs for s in [spec["settings"], *spec["settings"].get("candidates", [])]]
+    # A shared-weight engine serves every preset: its one line once.
+    lines = list(dict.fromkeys(s["trtexec"] for _, spec in specs
+                               for s in [spec["settings"], *spec["settings"].get("candidates", [])]))
     kit = bundle_dir / "kit"
     kit.mkdir(parents=True, exist_ok=True)
     (kit / "settings.json").write_text(json.dumps({name: spec["settings"] for name, spec in specs}, indent=2) + "\n")
@@ -148,6 +150,18 @@ def _build_one(bundle_dir: Path, settings: dict, how: DeviceBuild) -> None:
                           how.log)
 
 
+def _builder(bundle_dir: Path, options: list[dict], how: DeviceBuild):
+    """``Job.build`` for the kit's settings ``options``: a candidate is one of them, by precision."""
+    by_id = {s["precision"]: s for s in options}
+
+    def build(cand):
+        s = by_id[cand.id]
+        _build_one(bundle_dir, s, how)
+        return EngineSpec("tensorrt", s["precision"], s["engine"], settings=s), False
+
+    return build
+
+
 def device_job(bundle_dir: Path, preset: str, options: list[dict], checks, how: DeviceBuild):
     """The device build's job in the candidate pipeline: a candidate is one of the kit's settings for
     ``preset`` (the profile's precision first: the floor), built with TensorRT here, checked and measured
@@ -156,12 +170,7 @@ def device_job(bundle_dir: Path, preset: str, options: list[dict], checks, how: 
     from edgevit.backends.tensorrt.kit import refit_from
     from edgevit.build.pipeline import Job
 
-    by_id = {s["precision"]: s for s in options}
-
-    def build(cand):
-        s = by_id[cand.id]
-        _build_one(bundle_dir, s, how)
-        return EngineSpec("tensorrt", s["precision"], s["engine"], settings=s), False
+    build = _builder(bundle_dir, options, how)
 
     def runners(spec):
         s = spec.settings
@@ -169,6 +178,90 @@ def device_job(bundle_dir: Path, preset: str, options: list[dict], checks, how: 
 
     return Job(checks, build, runners, bundle_dir, measure_now=how.measure, interval_s=how.interval_s or 0.0,
                floor_ships=False)
+
+
+def shared_device_job(bundle_dir: Path, specs: dict, options: list[dict], checks, how: DeviceBuild):
+    """The device build's job for a shared-weight engine: one engine built with an optimisation profile per
+    preset, checked (and measured) at every preset of ``specs`` (preset -> its ``EngineSpec``, whose settings
+    carry its binding), each a context on its own profile."""
+    from edgevit.backends.shared import SharedRunner, preset_feeds
+    from edgevit.backends.tensorrt import runner
+    from edgevit.backends.tensorrt.kit import refit_from
+    from edgevit.build.pipeline import Job
+
+    build = _builder(bundle_dir, options, how)
+
+    def runners(spec):
+        s = spec.settings
+        base = runner.TensorRTRunner(bundle_dir / s["engine"], s, refit_from(bundle_dir, s))
+        users = [len(specs)]
+
+        def release():
+            users[0] -= 1
+            if users[0] == 0:
+                base.close()
+
+        return {name: SharedRunner(base, preset_feeds(bundle_dir, sp.settings["shared"]), release)
+                for name, sp in specs.items()}
+
+    return Job(checks, build, runners, bundle_dir, measure_now=how.measure, interval_s=how.interval_s or 0.0,
+               floor_ships=False)
+
+
+def attach_profiles(bundle_dir: Path, entries) -> None:
+    """Every shared-weight TensorRT engine's optimisation profiles (one per preset, ``profiles``) and its
+    trtexec line with them, in each preset's settings."""
+    from edgevit.backends.tensorrt.build import shell_line, trtexec_command
+    from edgevit.backends.tensorrt.kit import TIMING_CACHE
+    from edgevit.backends.tensorrt.profiles import preset_profiles
+
+    groups: dict = {}
+    for e in entries:
+        t = _trt(e)
+        if t is not None and t.engine["settings"].get("shared"):
+            groups.setdefault(t.engine["settings"]["engine"], []).append((e.name, t.engine["settings"]))
+    for members in groups.values():
+        first = members[0][1]
+        profiles = preset_profiles(bundle_dir, first["onnx"], [(name, s["shared"]) for name, s in members])
+        for _, s in members:
+            s["profiles"] = profiles
+            s["trtexec"] = shell_line(trtexec_command(s, s["onnx"], s["engine"], TIMING_CACHE.as_posix()))
+
+
+def _finish_shared(bundle_dir: Path, group: list, checks, todo, force: bool, how: DeviceBuild) -> dict:
+    """``finish`` for the presets of one shared-weight engine: built once, passed only if it passes at every
+    preset (as the shared build's candidates), recorded in every preset's entry."""
+    from edgevit.backends.tensorrt.gpu import device_info
+    from edgevit.build.pipeline import choose, discard_failed, remove_unchosen, run_candidate
+
+    here = device_info()
+    wanted = [e for e in group if force or (_trt(e).status == PENDING and (not todo or e.name in todo))]
+    if not wanted:
+        return {"built": 0, "failed": [], "built_on": here}
+    missing = [e.name for e in group if e.name not in checks.refs]
+    if missing:
+        raise EdgevitError(f"{VALIDATION_FILE} has no torch logits for presets {missing}")
+    specs = {e.name: EngineSpec(**_trt(e).engine) for e in group}
+    first = specs[group[0].name]
+    options = [first.settings] + list(first.settings.get("candidates", []))
+    job = shared_device_job(bundle_dir, specs, options, checks, how)
+    results = [run_candidate(job, c) for c in _candidates(options)]
+    for r in results:
+        for e in group:
+            _log_engine(e.name, r, how.log)
+    chosen, why = choose(results, measured=how.measure)
+    discard_failed(results, bundle_dir)
+    if chosen is None:
+        for e in group:
+            t = _trt(e)
+            t.status = "failed-validation"
+            t.extra["device_attempts"] = [r.records[e.name] for r in results]
+            t.reason = "; ".join(f"{r.id}: {r.records[e.name]['reason']}" for r in results)
+        return {"built": 0, "failed": [e.name for e in group], "built_on": here}
+    remove_unchosen(results, chosen, bundle_dir)
+    for e in group:
+        _device_entry(_trt(e), specs[e.name], Choice(chosen, why, results), e.name, here)
+    return {"built": 1, "failed": [], "built_on": here}
 
 
 def _candidates(options: list[dict]) -> list[Candidate]:
@@ -186,6 +279,9 @@ def finish(bundle_dir: Path, entries: list, checks, todo: list[str] | None = Non
     from edgevit.backends.tensorrt.gpu import device_info
     from edgevit.build.pipeline import choose, discard_failed, remove_unchosen, run_candidate
 
+    shared = [e for e in entries if _trt(e) is not None and _trt(e).engine["settings"].get("shared")]
+    if shared:
+        return _finish_shared(bundle_dir, shared, checks, todo, force, how)
     here = device_info()
     built, failed = 0, []
     for e in entries:
@@ -238,7 +334,7 @@ def _device_entry(t, spec: EngineSpec, choice, preset: str, here: dict) -> None:
     kit_files = ([spec.settings["onnx"]] + [o["onnx"] for o in spec.settings.get("candidates", [])]
                  + ([spec.settings["weights"]] if spec.settings.get("weights") else []))
     new_spec = EngineSpec("tensorrt", s["precision"], s["engine"], extra_files=kit_files,
-                          settings={**spec.settings, **{k: v for k, v in s.items() if k != "candidates"},
+                          settings={**spec.settings, **{k: v for k, v in s.items() if k not in ("candidates", "shared")},
                                     "built_on": here},
                           quantization=s.get("quantization", spec.quantization))
     entry = entry_for(choice, preset, new_spec, spec.precision, measured=True)
@@ -342,6 +438,7 @@ def defer(backend, bundle_dir: Path, entries, profile, checks: Checks, how: Devi
     log = how.log
     info = write_validation(bundle_dir, checks.x, checks.y, checks.refs)
     _share_kit_weights(bundle_dir, entries, backend.name, log)
+    attach_profiles(bundle_dir, entries)
     reason = backend.deferred()
     if reason is None:
         problems = target_mismatches(profile.device, device_info())
@@ -367,7 +464,8 @@ def _share_kit_weights(bundle_dir: Path, entries, name: str, log) -> None:
     from edgevit.backends.tensorrt.kit import share_weights
 
     engines = [e.engines[name].engine for e in entries if name in e.engines and e.engines[name].engine is not None]
-    rels = [s["onnx"] for spec in engines for s in [spec["settings"], *spec["settings"].get("candidates", [])]]
+    rels = list(dict.fromkeys(s["onnx"] for spec in engines   # a shared engine's ONNX is every preset's
+                              for s in [spec["settings"], *spec["settings"].get("candidates", [])]))
     if not rels:
         return
     stats = share_weights(bundle_dir, rels)

@@ -1,4 +1,5 @@
-"""Running one TensorRT engine: deserialized once, one execution context, device buffers allocated once."""
+"""Running one TensorRT engine: deserialized once, an execution context per preset it serves, device buffers
+allocated once."""
 
 from __future__ import annotations
 
@@ -31,13 +32,18 @@ def _refit(trt, engine, onnx_path, logger) -> None:
 
 
 class TensorRTRunner(Runner):
-    """One deserialized engine, one execution context, device buffers allocated once."""
+    """One deserialized engine, device buffers allocated once. A static engine has one execution context. A
+    shared-weight engine (one optimisation profile per preset, ``profiles``) gets a context per preset from
+    ``bind`` (``backends.shared.shared_runner``): the contexts share the engine's weights, one activation
+    buffer sized for the largest profile, and the image and logits buffers, so every preset resident costs
+    one engine's memory, and a switch is choosing another context."""
 
     def __init__(self, engine_path, settings: dict, refit_onnx=None):
         import tensorrt as trt
 
         from edgevit.backends.tensorrt.cuda_memory import device_memory
 
+        self._trt = trt
         logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(logger)
         if settings.get("version_compatible"):
@@ -48,38 +54,105 @@ class TensorRTRunner(Runner):
                                f"device with: edgevit engine build BUNDLE --force")
         if refit_onnx is not None:
             _refit(trt, self.engine, refit_onnx, logger)
-        self.context = self.engine.create_execution_context()
         self.mem = device_memory()
+        self._bufs: list = []
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if n not in inputs]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise EdgevitError(f"{engine_path}: expected one input and one output, found {inputs} and {outputs}")
-        self.input_name, self.output_name = inputs[0], outputs[0]
+        self._inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in self._inputs]
+        self.profiles = settings.get("profiles") or []
+        if len(outputs) != 1 or (len(self._inputs) != 1 and not self.profiles):
+            raise EdgevitError(f"{engine_path}: expected one input (or a profile per preset) and one output, "
+                               f"found {self._inputs} and {outputs}")
+        if self.profiles and self.engine.num_optimization_profiles != len(self.profiles):
+            raise EdgevitError(f"{engine_path}: the engine has {self.engine.num_optimization_profiles} optimisation "
+                               f"profiles, its settings list {len(self.profiles)} presets; rebuild it with: "
+                               f"edgevit engine build BUNDLE --force")
+        self.input_name, self.output_name = self._inputs[0], outputs[0]
         self.input_shape = tuple(self.engine.get_tensor_shape(self.input_name))
         self.output_shape = tuple(self.engine.get_tensor_shape(self.output_name))
         self.input_dtype = _numpy_dtype(trt, self.engine.get_tensor_dtype(self.input_name))
         self.output_dtype = _numpy_dtype(trt, self.engine.get_tensor_dtype(self.output_name))
-        self._in, in_ptr = self.mem.alloc(self.input_shape, self.input_dtype)
-        self._out, out_ptr = self.mem.alloc(self.output_shape, self.output_dtype)
-        self.context.set_tensor_address(self.input_name, in_ptr)
-        self.context.set_tensor_address(self.output_name, out_ptr)
-        self._lock = threading.Lock()  # an execution context serves one inference at a time
+        self._in, self._in_ptr = self._alloc(self.input_shape, self.input_dtype)
+        self._out, self._out_ptr = self._alloc(self.output_shape, self.output_dtype)
+        self._lock = threading.Lock()  # one inference at a time: the contexts share buffers
+        self.context = None
+        if not self.profiles:
+            self.context = self.engine.create_execution_context()
+            self.context.set_tensor_address(self.input_name, self._in_ptr)
+            self.context.set_tensor_address(self.output_name, self._out_ptr)
+        else:
+            size = getattr(self.engine, "device_memory_size_v2", None) or self.engine.device_memory_size
+            _, self._scratch_ptr = self._alloc((max(int(size), 1),), np.uint8)
+            self._scratch_size = int(size)
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def _alloc(self, shape, dtype):
+        buf, ptr = self.mem.alloc(shape, dtype)
+        self._bufs.append(buf)
+        return buf, ptr
+
+    def _context(self, index: int, feeds: dict):
+        """An execution context on optimisation profile ``index``, its preset's inputs on the device once."""
+        trt = self._trt
+        if not 0 <= index < len(self.profiles):
+            raise EdgevitError(f"preset index {index}: the engine has {len(self.profiles)} optimisation profiles")
+        missing = set(self._inputs[1:]) - set(feeds)
+        if missing:
+            raise EdgevitError(f"optimisation profile {index} ({self.profiles[index]['preset']}): no values for "
+                               f"inputs {sorted(missing)}")
+        ctx = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if hasattr(ctx, "set_device_memory"):
+            ctx.set_device_memory(self._scratch_ptr, self._scratch_size)
+        else:
+            ctx.device_memory = self._scratch_ptr
+        ctx.set_optimization_profile_async(index, self.mem.stream_handle)
+        ctx.set_input_shape(self.input_name, self.input_shape)
+        ctx.set_tensor_address(self.input_name, self._in_ptr)
+        for name in self._inputs[1:]:
+            value = np.ascontiguousarray(feeds[name], dtype=_numpy_dtype(trt, self.engine.get_tensor_dtype(name)))
+            ctx.set_input_shape(name, value.shape)
+            buf, ptr = self._alloc(value.shape, value.dtype)
+            self.mem.to_device(buf, value)
+            ctx.set_tensor_address(name, ptr)
+        ctx.set_tensor_address(self.output_name, self._out_ptr)
+        self.mem.synchronize()
+        return ctx
+
+    def _execute(self, ctx, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
         if batch.shape != self.input_shape:
             raise EdgevitError(f"engine input is {self.input_shape}, got {batch.shape}")
         with self._lock:
             self.mem.to_device(self._in, batch)
-            if not self.context.execute_async_v3(self.mem.stream_handle):
+            if not ctx.execute_async_v3(self.mem.stream_handle):
                 raise EdgevitError("TensorRT execute_async_v3 failed")
             out = self.mem.to_host(self._out)
         return out.astype(np.float32, copy=False)
 
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        if self.context is None:
+            raise EdgevitError("this TensorRT engine serves every preset of a shared-weight bundle: load a preset "
+                               "(edgevit.load) rather than the engine itself")
+        return self._execute(self.context, batch)
+
+    def bind(self, feeds: dict):
+        """``infer`` for one preset of a shared-weight engine: its context, on the profile its branch names."""
+        from edgevit.backends.shared import BRANCH_INPUT
+
+        if not self.profiles:
+            return self.infer
+        feeds = dict(feeds)
+        index = int(feeds.pop(BRANCH_INPUT, -1))
+        with self._lock:
+            ctx = self._context(index, feeds)
+        return lambda batch: self._execute(ctx, batch)
+
+    def run(self, feeds: dict) -> np.ndarray:
+        feeds = dict(feeds)
+        return self.bind(feeds)(feeds.pop(self.input_name))
+
     def close(self) -> None:
-        for buf in (getattr(self, "_in", None), getattr(self, "_out", None)):
-            if buf is not None:
-                self.mem.free(buf)
+        for buf in getattr(self, "_bufs", []):
+            self.mem.free(buf)
+        self._bufs = []
         self._in = self._out = None
         self.context = self.engine = None
