@@ -24,8 +24,8 @@ class SharedRunner(Runner):
 
     def __init__(self, base, feeds: dict, release):
         self.base, self.feeds, self._release = base, feeds, release
+        self._infer = base.bind(feeds)   # first: binding may resolve the engine's shapes (TensorRT profiles)
         self.input_name, self.input_shape, self.output_shape = base.input_name, base.input_shape, base.output_shape
-        self._infer = base.bind(feeds)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self._infer(batch)

@@ -67,13 +67,21 @@ class TensorRTRunner(Runner):
             raise EdgevitError(f"{engine_path}: the engine has {self.engine.num_optimization_profiles} optimisation "
                                f"profiles, its settings list {len(self.profiles)} presets; rebuild it with: "
                                f"edgevit engine build BUNDLE --force")
-        self.input_name, self.output_name = self._inputs[0], outputs[0]
+        # The image is the input every profile gives first (profiles.preset_profiles); the rest select a preset.
+        image = next(iter(self.profiles[0]["shapes"])) if self.profiles else self._inputs[0]
+        if image not in self._inputs:
+            raise EdgevitError(f"{engine_path}: its settings' profiles name input {image!r}, the engine has "
+                               f"{self._inputs}; rebuild it with: edgevit engine build BUNDLE --force")
+        self._inputs = [image] + [n for n in self._inputs if n != image]
+        self.input_name, self.output_name = image, outputs[0]
         self.input_shape = tuple(self.engine.get_tensor_shape(self.input_name))
         self.output_shape = tuple(self.engine.get_tensor_shape(self.output_name))
         self.input_dtype = _numpy_dtype(trt, self.engine.get_tensor_dtype(self.input_name))
         self.output_dtype = _numpy_dtype(trt, self.engine.get_tensor_dtype(self.output_name))
         self._in, self._in_ptr = self._alloc(self.input_shape, self.input_dtype)
-        self._out, self._out_ptr = self._alloc(self.output_shape, self.output_dtype)
+        self._out = self._out_ptr = None
+        if all(d >= 0 for d in self.output_shape):   # else known once a context has its input shapes
+            self._out, self._out_ptr = self._alloc(self.output_shape, self.output_dtype)
         self._lock = threading.Lock()  # one inference at a time: the contexts share buffers
         self.context = None
         if not self.profiles:
@@ -113,6 +121,9 @@ class TensorRTRunner(Runner):
             buf, ptr = self._alloc(value.shape, value.dtype)
             self.mem.to_device(buf, value)
             ctx.set_tensor_address(name, ptr)
+        if self._out is None:   # the logits' shape, resolved from this profile's input shapes
+            self.output_shape = tuple(ctx.get_tensor_shape(self.output_name))
+            self._out, self._out_ptr = self._alloc(self.output_shape, self.output_dtype)
         ctx.set_tensor_address(self.output_name, self._out_ptr)
         self.mem.synchronize()
         return ctx
