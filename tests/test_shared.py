@@ -123,6 +123,37 @@ def test_openvino_branches_run_each_presets_graph_and_store_equal_weights_once(t
         np.testing.assert_allclose(got, x @ w + b, rtol=1e-5, atol=1e-5, err_msg=f"branch {i}")
 
 
+def test_openvino_int8_branches_run_each_presets_own_quantization_over_int8_weights_stored_once(built, tmp_path):
+    """``int8-branches``: each preset's graph quantized with its own activation scales, SmoothQuant off so the
+    INT8 weights of every preset are equal and stored once; each branch computes what that preset's graph
+    quantized alone computes (a graph read another way quantized worse: 89 % agreement at r32-k1)."""
+    import openvino as ov
+
+    from edgevit.backends.openvino import branches as openvino_branches
+    from edgevit.backends.openvino.quantize import quantize_branch
+    from edgevit.build.shared import write_sources
+    from edgevit.data.datasets import load_digits
+
+    out = built[0]
+    graphs = {n: out / "onnx" / f"{n}.onnx" for n in ("r32-k1", "r16-k0.5")}
+    ds = load_digits()
+    cx, _ = ds.calib.arrays(ds.preprocess, limit=48)
+    vx, _ = ds.val.arrays(ds.preprocess, limit=24)
+    report = openvino_branches.build(write_sources(graphs, tmp_path / "both.json"), tmp_path / "e.xml",
+                                     "int8-static", calib=cx)
+    assert report["smooth_quant"] == "off" and report["branches"] == list(graphs)
+    openvino_branches.build(write_sources({"r32-k1": graphs["r32-k1"]}, tmp_path / "one.json"), tmp_path / "one.xml",
+                            "int8-static", calib=cx)
+    assert (tmp_path / "e.bin").stat().st_size < 1.1 * (tmp_path / "one.bin").stat().st_size
+    core = ov.Core()
+    req = core.compile_model(str(tmp_path / "e.xml"), "CPU", OPENVINO_CPU).create_infer_request()
+    for i, (name, onnx_path) in enumerate(graphs.items()):
+        alone = core.compile_model(quantize_branch(core.read_model(str(onnx_path)), cx)[0], "CPU", OPENVINO_CPU)
+        for x in vx:
+            got = req.infer({"input": x[None], "preset": np.array(i, np.int64)})[0]
+            np.testing.assert_allclose(got, alone(x[None])[0], atol=0.02, err_msg=name)
+
+
 def test_onnxruntime_presets_engine_runs_each_presets_static_graph_over_one_weights_file(built, tmp_path):
     """Two presets' static graphs: each quantized as ONNX Runtime's dynamic INT8 engine of that preset, their
     equal weights written once, and each preset's session gives that preset's own engine's logits."""

@@ -56,8 +56,12 @@ class OpenVINOBackend(Backend):
     def shared_recipes(self, precision, profile) -> list[Candidate]:
         if profile.openvino.get("shared_graph", "branches") == "branches":
             how = "every preset's static graph behind If, weights stored once"
-            if precision == "int8":   # weight-only: nothing fitted to one preset's activations
-                return [Candidate("int8-weights", "int8", f"nncf.compress_weights INT8 (weights only); {how}",
+            if precision == "int8":
+                # Each branch is one preset's graph, so it can carry that preset's own activation scales.
+                return [Candidate("int8-branches", "int8", f"nncf.quantize per preset (its own activation scales, "
+                                                           f"SmoothQuant off: equal INT8 weights); {how}",
+                                  source="presets"),
+                        Candidate("int8-weights", "int8", f"nncf.compress_weights INT8 (weights only); {how}",
                                   source="presets")]
             if precision in ("fp32", "bf16"):
                 skip = bf16_support() if precision == "bf16" else None
@@ -81,8 +85,9 @@ class OpenVINOBackend(Backend):
         if candidate.source == "presets":
             from edgevit.backends.openvino import branches
 
-            quant = branches.build(onnx_path, out, "int8" if candidate.precision == "int8" else "fp32",
-                                            unfuse=candidate.precision == "fp32")
+            weights = {"int8-branches": "int8-static", "int8-weights": "int8"}.get(candidate.id, "fp32")
+            quant = branches.build(onnx_path, out, weights, unfuse=candidate.precision == "fp32", calib=calib,
+                                   batch=profile.batch)
             # Snippets compile per branch: +11 MB a branch (SuperViT-DeiT-S, AVX2) for no measured speed.
             settings["snippets_mode"] = "DISABLE"
             if candidate.precision == "bf16":

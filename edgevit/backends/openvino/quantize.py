@@ -85,6 +85,29 @@ def quantize_openvino(fp32_onnx, out_xml, calib: np.ndarray, level: int = 0, bat
     return info
 
 
+def quantize_branch(model, calib: np.ndarray, batch: int = 1) -> tuple[object, dict]:
+    """(model, report): one preset's graph for a branch of a shared-weight engine, NNCF INT8 with this
+    preset's own activation scales and SmoothQuant off. SmoothQuant divides activations by per-channel
+    factors from this preset's statistics and multiplies them into the weights, so each preset's INT8
+    weights would differ; without it, equal FP32 weights quantize to equal INT8 constants (per channel, from
+    the weights alone), which the branches store and pack once (SuperViT-DeiT-S, AVX-512: SmoothQuant off
+    measured within the noise of on)."""
+    import logging
+
+    import nncf
+    from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
+                                                       AdvancedSmoothQuantParameters)
+
+    nncf.set_log_level(logging.WARNING)
+    calib_batches = list(batches(calib, batch))
+    quantized = nncf.quantize(model, nncf.Dataset(calib_batches), model_type=nncf.ModelType.TRANSFORMER,
+                              preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calib_batches),
+                              advanced_parameters=AdvancedQuantizationParameters(
+                                  smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)))
+    return quantized, {"tool": f"nncf {nncf.__version__}", "model_type": "transformer", "smooth_quant": "off",
+                       "samples": len(calib_batches) * batch, "level": 0}
+
+
 def compress_openvino_model(model):
     """(model with INT8 weights, report): NNCF weight compression, FP32 activations. Nothing is calibrated,
     so one engine can serve inputs of every shape, as a shared-weight engine does."""
