@@ -124,7 +124,8 @@ def flops_lines(m, results: list, cpu: dict) -> list[str]:
     mhz = cpu_mhz()
     peak = theoretical_peak(cpu["features"], cpu["cores"], mhz)
     lines = ["", f"Theoretical peak: {cpu['cores']} cores x {mhz or '?'} MHz x multiply-adds per cycle "
-             "(2 vector ports): " + ", ".join(f"{k} {v:.0f} GMAC/s" for k, v in peak.items() if v) + ".", "",
+             "(two vector ports; AMX: one tile unit a core): "
+             + ", ".join(f"{k} {v:.0f} GMAC/s" for k, v in peak.items() if v) + ".", "",
              "| preset | GMAC | edgevit ms | GMAC/s | % of its precision's peak | build's p50 ms |",
              "|---|---|---|---|---|---|"]
     by_name = {r["preset"]: r for r in results}

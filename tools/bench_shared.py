@@ -4,17 +4,21 @@
     python tools/bench_shared.py                       # supervit-deit-s, random weights, all 12 presets
     python tools/bench_shared.py --model supervit-nano --md docs/benchmarks/shared-nano.md
 
-For each backend and precision (OpenVINO FP32 and INT8 weights, ONNX Runtime FP32 and dynamic INT8: the
-engine the x86 build chooses on AVX2 hosts) it writes the 12 static engines, one per preset, and the one
-shared-weight engine `edgevit build --shared-weights` makes, with the build's own functions: on OpenVINO the
-branches engine (every preset's static graph behind If, ``backends.openvino_branches``; FP32, and INT8
-weights by NNCF ``compress_weights``, whose static engines are that recipe per preset: the per-preset build's
-calibrated INT8 is another recipe) and, as a further row, the dynamic-shape graph
-(``openvino.shared_graph: dynamic``); on ONNX Runtime the dynamic-shape graph (``SharedPresets``). Then:
+For each backend and precision (OpenVINO FP32, INT8 weights and calibrated INT8, ONNX Runtime FP32 and
+dynamic INT8) it writes the 12 static engines, one per preset, and the one shared-weight engine
+`edgevit build --shared-weights` makes, with the build's own functions: on OpenVINO the branches engine
+(every preset's static graph behind If, ``backends.openvino.branches``; FP32, INT8 weights by NNCF
+``compress_weights``, whose static engines are that recipe per preset, and ``int8-branches``, each preset
+quantized by NNCF with its own activation scales, against the per-preset build's default NNCF INT8 engines)
+and, as a further row, the dynamic-shape graph (``openvino.shared_graph: dynamic``); on ONNX Runtime the
+dynamic-shape graph (``SharedPresets``) and the presets engine (every preset's static dynamic-INT8 graph over
+one weights file, ``backends.onnxruntime.presets``: a session per preset, so a switch is choosing another
+session). ``--kinds`` picks rows. Then:
 
 * disk: the engine files of one preset, of all 12, and of the shared engine (+ its per-preset inputs);
-* memory: resident-set growth of a fresh process that loads one preset, then of one that loads all 12
-  (each preset run once, so lazily allocated buffers count), static and shared;
+* memory: growth of the proportional set size (PSS: a file mapped by several sessions counts once) of a fresh
+  process that loads one preset, then of one that loads all 12 (each preset run once, so lazily allocated
+  buffers count), static and shared;
 * latency: every static and shared preset runner in one process, interleaved, batch 1, p50 per preset;
 * switching: a switch to a random other preset on the shared engine, then three requests on it: the first
   minus the second is what the switch costs; the third minus the second, two requests with no switch
@@ -41,12 +45,16 @@ proc = psutil.Process()
 from edgevit.backends.shared import SharedRunner, preset_feeds
 from edgevit.backends.onnxruntime.runner import OrtRunner
 from edgevit.backends.openvino.runner import OvRunner
+from edgevit.measure import resident_mb
 import onnxruntime, openvino   # the libraries' own import cost is not the engines'
-before = proc.memory_info().rss
-make = (lambda p: OvRunner(p, spec["settings"])) if spec["backend"] == "openvino" else OrtRunner
+before = resident_mb()
+make = ((lambda p: OvRunner(p, spec["settings"])) if spec["backend"] == "openvino" else
+        (lambda p: OrtRunner(p, session_config=spec.get("session_config"))))
 x = np.zeros(spec["shape"], np.float32)
 runners = []
-if spec["shared"]:
+if spec["shared"] == "presets":     # a session per preset over one weights file
+    runners = [make(f) for f in spec["files"]]
+elif spec["shared"]:
     base = make(spec["files"][0])
     for b in spec["bindings"]:      # as the runtime reads a shared bundle: arrays from the file, lengths
         runners.append(SharedRunner(base, preset_feeds(spec["bundle"], b), None))
@@ -54,7 +62,7 @@ else:
     runners = [make(f) for f in spec["files"]]
 for r in runners:
     r.infer(x)
-print(json.dumps({"rss_mb": (proc.memory_info().rss - before) / 2 ** 20}))
+print(json.dumps({"rss_mb": resident_mb() - before}))
 """
 
 
@@ -112,6 +120,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--switches", type=int, default=600, help="switch trials per engine (at least 20)")
     ap.add_argument("--md", default=None)
+    ap.add_argument("--kinds", default=None, help="comma-separated rows to run (default: all), e.g. "
+                                                  "'openvino int8-branches,onnxruntime int8-dynamic-presets'")
+    ap.add_argument("--calib", type=int, default=32, help="calibration images (random) for the calibrated INT8 rows")
     args = ap.parse_args()
     if args.switches < 20:
         ap.error("--switches: at least 20 (a p99 of fewer trials is one trial)")
@@ -126,7 +137,9 @@ def main() -> int:
     from edgevit.host import cpu_info, tool_versions
     from edgevit.models import create_model
     from edgevit.backends.onnxruntime.quantize import quantize_onnxruntime_dynamic
-    from edgevit.backends.openvino.quantize import compress_openvino_weights, convert_openvino_fp32
+    from edgevit.backends.onnxruntime import presets as ort_presets
+    from edgevit.backends.openvino.quantize import (compress_openvino_weights, convert_openvino_fp32,
+                                                    quantize_openvino)
     from edgevit.measure import measure_latencies_interleaved
     from edgevit.build.shared import INPUTS_FILE, binding, write_inputs, write_sources
 
@@ -136,10 +149,15 @@ def main() -> int:
     presets = model.presets()
     size = model.img_size
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    calib = np.random.default_rng(2).standard_normal((args.calib, 3, size, size)).astype(np.float32)
+    every = ("openvino fp32", "openvino fp32 dynamic", "openvino int8-weights", "openvino int8-branches",
+             "onnxruntime fp32", "onnxruntime int8-dynamic", "onnxruntime int8-dynamic-presets")
+    kinds = every if not args.kinds else tuple(k.strip() for k in args.kinds.split(","))
+    if set(kinds) - set(every):
+        ap.error(f"--kinds: unknown {sorted(set(kinds) - set(every))}; rows are {', '.join(every)}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        files = {"openvino fp32": [], "openvino fp32 dynamic": [], "openvino int8-weights": [],
-                 "onnxruntime fp32": [], "onnxruntime int8-dynamic": []}
+        files = {k: [] for k in every}
         aux = {k: [] for k in files}       # files loaded beside the engine (.bin), for disk figures
         for p in presets:
             log(f"[export] {p.name}")
@@ -150,11 +168,16 @@ def main() -> int:
             compress_openvino_weights(onnx_path, tmp / f"{p.name}.w8.xml")
             files["openvino int8-weights"].append(tmp / f"{p.name}.w8.xml")
             aux["openvino int8-weights"].append(tmp / f"{p.name}.w8.bin")
+            if "openvino int8-branches" in kinds:   # the per-preset build's default: NNCF INT8 per preset
+                quantize_openvino(onnx_path, tmp / f"{p.name}.q8.xml", calib)
+            files["openvino int8-branches"].append(tmp / f"{p.name}.q8.xml")
+            aux["openvino int8-branches"].append(tmp / f"{p.name}.q8.bin")
             files["onnxruntime fp32"].append(onnx_path)
             for k in ("openvino fp32", "openvino fp32 dynamic"):   # the same static engines for both rows
                 files[k].append(tmp / f"{p.name}.xml")
                 aux[k].append(tmp / f"{p.name}.bin")
             files["onnxruntime int8-dynamic"].append(tmp / f"{p.name}.int8.onnx")
+            files["onnxruntime int8-dynamic-presets"].append(tmp / f"{p.name}.int8.onnx")
         log("[export] shared")
         export_shared(model, tmp / "shared.onnx", x, opset=17, batch=1)
         convert_openvino_fp32(tmp / "shared.onnx", tmp / "shared.xml")
@@ -164,7 +187,16 @@ def main() -> int:
                                 tmp / "sources.json")
         openvino_branches.build(sources, tmp / "branches.xml")
         openvino_branches.build(sources, tmp / "branches.w8.xml", weights="int8")
+        if "openvino int8-branches" in kinds:
+            openvino_branches.build(sources, tmp / "branches.q8.xml", weights="int8-static", unfuse=False,
+                                    calib=calib)
+        graphs, weights_file = ([], None) if "onnxruntime int8-dynamic-presets" not in kinds else \
+            ort_presets.build(sources, tmp / "presets", "shared.p")[:2]
+        preset_graphs = [tmp / "presets" / g for g in graphs] or [None]
         shared = {"openvino fp32": (tmp / "branches.xml", [tmp / "branches.bin"]),
+                  "openvino int8-branches": (tmp / "branches.q8.xml", [tmp / "branches.q8.bin"]),
+                  "onnxruntime int8-dynamic-presets": (preset_graphs[0], [tmp / "presets" / str(weights_file),
+                                                                          *preset_graphs[1:]]),
                   "openvino fp32 dynamic": (tmp / "shared.xml", [tmp / "shared.bin"]),
                   "openvino int8-weights": (tmp / "branches.w8.xml", [tmp / "branches.w8.bin"]),
                   "onnxruntime fp32": (tmp / "shared.onnx", []),
@@ -180,9 +212,11 @@ def main() -> int:
         # (edgevit.backends.openvino.OpenVINOBackend.compile).
         shared_settings = {"openvino fp32": {**static_f32, "snippets_mode": "DISABLE"},
                            "openvino int8-weights": {**static_f32, "snippets_mode": "DISABLE"},
+                           "openvino int8-branches": {**static_f32, "snippets_mode": "DISABLE"},
                            "openvino fp32 dynamic": static_f32}
+        session_config = ort_presets.SESSION_CONFIG
         rows, static_rss = [], {}
-        for kind in files:
+        for kind in kinds:
             backend = kind.split()[0]
             names = [p.name for p in presets]
             common = {"backend": backend, "shape": list(x.shape)}
@@ -192,10 +226,15 @@ def main() -> int:
                     child_rss({**common, "shared": False, "files": [str(files[kind][-1])], "settings": static_f32}),
                     child_rss({**common, "shared": False, "files": list(key), "settings": static_f32}))
             one, all_ = static_rss[key]
-            on_shared = {**common, "shared": True, "files": [str(shared[kind][0])], "bundle": str(tmp),
-                         "settings": shared_settings.get(kind, static_f32)}
-            s_one = child_rss({**on_shared, "bindings": [bindings[n] for n in names[-1:]]})
-            s_all = child_rss({**on_shared, "bindings": [bindings[n] for n in names]})
+            if kind == "onnxruntime int8-dynamic-presets":
+                on = {**common, "shared": "presets", "session_config": session_config}
+                s_one = child_rss({**on, "files": [str(preset_graphs[-1])]})
+                s_all = child_rss({**on, "files": [str(g) for g in preset_graphs]})
+            else:
+                on_shared = {**common, "shared": True, "files": [str(shared[kind][0])], "bundle": str(tmp),
+                             "settings": shared_settings.get(kind, static_f32)}
+                s_one = child_rss({**on_shared, "bindings": [bindings[n] for n in names[-1:]]})
+                s_all = child_rss({**on_shared, "bindings": [bindings[n] for n in names]})
             disk_one = mb([files[kind][-1], *aux[kind][-1:]])
             disk_all = mb(files[kind] + aux[kind])
             disk_shared = mb([shared[kind][0], *shared[kind][1]]) + inputs_mb
@@ -204,12 +243,16 @@ def main() -> int:
                 f"12 {s_all:.0f} MB")
 
         lat_rows, switch_rows = [], []
-        for kind in files:
+        for kind in kinds:
             backend = kind.split()[0]
             make = (lambda f, s: OvRunner(f, s)) if backend == "openvino" else (lambda f, s: OrtRunner(f))
             static = {p.name: make(f, static_f32) for p, f in zip(presets, files[kind])}
-            base = make(shared[kind][0], shared_settings.get(kind, static_f32))
-            shared_r = {p.name: SharedRunner(base, feeds[p.name], None) for p in presets}
+            if kind == "onnxruntime int8-dynamic-presets":
+                base = None
+                shared_r = {p.name: OrtRunner(g, session_config=session_config) for p, g in zip(presets, preset_graphs)}
+            else:
+                base = make(shared[kind][0], shared_settings.get(kind, static_f32))
+                shared_r = {p.name: SharedRunner(base, feeds[p.name], None) for p in presets}
             # A preset's static and shared runners side by side in each round, so both see the same host.
             runners = {f"{k}/{p.name}": (static if k == "static" else shared_r)[p.name]
                        for p in presets for k in ("static", "shared")}
@@ -220,16 +263,16 @@ def main() -> int:
             lat_rows.append((kind, {p.name: (lat[f"static/{p.name}"]["p50"], lat[f"shared/{p.name}"]["p50"], ratios[p.name])
                                     for p in presets}))
             switch_rows.append((kind, *_switch_cost(shared_r, x, args.switches)))
-            for r in static.values():
+            for r in [*static.values(), *([base] if base is not None else shared_r.values())]:
                 r.close()
-            base.close()
 
     cpu, v = cpu_info(), tool_versions()
     out = [f"# Shared-weight engines vs per-preset static engines: {args.model} (random weights), batch 1", "",
            f"host: {cpu['model']} ({', '.join(cpu['features'])}), {cpu['cores']} cores; onnxruntime "
            f"{v['onnxruntime']}, openvino {v['openvino']}", "",
-           f"`python tools/bench_shared.py --model {args.model}`", "",
-           "| engine | RSS 1 preset static | RSS 12 static | RSS 1 shared | RSS 12 shared | 12 shared / 1 static "
+           f"`python tools/bench_shared.py --model {args.model}"
+           + (f" --kinds '{','.join(kinds)}'" if args.kinds else "") + "`", "",
+           "| engine | PSS 1 preset static | PSS 12 static | PSS 1 shared | PSS 12 shared | 12 shared / 1 static "
            "| disk 1 static | disk 12 static | disk shared | shared / 1 static |", "|---|---|---|---|---|---|---|---|---|---|"]
     for kind, one, all_, s_one, s_all, d1, d12, ds in rows:
         out.append(f"| {kind} | {one:.0f} MB | {all_:.0f} MB | {s_one:.0f} MB | {s_all:.0f} MB | **{s_all / one:.2f}x** | "
