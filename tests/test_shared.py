@@ -154,6 +154,46 @@ def test_openvino_int8_branches_run_each_presets_own_quantization_over_int8_weig
             np.testing.assert_allclose(got, alone(x[None])[0], atol=0.02, err_msg=name)
 
 
+def test_onnxruntime_branches_engine_runs_each_presets_graph_in_one_session_with_the_weights_once(built, tmp_path):
+    """Two presets' dynamic-INT8 static graphs as branches of one model: one file about one preset's size,
+    the weights in the outer graph only, each preset's binding giving that preset's own engine's logits, and
+    a branch outside the tree refused rather than served by the last one."""
+    from edgevit.backends.base import EngineSpec
+    from edgevit.backends.onnxruntime import BACKEND as ORT
+    from edgevit.build.profiles import load_profile
+    from edgevit.build.shared import binding, write_inputs, write_sources
+    from edgevit.errors import EdgevitError
+
+    out, _, _ = built
+    profile = load_profile("x86-cpu")
+    m = create_model("supervit-nano")
+    presets = [p for p in m.presets() if p.name in ("r32-k1", "r16-k0.5")]
+    sources = write_sources({p.name: out / "onnx" / f"{p.name}.onnx" for p in presets}, tmp_path / "sources.json")
+    cand = next(c for c in ORT.shared_recipes("int8", profile) if c.id == "int8-dynamic-branches")
+    bundle = tmp_path / "bundle"
+    spec = ORT.compile(sources, bundle, "shared", cand, None, profile)
+    write_inputs(m, presets, bundle)
+    assert spec.file == "engines/onnxruntime/shared.int8-dynamic-branches.onnx" and spec.quantization["branches"] == 2
+    own = {p.name: ORT.compile(out / "onnx" / f"{p.name}.onnx", tmp_path / "own", p.name,
+                               next(c for c in ORT.recipes("int8", profile) if c.id == "int8-dynamic"), None, profile)
+           for p in presets}
+    assert (bundle / spec.file).stat().st_size < 1.1 * (tmp_path / "own" / own["r32-k1"].file).stat().st_size
+    g = onnx.load(str(bundle / spec.file)).graph
+    ifs = [n for n in g.node if n.op_type == "If"]
+    assert len(ifs) == 1 and g.initializer
+    assert all(not a.g.initializer for a in ifs[0].attribute)                 # branches read the outer weights
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    for i, p in enumerate(presets):
+        runner = ORT.load(bundle, EngineSpec(**{**spec.to_dict(), "settings": {**spec.settings,
+                                                                               "shared": binding(m, p, i)}}))
+        ref = ORT.load(tmp_path / "own", own[p.name])
+        np.testing.assert_allclose(runner.infer(x), ref.infer(x), rtol=1e-3, atol=1e-3, err_msg=p.name)
+    for bad in (2, -1, "0"):
+        with pytest.raises(EdgevitError, match="is not one of its 2 branches"):
+            ORT.load(bundle, EngineSpec(**{**spec.to_dict(), "settings": {
+                **spec.settings, "shared": {**binding(m, presets[0], 0), "branch": bad}}}))
+
+
 def test_onnxruntime_presets_engine_runs_each_presets_static_graph_over_one_weights_file(built, tmp_path):
     """Two presets' static graphs: each quantized as ONNX Runtime's dynamic INT8 engine of that preset, their
     equal weights written once, and each preset's session gives that preset's own engine's logits."""
@@ -167,7 +207,7 @@ def test_onnxruntime_presets_engine_runs_each_presets_static_graph_over_one_weig
     profile = load_profile("x86-cpu")
     names = ["r32-k1", "r16-k0.5"]
     sources = write_sources({n: out / "onnx" / f"{n}.onnx" for n in names}, tmp_path / "sources.json")
-    cand = next(c for c in ORT.shared_recipes("int8", profile) if c.source == "presets")
+    cand = next(c for c in ORT.shared_recipes("int8", profile) if c.id == "int8-dynamic-presets")
     bundle = tmp_path / "bundle"
     spec = ORT.compile(sources, bundle, "shared", cand, None, profile)
     assert spec.file == "engines/onnxruntime/shared.int8-dynamic-presets.weights.bin"
@@ -357,7 +397,8 @@ def test_openvino_shared_candidates_follow_the_profiles_shared_graph():
     assert built and {c.source for c in built} == {"presets"} and built[-1].floor
     assert {c.source for c in ov.candidates(dynamic, shared=True)} == {"model"}
     by_id = {c.id: c.source for c in ort.candidates(branches, shared=True)}
-    assert by_id["int8-dynamic-presets"] == "presets" and by_id["int8-dynamic"] == by_id["fp32"] == "model"
+    assert by_id["int8-dynamic-presets"] == by_id["int8-dynamic-branches"] == "presets"
+    assert by_id["int8-dynamic"] == by_id["fp32"] == "model"
 
 
 def _scripted_memory(monkeypatch, shared_factor: dict):

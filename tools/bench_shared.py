@@ -13,7 +13,8 @@ quantized by NNCF with its own activation scales, against the per-preset build's
 and, as a further row, the dynamic-shape graph (``openvino.shared_graph: dynamic``); on ONNX Runtime the
 dynamic-shape graph (``SharedPresets``) and the presets engine (every preset's static dynamic-INT8 graph over
 one weights file, ``backends.onnxruntime.presets``: a session per preset, so a switch is choosing another
-session). ``--kinds`` picks rows. Then:
+session) and the branches engine (the same graphs as branches of one model, ``backends.onnxruntime.branches``:
+one session). ``--kinds`` picks rows. Then:
 
 * disk: the engine files of one preset, of all 12, and of the shared engine (+ its per-preset inputs);
 * memory: growth of the proportional set size (PSS: a file mapped by several sessions counts once) of a fresh
@@ -137,7 +138,7 @@ def main() -> int:
     from edgevit.host import cpu_info, tool_versions
     from edgevit.models import create_model
     from edgevit.backends.onnxruntime.quantize import quantize_onnxruntime_dynamic
-    from edgevit.backends.onnxruntime import presets as ort_presets
+    from edgevit.backends.onnxruntime import branches as ort_branches, presets as ort_presets
     from edgevit.backends.openvino.quantize import (compress_openvino_weights, convert_openvino_fp32,
                                                     quantize_openvino)
     from edgevit.measure import measure_latencies_interleaved
@@ -151,7 +152,8 @@ def main() -> int:
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     calib = np.random.default_rng(2).standard_normal((args.calib, 3, size, size)).astype(np.float32)
     every = ("openvino fp32", "openvino fp32 dynamic", "openvino int8-weights", "openvino int8-branches",
-             "onnxruntime fp32", "onnxruntime int8-dynamic", "onnxruntime int8-dynamic-presets")
+             "onnxruntime fp32", "onnxruntime int8-dynamic", "onnxruntime int8-dynamic-presets",
+             "onnxruntime int8-dynamic-branches")
     kinds = every if not args.kinds else tuple(k.strip() for k in args.kinds.split(","))
     if set(kinds) - set(every):
         ap.error(f"--kinds: unknown {sorted(set(kinds) - set(every))}; rows are {', '.join(every)}")
@@ -178,6 +180,7 @@ def main() -> int:
                 aux[k].append(tmp / f"{p.name}.bin")
             files["onnxruntime int8-dynamic"].append(tmp / f"{p.name}.int8.onnx")
             files["onnxruntime int8-dynamic-presets"].append(tmp / f"{p.name}.int8.onnx")
+            files["onnxruntime int8-dynamic-branches"].append(tmp / f"{p.name}.int8.onnx")
         log("[export] shared")
         export_shared(model, tmp / "shared.onnx", x, opset=17, batch=1)
         convert_openvino_fp32(tmp / "shared.onnx", tmp / "shared.xml")
@@ -193,6 +196,8 @@ def main() -> int:
         graphs, weights_file = ([], None) if "onnxruntime int8-dynamic-presets" not in kinds else \
             ort_presets.build(sources, tmp / "presets", "shared.p")[:2]
         preset_graphs = [tmp / "presets" / g for g in graphs] or [None]
+        if "onnxruntime int8-dynamic-branches" in kinds:
+            ort_branches.build(sources, tmp / "branches.ort.onnx")
         shared = {"openvino fp32": (tmp / "branches.xml", [tmp / "branches.bin"]),
                   "openvino int8-branches": (tmp / "branches.q8.xml", [tmp / "branches.q8.bin"]),
                   "onnxruntime int8-dynamic-presets": (preset_graphs[0], [tmp / "presets" / str(weights_file),
@@ -200,7 +205,8 @@ def main() -> int:
                   "openvino fp32 dynamic": (tmp / "shared.xml", [tmp / "shared.bin"]),
                   "openvino int8-weights": (tmp / "branches.w8.xml", [tmp / "branches.w8.bin"]),
                   "onnxruntime fp32": (tmp / "shared.onnx", []),
-                  "onnxruntime int8-dynamic": (tmp / "shared.int8.onnx", [])}
+                  "onnxruntime int8-dynamic": (tmp / "shared.int8.onnx", []),
+                  "onnxruntime int8-dynamic-branches": (tmp / "branches.ort.onnx", [])}
         # The shared bundle's inputs file and bindings, as `edgevit build --shared-weights` writes them.
         write_inputs(model, presets, tmp)
         bindings = {p.name: binding(model, p, i) for i, p in enumerate(presets)}

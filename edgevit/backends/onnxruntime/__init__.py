@@ -65,7 +65,10 @@ class OnnxRuntimeBackend(Backend):
         if precision == "int8":   # weight-only: nothing fitted to one preset's activations
             # Every preset's static graph over one weights file (``presets``), or one dynamic-shape graph:
             # static speed against the least memory; both measured.
-            return [Candidate("int8-dynamic-presets", "int8", "quantize_dynamic of every preset's static graph, "
+            return [Candidate("int8-dynamic-branches", "int8", "quantize_dynamic of every preset's static graph, "
+                              "each a branch of one model (If), the weights once in its outer graph",
+                              source="presets"),
+                    Candidate("int8-dynamic-presets", "int8", "quantize_dynamic of every preset's static graph, "
                               "the weights in one file they all map, prepacking off", source="presets"),
                     *[c for c in self.recipes(precision, profile) if c.id == "int8-dynamic"]]
         return super().shared_recipes(precision, profile)
@@ -78,9 +81,13 @@ class OnnxRuntimeBackend(Backend):
         out = Path(out_dir) / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         quant = {}
-        if candidate.source == "presets":
+        if candidate.id == "int8-dynamic-presets":
             return self._compile_presets(onnx_path, out.parent, f"{name}.{candidate.id}", profile)
-        if candidate.id == "int8-dynamic":
+        if candidate.id == "int8-dynamic-branches":
+            from edgevit.backends.onnxruntime import branches
+
+            quant = branches.build(onnx_path, out)
+        elif candidate.id == "int8-dynamic":
             quant = quantize_onnxruntime_dynamic(onnx_path, out)
         elif candidate.precision == "int8":
             quant = quantize_onnxruntime(onnx_path, out, calib, candidate.level, profile.calibration["method"],
@@ -131,6 +138,12 @@ class OnnxRuntimeBackend(Backend):
         def make():
             return OrtRunner(Path(bundle_dir) / spec.file, spec.settings.get("providers"),
                              spec.settings.get("threads", 0), spec.settings.get("provider_options"))
+
+        count = (spec.quantization or {}).get("branches")
+        branch = (spec.settings.get("shared") or {}).get("branch")
+        if count is not None and not (isinstance(branch, int) and 0 <= branch < count):
+            # Out of range, the If tree would run its last branch: another preset's logits, silently.
+            raise EdgevitError(f"{spec.file}: preset branch {branch!r} is not one of its {count} branches")
 
         return shared_runner(bundle_dir, spec, make) if spec.settings.get("shared") else make()
 

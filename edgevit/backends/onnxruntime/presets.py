@@ -10,7 +10,8 @@ refuses external data outside the model's folder, and the runner names the file 
 
 On the 2-core AVX-512 VNNI/BF16 host, SuperViT-DeiT-S, 12 presets: 145 MB (PSS) against 394 MB for twelve
 separate dynamic-INT8 sessions, at 1.06-1.16x their latency (no prepacking); docs/benchmarks/
-shared-ort-presets-deit-s-avx512.md.
+shared-ort-presets-deit-s-avx512.md. ``branches.py`` puts the same graphs in one session (one thread pool,
+the weights in the model itself).
 """
 
 from __future__ import annotations

@@ -1,0 +1,112 @@
+"""ONNX Runtime's branches engine: every preset's static dynamic-INT8 graph as a branch of one model.
+
+One ONNX file holds a balanced tree of ``If`` nodes on the int64 input ``preset`` (``backends.shared
+.BRANCH_INPUT``); each leaf is one preset's graph, quantized with ``quantize_dynamic`` (weights only, so equal
+weights quantize to equal tensors). Their initializers are stored once, in the outer graph, and the branches
+read them from there. It is the presets engine (``presets.py``: a session per preset over one weights file)
+in one session: one thread pool instead of one per preset, so a switch does not wait for the threads of
+another session, which spin for a while after each request on a 2-core CPU (SuperViT-DeiT-S, AMX host:
+switch p99 beyond the host's jitter 13-15 ms with a session per preset, 1-3 ms in one), and 113-119 MB with
+12 presets resident against 145 MB. ONNX Runtime does not prepack initializers of an outer scope, so the
+weights stay one copy, at the same cost as prepacking off (``docs/benchmarks/shared-int8-deit-s-amx.md``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from edgevit.backends.shared import BRANCH_INPUT
+from edgevit.errors import EdgevitError
+
+
+def _leaf(model, index: int, shared: dict, image: str):
+    """Preset ``index``'s graph as an If body: its initializers moved to ``shared`` (one per distinct tensor),
+    every other name prefixed so that branches do not collide; the image stays the outer input."""
+    from onnx import helper, numpy_helper
+
+    graph, prefix = model.graph, f"b{index}/"
+    rename = {}
+    for init in graph.initializer:
+        array = numpy_helper.to_array(init)
+        key = (init.data_type, tuple(init.dims), hashlib.sha256(array.tobytes()).hexdigest())
+        if key not in shared:
+            shared[key] = numpy_helper.from_array(array, f"w{len(shared)}")
+        rename[init.name] = shared[key].name
+    name = lambda v: v if v in ("", image) else rename.get(v, prefix + v)  # noqa: E731
+    nodes = []
+    for node in graph.node:
+        if any(a.g.node or a.graphs for a in node.attribute):
+            raise EdgevitError(f"preset graph {index}: node {node.name or node.op_type} has a subgraph; the "
+                               f"branches engine takes graphs without control flow")
+        nodes.append(helper.make_node(node.op_type, [name(v) for v in node.input], [name(v) for v in node.output],
+                                      prefix + node.name, domain=node.domain or None))
+        nodes[-1].attribute.extend(node.attribute)
+    out = graph.output[0]
+    return helper.make_graph(nodes, f"preset{index}", [], [helper.make_tensor_value_info(
+        name(out.name), out.type.tensor_type.elem_type, None)])
+
+
+def _tree(bodies: list, idx: list[int], out: str, counter: list[int]) -> list:
+    """Nodes that set ``out`` to the output of branch ``BRANCH_INPUT`` among ``idx``: If (preset < middle)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, half = counter[0], len(idx) // 2
+    counter[0] += 1
+    parts = []
+    for part in (idx[:half], idx[half:]):
+        if len(part) == 1:
+            parts.append(bodies[part[0]])
+        else:
+            inner = f"sel{counter[0]}"
+            parts.append(helper.make_graph(_tree(bodies, part, inner, counter), f"sel{k}_{len(parts)}", [],
+                                           [helper.make_tensor_value_info(inner, TensorProto.FLOAT, None)]))
+    middle = numpy_helper.from_array(np.array(idx[half], np.int64))
+    return [helper.make_node("Constant", [], [f"mid{k}"], value=middle),
+            helper.make_node("Less", [BRANCH_INPUT, f"mid{k}"], [f"cond{k}"]),
+            helper.make_node("If", [f"cond{k}"], [out], then_branch=parts[0], else_branch=parts[1])]
+
+
+def build(sources_json, out_path: Path) -> dict:
+    """Writes the engine to ``out_path``; returns its quantization record."""
+    import tempfile
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgevit.backends.onnxruntime.quantize import quantize_onnxruntime_dynamic
+    from edgevit.build.shared import read_sources
+
+    shared, bodies, first, quant, opsets = {}, [], None, {}, {}
+    with tempfile.TemporaryDirectory(prefix="edgevit-ort-branches-") as tmp:
+        for i, (name, onnx_path) in enumerate(read_sources(sources_json)):
+            quant = quantize_onnxruntime_dynamic(onnx_path, Path(tmp) / f"{i}.onnx")
+            model = onnx.load(str(Path(tmp) / f"{i}.onnx"))
+            g = model.graph
+            if len(g.input) != 1 or len(g.output) != 1:
+                raise EdgevitError(f"preset {name}: its graph has {len(g.input)} inputs and {len(g.output)} "
+                                   f"outputs; a branch takes one image and gives one output")
+            first = first or (g.input[0], g.output[0])
+            if (g.input[0].SerializeToString(), g.output[0].type.SerializeToString()) != \
+                    (first[0].SerializeToString(), first[1].type.SerializeToString()):
+                raise EdgevitError(f"preset {name}: its image input or output differs from the first preset's; "
+                                   f"branches of one engine take the same image and give the same output")
+            bodies.append(_leaf(model, i, shared, g.input[0].name))
+            opsets.update({o.domain: max(o.version, opsets.get(o.domain, 0)) for o in model.opset_import})
+    if not bodies:
+        raise EdgevitError(f"{sources_json}: no preset graphs to build")
+    out = first[1].name
+    nodes = _tree(bodies, list(range(len(bodies))), out, [0]) if len(bodies) > 1 else [
+        helper.make_node("Identity", [bodies[0].output[0].name], [out])]
+    if len(bodies) == 1:   # nothing to choose; the input stays so a binding works the same
+        nodes = list(bodies[0].node) + nodes
+    branch = helper.make_tensor_value_info(BRANCH_INPUT, TensorProto.INT64, [])
+    graph = helper.make_graph(nodes, "presets", [first[0], branch], [first[1]], list(shared.values()))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+    model.ir_version = 8   # what every supported onnxruntime reads
+    onnx.checker.check_model(model)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_path))
+    stored = sum(t.ByteSize() for t in shared.values())
+    return {**quant, "branches": len(bodies), "weights_stored_mb": round(stored / 2**20, 1)}
