@@ -43,6 +43,11 @@ _SHARED: dict = {}          # (engine path, settings) -> [runner, users]: one en
 def shared_runner(bundle_dir, spec: EngineSpec, make) -> SharedRunner:
     """A preset's runner on the shared engine of ``spec``, loading that engine only once per process."""
     shared = spec.settings["shared"]
+    branches = (spec.quantization or {}).get("branches")
+    branch = shared.get("branch")
+    if isinstance(branches, list) and not (type(branch) is int and 0 <= branch < len(branches)):
+        # Out of range, an If tree runs its last branch: another preset's logits, silently.
+        raise EdgevitError(f"{spec.file}: preset branch {branch!r} is not one of its {len(branches)} branches")
     key = (str((Path(bundle_dir) / spec.file).resolve()),
            json.dumps({k: v for k, v in spec.settings.items() if k != "shared"}, sort_keys=True, default=str))
     with _SHARED_LOCK:

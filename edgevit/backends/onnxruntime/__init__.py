@@ -63,8 +63,8 @@ class OnnxRuntimeBackend(Backend):
 
     def shared_recipes(self, precision, profile) -> list[Candidate]:
         if precision == "int8":   # weight-only: nothing fitted to one preset's activations
-            # Every preset's static graph over one weights file (``presets``), or one dynamic-shape graph:
-            # static speed against the least memory; both measured.
+            # Every preset's static graph as a branch of one model (one session), or over one weights file
+            # (a session each), or one dynamic-shape graph: static speed against the least memory; all measured.
             return [Candidate("int8-dynamic-branches", "int8", "quantize_dynamic of every preset's static graph, "
                               "each a branch of one model (If), the weights once in its outer graph",
                               source="presets"),
@@ -138,12 +138,6 @@ class OnnxRuntimeBackend(Backend):
         def make():
             return OrtRunner(Path(bundle_dir) / spec.file, spec.settings.get("providers"),
                              spec.settings.get("threads", 0), spec.settings.get("provider_options"))
-
-        count = (spec.quantization or {}).get("branches")
-        branch = (spec.settings.get("shared") or {}).get("branch")
-        if count is not None and not (isinstance(branch, int) and 0 <= branch < count):
-            # Out of range, the If tree would run its last branch: another preset's logits, silently.
-            raise EdgevitError(f"{spec.file}: preset branch {branch!r} is not one of its {count} branches")
 
         return shared_runner(bundle_dir, spec, make) if spec.settings.get("shared") else make()
 

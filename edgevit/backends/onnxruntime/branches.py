@@ -78,7 +78,7 @@ def build(sources_json, out_path: Path) -> dict:
     from edgevit.backends.onnxruntime.quantize import quantize_onnxruntime_dynamic
     from edgevit.build.shared import read_sources
 
-    shared, bodies, first, quant, opsets = {}, [], None, {}, {}
+    shared, bodies, names, first, quant, opsets = {}, [], [], None, {}, {}
     with tempfile.TemporaryDirectory(prefix="edgevit-ort-branches-") as tmp:
         for i, (name, onnx_path) in enumerate(read_sources(sources_json)):
             quant = quantize_onnxruntime_dynamic(onnx_path, Path(tmp) / f"{i}.onnx")
@@ -93,6 +93,7 @@ def build(sources_json, out_path: Path) -> dict:
                 raise EdgevitError(f"preset {name}: its image input or output differs from the first preset's; "
                                    f"branches of one engine take the same image and give the same output")
             bodies.append(_leaf(model, i, shared, g.input[0].name))
+            names.append(name)
             opsets.update({o.domain: max(o.version, opsets.get(o.domain, 0)) for o in model.opset_import})
     if not bodies:
         raise EdgevitError(f"{sources_json}: no preset graphs to build")
@@ -109,4 +110,4 @@ def build(sources_json, out_path: Path) -> dict:
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out_path))
     stored = sum(t.ByteSize() for t in shared.values())
-    return {**quant, "branches": len(bodies), "weights_stored_mb": round(stored / 2**20, 1)}
+    return {**quant, "branches": names, "weights_stored_mb": round(stored / 2**20, 1)}
