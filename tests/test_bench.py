@@ -58,6 +58,21 @@ def test_theoretical_peak_is_cores_times_clock_times_the_isas_multiply_adds():
     assert theoretical_peak(["amx_int8", "avx512_vnni"], cores=1, mhz=1000.0)["int8"] == 1024
     assert theoretical_peak(["avx512_vnni"], cores=2, mhz=None) == {"int8": None}
     assert theoretical_peak([], cores=2, mhz=2000.0) == {}
+    # one 512-bit instruction a cycle halves the AVX-512 rates and leaves AVX2's and AMX's
+    half = theoretical_peak(["avx2", "avx512f", "avx512_vnni", "avx512_bf16"], cores=2, mhz=2500.0, avx512_ports=1)
+    assert half == {"int8": 2 * 2.5 * 64, "bf16": 2 * 2.5 * 32, "fp32": 2 * 2.5 * 16}
+    assert theoretical_peak(["amx_int8", "avx512_vnni"], cores=1, mhz=1000.0, avx512_ports=1)["int8"] == 1024
+
+
+def test_zen4_runs_512_bit_multiply_adds_at_one_a_cycle_and_zen5_and_intel_at_two():
+    from edgevit.bench.peak import avx512_per_cycle, cpu_vendor_family
+
+    zen4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nprocessor\t: 1\n"
+    assert cpu_vendor_family(zen4) == ("AuthenticAMD", 25)
+    assert avx512_per_cycle(*cpu_vendor_family(zen4)) == 1
+    assert avx512_per_cycle("AuthenticAMD", 26) == 2
+    assert avx512_per_cycle("GenuineIntel", 6) == 2
+    assert cpu_vendor_family("") == (None, None) and avx512_per_cycle(None, None) == 2
 
 
 def test_timed_idles_before_each_request_and_does_not_count_the_idle(monkeypatch):

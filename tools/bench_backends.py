@@ -119,12 +119,15 @@ def flops_lines(m, results: list, cpu: dict) -> list[str]:
     """Does latency follow FLOPs? Each preset's achieved rate against the host's theoretical peak (cores x
     clock x multiply-adds per cycle of its ISA), and the largest over the smallest preset's p50 beside their
     FLOPs ratio, both as this run measured them and as the build's own latency pass did."""
-    from edgevit.bench.peak import cpu_mhz, theoretical_peak
+    from edgevit.bench.peak import avx512_per_cycle, cpu_mhz, cpu_vendor_family, theoretical_peak
 
     mhz = cpu_mhz()
-    peak = theoretical_peak(cpu["features"], cpu["cores"], mhz)
+    vendor, family = cpu_vendor_family()
+    ports = avx512_per_cycle(vendor, family)
+    peak = theoretical_peak(cpu["features"], cpu["cores"], mhz, avx512_ports=ports)
     lines = ["", f"Theoretical peak: {cpu['cores']} cores x {mhz or '?'} MHz x multiply-adds per cycle "
-             "(two vector ports; AMX: one tile unit a core): "
+             + ("(two vector ports; AMX: one tile unit a core): " if ports == 2 else
+                f"({vendor} family {family}: one 512-bit instruction a cycle, as two 256-bit halves): ")
              + ", ".join(f"{k} {v:.0f} GMAC/s" for k, v in peak.items() if v) + ".", "",
              "| preset | GMAC | edgevit ms | GMAC/s | % of its precision's peak | build's p50 ms |",
              "|---|---|---|---|---|---|"]

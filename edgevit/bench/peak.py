@@ -75,6 +75,33 @@ _MACS_PER_CYCLE = (
     ("amx_bf16", "bf16", 512), ("avx512_bf16", "bf16", 64),
     ("avx512f", "fp32", 32), ("avx2", "fp32", 16),
 )
+_AVX512 = {"avx512_vnni", "avx512_bf16", "avx512f"}
+
+
+def avx512_per_cycle(vendor: str | None, family: int | None) -> int:
+    """512-bit multiply-add instructions a core starts per cycle: AMD Zen 4 (family 25, the first AMD with
+    AVX-512) splits each into two 256-bit halves on its two FMA pipes, so one; Zen 5 (family 26) and Intel's
+    server cores two (some Intel parts have one port, which cpuinfo does not tell)."""
+    return 1 if vendor == "AuthenticAMD" and family == 25 else 2
+
+
+def cpu_vendor_family(text: str | None = None) -> tuple[str | None, int | None]:
+    """(vendor_id, cpu family) of /proc/cpuinfo, or of ``text`` in its format; None where it says none."""
+    if text is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                text = f.read()
+        except OSError:
+            return None, None
+    vendor = family = None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "vendor_id" and vendor is None:
+            vendor = value
+        elif key == "cpu family" and family is None and value.isdigit():
+            family = int(value)
+    return vendor, family
 
 
 def cpu_mhz() -> float | None:
@@ -90,12 +117,15 @@ def cpu_mhz() -> float | None:
     return None
 
 
-def theoretical_peak(features, cores: int, mhz: float | None) -> dict[str, float | None]:
+def theoretical_peak(features, cores: int, mhz: float | None, avx512_ports: int = 2) -> dict[str, float | None]:
     """GMAC/s per precision (1 multiply-add = 1 op, as the model FLOP counts): cores x clock x multiply-adds
-    per cycle of the best kernel the listed ``features`` allow; None where the clock is unknown."""
+    per cycle of the best kernel the listed ``features`` allow, with ``avx512_ports`` 512-bit instructions a
+    cycle (``avx512_per_cycle``); None where the clock is unknown."""
     have = set(features)
     peak: dict[str, float | None] = {}
     for flag, precision, per_cycle in _MACS_PER_CYCLE:
+        if flag in _AVX512:
+            per_cycle = per_cycle * avx512_ports // 2
         if flag in have and precision not in peak:
             peak[precision] = None if mhz is None else cores * mhz * 1e6 * per_cycle / 1e9
     return peak
