@@ -181,8 +181,8 @@ def test_onnxruntime_branches_engine_runs_each_presets_graph_in_one_session_with
     assert (bundle / spec.file).stat().st_size < 1.1 * (tmp_path / "own" / own["r32-k1"].file).stat().st_size
     g = onnx.load(str(bundle / spec.file)).graph
     ifs = [n for n in g.node if n.op_type == "If"]
-    assert len(ifs) == 1 and g.initializer
-    assert all(not a.g.initializer for a in ifs[0].attribute)                 # branches read the outer weights
+    assert len(ifs) == 2 and g.initializer
+    assert all(not a.g.initializer for n in ifs for a in n.attribute)         # branches read the outer weights
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     for i, p in enumerate(presets):
         runner = ORT.load(bundle, EngineSpec(**{**spec.to_dict(), "settings": {**spec.settings,
@@ -193,6 +193,36 @@ def test_onnxruntime_branches_engine_runs_each_presets_graph_in_one_session_with
         with pytest.raises(EdgevitError, match="is not one of its 2 branches"):
             ORT.load(bundle, EngineSpec(**{**spec.to_dict(), "settings": {
                 **spec.settings, "shared": {**binding(m, presets[0], 0), "branch": bad}}}))
+
+
+def test_onnxruntime_branches_sit_one_level_below_the_weights_where_onnx_runtime_prepacks_them(built, tmp_path):
+    """Three branches (the third a copy of the first under another name): each preset's graph is the
+    then-branch of an If of the outer graph, the graph that holds the weights (ONNX Runtime prepacks an
+    outer-scope weight only for a direct child; a tree of Ifs ran unpacked), and the session gives each
+    preset's own logits for its index and an empty batch for an index outside the engine."""
+    from edgevit.backends.onnxruntime import branches
+    from edgevit.backends.onnxruntime.quantize import quantize_onnxruntime_dynamic
+    from edgevit.build.shared import write_sources
+
+    out, _, _ = built
+    graphs = {"a": out / "onnx" / "r32-k1.onnx", "b": out / "onnx" / "r16-k0.5.onnx", "c": out / "onnx" / "r32-k1.onnx"}
+    report = branches.build(write_sources(graphs, tmp_path / "sources.json"), tmp_path / "e.onnx")
+    assert report["branches"] == ["a", "b", "c"]
+    g = onnx.load(str(tmp_path / "e.onnx")).graph
+    ifs = [n for n in g.node if n.op_type == "If"]
+    assert len(ifs) == 3 and g.initializer
+    for n in ifs:
+        then = next(a.g for a in n.attribute if a.name == "then_branch")
+        assert not then.initializer and not any(m.op_type in ("If", "Loop", "Scan") for m in then.node)
+        assert any(m.op_type == "DynamicQuantizeLinear" for m in then.node)   # the preset's own quantized graph
+    session = ort_session(tmp_path / "e.onnx")
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    for i, (name, path) in enumerate(graphs.items()):
+        quantize_onnxruntime_dynamic(path, tmp_path / f"{name}.onnx")
+        alone = ort_session(tmp_path / f"{name}.onnx")
+        got = session.run(None, {"input": x, "preset": np.array(i, np.int64)})[0]
+        np.testing.assert_allclose(got, alone.run(None, {"input": x})[0], rtol=1e-3, atol=1e-3, err_msg=name)
+    assert session.run(None, {"input": x, "preset": np.array(3, np.int64)})[0].shape[0] == 0
 
 
 def test_onnxruntime_presets_engine_runs_each_presets_static_graph_over_one_weights_file(built, tmp_path):

@@ -1,14 +1,20 @@
 """ONNX Runtime's branches engine: every preset's static dynamic-INT8 graph as a branch of one model.
 
-One ONNX file holds a balanced tree of ``If`` nodes on the int64 input ``preset`` (``backends.shared
-.BRANCH_INPUT``); each leaf is one preset's graph, quantized with ``quantize_dynamic`` (weights only, so equal
-weights quantize to equal tensors). Their initializers are stored once, in the outer graph, and the branches
-read them from there. It is the presets engine (``presets.py``: a session per preset over one weights file)
-in one session: one thread pool instead of one per preset, so a switch does not wait for the threads of
-another session, which spin for a while after each request on a 2-core CPU (SuperViT-DeiT-S, AMX host:
-switch p99 beyond the host's jitter 13-15 ms with a session per preset, 1-3 ms in one), and 113-119 MB with
-12 presets resident against 145 MB. ONNX Runtime does not prepack initializers of an outer scope, so the
-weights stay one copy, at the same cost as prepacking off (``docs/benchmarks/shared-int8-deit-s-amx.md``).
+One ONNX file holds, for each preset, an ``If`` node of the outer graph on ``preset == i`` (the int64 input
+``backends.shared.BRANCH_INPUT``) whose then-branch is that preset's graph, quantized with
+``quantize_dynamic`` (weights only, so equal weights quantize to equal tensors), and whose else-branch gives
+an empty batch; a ``Concat`` of the outputs is the selected preset's logits, exactly. The initializers are
+stored once, in the outer graph, and the branches read them from there. It is the presets engine
+(``presets.py``: a session per preset over one weights file) in one session: one thread pool instead of one
+per preset, so a switch does not wait for the threads of another session, which spin for a while after each
+request on a 2-core CPU (SuperViT-DeiT-S, AMX host: switch p99 beyond the host's jitter 13-15 ms with a
+session per preset, within the jitter in one).
+
+Why one If per preset and not a tree of them: ONNX Runtime prepacks an outer-scope weight for the MLAS kernels
+only where the subgraph using it is a direct child of the graph holding it, and keeps one packed copy for
+all of them. A balanced tree put the presets two to four levels down, where nothing was prepacked: 1.08-1.18x
+the per-preset sessions (SuperViT-DeiT-S, 12 presets, Zen 4 host); the flat form is 1.01-1.04x at 114 MB, the
+tree 108 MB. The If nodes whose preset is not selected cost about 1 us each.
 """
 
 from __future__ import annotations
@@ -47,25 +53,23 @@ def _leaf(model, index: int, shared: dict, image: str):
         name(out.name), out.type.tensor_type.elem_type, None)])
 
 
-def _tree(bodies: list, idx: list[int], out: str, counter: list[int]) -> list:
-    """Nodes that set ``out`` to the output of branch ``BRANCH_INPUT`` among ``idx``: If (preset < middle)."""
+def _select(bodies: list, out, batch_free_dims: list[int]) -> list:
+    """Nodes that set ``out`` to the output of branch ``BRANCH_INPUT``: one If per branch on ``preset == i``,
+    the others giving an empty batch, concatenated."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    k, half = counter[0], len(idx) // 2
-    counter[0] += 1
-    parts = []
-    for part in (idx[:half], idx[half:]):
-        if len(part) == 1:
-            parts.append(bodies[part[0]])
-        else:
-            inner = f"sel{counter[0]}"
-            parts.append(helper.make_graph(_tree(bodies, part, inner, counter), f"sel{k}_{len(parts)}", [],
-                                           [helper.make_tensor_value_info(inner, TensorProto.FLOAT, None)]))
-    middle = numpy_helper.from_array(np.array(idx[half], np.int64))
-    return [helper.make_node("Constant", [], [f"mid{k}"], value=middle),
-            helper.make_node("Less", [BRANCH_INPUT, f"mid{k}"], [f"cond{k}"]),
-            helper.make_node("If", [f"cond{k}"], [out], then_branch=parts[0], else_branch=parts[1])]
+    empty = numpy_helper.from_array(np.zeros([0, *batch_free_dims], np.float32))
+    nodes, outs = [], []
+    for i, body in enumerate(bodies):
+        skip = helper.make_graph([helper.make_node("Constant", [], [f"empty{i}"], value=empty)], f"skip{i}", [],
+                                 [helper.make_tensor_value_info(f"empty{i}", TensorProto.FLOAT, None)])
+        nodes += [helper.make_node("Constant", [], [f"index{i}"], value=numpy_helper.from_array(np.array(i, np.int64))),
+                  helper.make_node("Equal", [BRANCH_INPUT, f"index{i}"], [f"is{i}"]),
+                  helper.make_node("If", [f"is{i}"], [f"out{i}"], name=f"preset{i}", then_branch=body,
+                                   else_branch=skip)]
+        outs.append(f"out{i}")
+    return nodes + [helper.make_node("Concat", outs, [out.name], axis=0)]
 
 
 def build(sources_json, out_path: Path) -> dict:
@@ -97,11 +101,12 @@ def build(sources_json, out_path: Path) -> dict:
             opsets.update({o.domain: max(o.version, opsets.get(o.domain, 0)) for o in model.opset_import})
     if not bodies:
         raise EdgevitError(f"{sources_json}: no preset graphs to build")
-    out = first[1].name
-    nodes = _tree(bodies, list(range(len(bodies))), out, [0]) if len(bodies) > 1 else [
-        helper.make_node("Identity", [bodies[0].output[0].name], [out])]
-    if len(bodies) == 1:   # nothing to choose; the input stays so a binding works the same
-        nodes = list(bodies[0].node) + nodes
+    out = first[1]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in out.type.tensor_type.shape.dim]
+    if len(dims) < 1 or None in dims[1:]:
+        raise EdgevitError(f"preset {names[0]}: its output {out.name} has shape {dims}; the branches engine "
+                           f"takes graphs whose output is fixed but for its batch")
+    nodes = _select(bodies, out, dims[1:])
     branch = helper.make_tensor_value_info(BRANCH_INPUT, TensorProto.INT64, [])
     graph = helper.make_graph(nodes, "presets", [first[0], branch], [first[1]], list(shared.values()))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
