@@ -741,6 +741,26 @@ def test_a_memory_budget_moves_the_presets_that_save_the_most_per_ms_lost():
     assert fit(options, current, 10.0) == ({"big": "ort", "small": "ort"}, 80.0)    # none fits: the smallest set
 
 
+def test_a_shared_engine_counts_once_and_leaves_only_when_no_preset_runs_on_it():
+    """A --shared-weights build: each backend's engine serves every preset and holds its memory whether one
+    preset runs on it or twelve. Moving some presets off it saves nothing; the budget is met by moving all."""
+    from edgevit.build.budget import Option, fit, set_mb
+
+    presets = ("a", "b", "c")
+    ov, ort = Option("ov", 10.0, 294.0, shared=True), Option("ort", 11.0, 40.0, shared=True)
+    options = {p: [ov, ort] for p in presets}
+    current = {p: "ov" for p in presets}
+    assert set_mb(options, current) == 294.0 and set_mb(options, {"a": "ov", "b": "ort", "c": "ort"}) == 334.0
+    assert fit(options, current, 400.0) == (current, 294.0)
+    assert fit(options, current, 172.0) == ({p: "ort" for p in presets}, 40.0)   # all of them, not a split
+    assert fit(options, current, 10.0) == ({p: "ort" for p in presets}, 40.0)    # none fits: the smallest set
+    # per-preset engines beside a shared one: the shared engine's MB once, however many presets move to it
+    per = {"big": [Option("ov", 10.0, 100.0), Option("ort", 12.0, 40.0, shared=True)],
+           "small": [Option("ov", 3.0, 100.0), Option("ort", 3.1, 40.0, shared=True)]}
+    assert fit(per, {"big": "ov", "small": "ov"}, 150.0) == ({"big": "ov", "small": "ort"}, 140.0)
+    assert fit(per, {"big": "ov", "small": "ov"}, 100.0) == ({"big": "ort", "small": "ort"}, 40.0)
+
+
 def test_the_build_applies_the_profiles_memory_budget_and_measures_the_set(built):
     import types
 

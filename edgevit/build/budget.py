@@ -3,7 +3,9 @@ is the fastest passing one whose whole set fits.
 
 The speed rule picks each preset's default backend first (``build.selection.choose_backend``). Where the
 set those defaults make holds more than the budget, presets move, one at a time, to the engine that saves
-memory at the smallest latency cost per MB saved, until the set fits or nothing saves more. What an engine
+memory at the smallest latency cost per MB saved, until the set fits or nothing saves more. A shared engine
+(``--shared-weights``) holds its memory while any preset runs on it, so the moves are planned within every
+subset of the backends, and the fitting plan with the least summed p50 wins. What an engine
 holds is what loading it added to its backend's set in a fresh process (``build.memory``), so the plan is
 an estimate; the set of defaults it arrives at is then measured the same way, per backend, and the
 manifest records that figure and whether it fits. On the 2-core AVX-512 host, SuperViT-DeiT-S's OpenVINO
@@ -22,48 +24,98 @@ from edgevit.errors import EdgevitError
 
 @dataclass(frozen=True)
 class Option:
-    """One preset's engine on one backend: its p50 and the resident MB it adds."""
+    """One preset's engine on one backend: its p50 and the resident MB it adds; for a shared engine
+    (``shared``), the MB of the whole engine, which every preset on it shares."""
 
     backend: str
     p50: float
     mb: float
+    shared: bool = False
 
 
-def fit(options: dict[str, list[Option]], current: dict[str, str], budget_mb: float) -> tuple[dict[str, str], float]:
-    """(preset -> backend, estimated MB): from ``current`` (the fastest defaults), the moves that bring the
-    set under ``budget_mb`` at the least latency per MB saved; the smallest reachable set where none fits."""
-    choice = dict(current)
+def set_mb(options: dict[str, list[Option]], choice: dict[str, str]) -> float:
+    """MB the engines of ``choice`` (preset -> backend) hold: a shared engine once however many presets run
+    on it, a per-preset engine each."""
+    total, engines = 0.0, set()
+    for preset, backend in choice.items():
+        o = next(o for o in options[preset] if o.backend == backend)
+        if not o.shared:
+            total += o.mb
+        elif backend not in engines:
+            engines.add(backend)
+            total += o.mb
+    return total
 
-    def mb_of(preset: str) -> float:
-        return next(o.mb for o in options[preset] if o.backend == choice[preset])
 
-    total = sum(mb_of(p) for p in choice)
+def _greedy(options: dict[str, list[Option]], start: dict[str, str], budget_mb: float) -> dict[str, str]:
+    """From ``start``, the moves that save the most MB per ms lost until the set fits or none saves more."""
+    choice = dict(start)
+    total = set_mb(options, choice)
     while total > budget_mb:
         best = None
         for preset, opts in options.items():
             here = next(o for o in opts if o.backend == choice[preset])
             for o in opts:
-                saved = here.mb - o.mb
+                after = set_mb(options, {**choice, preset: o.backend})
+                saved = total - after
                 if saved <= 0:
                     continue
                 cost = max(o.p50 - here.p50, 0.0) / saved
                 if best is None or cost < best[0]:
-                    best = (cost, preset, o.backend, saved)
+                    best = (cost, preset, o.backend, after)
         if best is None:
             break
-        _, preset, backend, saved = best
+        _, preset, backend, total = best
         choice[preset] = backend
-        total -= saved
-    return choice, total
+    return choice
+
+
+def fit(options: dict[str, list[Option]], current: dict[str, str], budget_mb: float) -> tuple[dict[str, str], float]:
+    """(preset -> backend, estimated MB): ``current`` (the fastest defaults) where it fits; else, of the sets
+    that fit, the one with the least summed p50; the smallest set where none fits.
+
+    A shared engine's memory goes only when no preset runs on it any more, which one preset's move never
+    shows, so every subset of the backends is tried as the ones allowed, and within it presets move one at a
+    time at the least latency per MB saved."""
+    from itertools import combinations
+
+    if set_mb(options, current) <= budget_mb:
+        return dict(current), set_mb(options, current)
+    backends = sorted({o.backend for opts in options.values() for o in opts})
+    tried = []
+    for n in range(len(backends), 0, -1):
+        for allowed in combinations(backends, n):
+            within = {p: [o for o in opts if o.backend in allowed] for p, opts in options.items()}
+            if not all(within.values()):
+                continue
+            start = {p: current[p] if current[p] in allowed else min(within[p], key=lambda o: o.p50).backend
+                     for p in options}
+            choice = _greedy(within, start, budget_mb)
+            mb = set_mb(options, choice)
+            tried.append((mb > budget_mb, mb if mb > budget_mb else 0.0,
+                          sum(next(o.p50 for o in options[p] if o.backend == b) for p, b in choice.items()), mb,
+                          choice))
+    _, _, _, mb, choice = min(tried, key=lambda t: t[:4])
+    return choice, mb
 
 
 def options_of(entries: list) -> dict[str, list[Option]]:
     """Per preset, every backend engine that is built, measured and has a resident figure."""
     out = {}
     for e in entries:
-        out[e.name] = [Option(b, eng.latency("p50"), eng.resident_mb["added"]) for b, eng in e.engines.items()
+        out[e.name] = [Option(b, eng.latency("p50"), eng.resident_mb["all_presets" if _shared(eng) else "added"],
+                              _shared(eng))
+                       for b, eng in e.engines.items()
                        if eng.ok and eng.latency("p50") is not None and eng.resident_mb]
     return out
+
+
+def _mb(o: Option) -> str:
+    return f"{o.mb:.1f} MB" + (" (its shared engine, every preset)" if o.shared else "")
+
+
+def _shared(eng) -> bool:
+    return bool(eng.extra.get("shared", False))
 
 
 def _measure_set(plan, entries: list, choice: dict, bundle_dir: Path) -> float | None:
@@ -108,7 +160,7 @@ def apply(plan, entries: list, memory: dict | None, bundle_dir: Path) -> dict | 
             now = next(o for o in options[e.name] if o.backend == choice[e.name])
             e.default = {"backend": choice[e.name],
                          "why": f"within the memory budget ({budget:g} MB): {now.backend} p50 {now.p50:.3f} ms, "
-                                f"{now.mb:.1f} MB; {was.backend} p50 {was.p50:.3f} ms, {was.mb:.1f} MB"}
+                                f"{_mb(now)}; {was.backend} p50 {was.p50:.3f} ms, {_mb(was)}"}
     fits = (measured if measured is not None else estimate) <= budget
     memory["budget"] = {"mb": float(budget), "default_set_mb": None if measured is None else round(measured, 1),
                         "estimate_mb": round(estimate, 1), "fits": fits, "moved": moved}
