@@ -57,13 +57,14 @@ def _select(bodies: list, out, batch_free_dims: list[int]) -> list:
     """Nodes that set ``out`` to the output of branch ``BRANCH_INPUT``: one If per branch on ``preset == i``,
     the others giving an empty batch, concatenated."""
     import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
-    empty = numpy_helper.from_array(np.zeros([0, *batch_free_dims], np.float32))
+    elem = out.type.tensor_type.elem_type
+    empty = numpy_helper.from_array(np.zeros([0, *batch_free_dims], helper.tensor_dtype_to_np_dtype(elem)))
     nodes, outs = [], []
     for i, body in enumerate(bodies):
         skip = helper.make_graph([helper.make_node("Constant", [], [f"empty{i}"], value=empty)], f"skip{i}", [],
-                                 [helper.make_tensor_value_info(f"empty{i}", TensorProto.FLOAT, None)])
+                                 [helper.make_tensor_value_info(f"empty{i}", elem, None)])
         nodes += [helper.make_node("Constant", [], [f"index{i}"], value=numpy_helper.from_array(np.array(i, np.int64))),
                   helper.make_node("Equal", [BRANCH_INPUT, f"index{i}"], [f"is{i}"]),
                   helper.make_node("If", [f"is{i}"], [f"out{i}"], name=f"preset{i}", then_branch=body,
