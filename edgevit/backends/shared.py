@@ -46,7 +46,8 @@ def shared_runner(bundle_dir, spec: EngineSpec, make) -> SharedRunner:
     branches = (spec.quantization or {}).get("branches")
     branch = shared.get("branch")
     if isinstance(branches, list) and not (type(branch) is int and 0 <= branch < len(branches)):
-        # Out of range, an If tree runs its last branch: another preset's logits, silently.
+        # Out of range, OpenVINO's If tree would run its last branch (another preset's logits, silently) and
+        # ONNX Runtime's If per preset would give an empty batch.
         raise EdgevitError(f"{spec.file}: preset branch {branch!r} is not one of its {len(branches)} branches")
     key = (str((Path(bundle_dir) / spec.file).resolve()),
            json.dumps({k: v for k, v in spec.settings.items() if k != "shared"}, sort_keys=True, default=str))

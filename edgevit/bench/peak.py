@@ -85,36 +85,34 @@ def avx512_per_cycle(vendor: str | None, family: int | None) -> int:
     return 1 if vendor == "AuthenticAMD" and family == 25 else 2
 
 
-def cpu_vendor_family(text: str | None = None) -> tuple[str | None, int | None]:
-    """(vendor_id, cpu family) of /proc/cpuinfo, or of ``text`` in its format; None where it says none."""
+def _cpuinfo(text: str | None = None) -> dict[str, str]:
+    """The first processor's ``key: value`` fields of /proc/cpuinfo, or of ``text`` in its format."""
     if text is None:
         try:
             with open("/proc/cpuinfo") as f:
                 text = f.read()
         except OSError:
-            return None, None
-    vendor = family = None
+            return {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        key, value = key.strip(), value.strip()
-        if key == "vendor_id" and vendor is None:
-            vendor = value
-        elif key == "cpu family" and family is None and value.isdigit():
-            family = int(value)
-    return vendor, family
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_vendor_family(text: str | None = None) -> tuple[str | None, int | None]:
+    """(vendor_id, cpu family) of /proc/cpuinfo, or of ``text`` in its format; None where it says none."""
+    info = _cpuinfo(text)
+    family = info.get("cpu family", "")
+    return info.get("vendor_id"), int(family) if family.isdigit() else None
 
 
 def cpu_mhz() -> float | None:
     """The clock /proc/cpuinfo reports (nominal on a VM; turbo not counted), or None where it says none."""
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "cpu MHz":
-                    return float(value)
-    except (OSError, ValueError):
-        pass
-    return None
+        return float(_cpuinfo()["cpu MHz"])
+    except (KeyError, ValueError):
+        return None
 
 
 def theoretical_peak(features, cores: int, mhz: float | None, avx512_ports: int = 2) -> dict[str, float | None]:

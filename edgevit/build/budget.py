@@ -79,8 +79,9 @@ def fit(options: dict[str, list[Option]], current: dict[str, str], budget_mb: fl
     time at the least latency per MB saved."""
     from itertools import combinations
 
-    if set_mb(options, current) <= budget_mb:
-        return dict(current), set_mb(options, current)
+    now = set_mb(options, current)
+    if now <= budget_mb:
+        return dict(current), now
     backends = sorted({o.backend for opts in options.values() for o in opts})
     tried = []
     for n in range(len(backends), 0, -1):

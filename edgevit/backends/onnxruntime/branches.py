@@ -63,13 +63,14 @@ def _select(bodies: list, out, batch_free_dims: list[int]) -> list:
     empty = numpy_helper.from_array(np.zeros([0, *batch_free_dims], helper.tensor_dtype_to_np_dtype(elem)))
     nodes, outs = [], []
     for i, body in enumerate(bodies):
-        skip = helper.make_graph([helper.make_node("Constant", [], [f"empty{i}"], value=empty)], f"skip{i}", [],
-                                 [helper.make_tensor_value_info(f"empty{i}", elem, None)])
-        nodes += [helper.make_node("Constant", [], [f"index{i}"], value=numpy_helper.from_array(np.array(i, np.int64))),
-                  helper.make_node("Equal", [BRANCH_INPUT, f"index{i}"], [f"is{i}"]),
-                  helper.make_node("If", [f"is{i}"], [f"out{i}"], name=f"preset{i}", then_branch=body,
+        v = f"select{i}/"   # the branches' own names are prefixed b<i>/, so these cannot collide with them
+        skip = helper.make_graph([helper.make_node("Constant", [], [v + "empty"], value=empty)], v + "skip", [],
+                                 [helper.make_tensor_value_info(v + "empty", elem, None)])
+        nodes += [helper.make_node("Constant", [], [v + "index"], value=numpy_helper.from_array(np.array(i, np.int64))),
+                  helper.make_node("Equal", [BRANCH_INPUT, v + "index"], [v + "is"]),
+                  helper.make_node("If", [v + "is"], [v + "out"], name=f"preset{i}", then_branch=body,
                                    else_branch=skip)]
-        outs.append(f"out{i}")
+        outs.append(v + "out")
     return nodes + [helper.make_node("Concat", outs, [out.name], axis=0)]
 
 
