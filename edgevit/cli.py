@@ -202,7 +202,8 @@ def eval_cmd(checkpoint, data, model, presets, trust_checkpoint):
               help="SuperViT: one engine per backend serving every preset, its weights stored and loaded once "
                    "(default: the profile's shared_weights, false). OpenVINO puts each preset's static graph "
                    "behind a branch (profile openvino.shared_graph: branches) or runs one dynamic-shape graph "
-                   "(dynamic: less memory, slower requests); ONNX Runtime runs the dynamic-shape graph or every "
+                   "(dynamic: less memory, slower requests), and in INT8 builds that graph calibrated on every "
+                   "preset beside the branches; ONNX Runtime runs the dynamic-shape graph or every "
                    "preset's static graph over one weights file; TensorRT builds one engine with an "
                    "optimisation profile per preset (on the device).")
 @click.option("--no-latency", is_flag=True,

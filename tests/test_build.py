@@ -761,6 +761,40 @@ def test_a_shared_engine_counts_once_and_leaves_only_when_no_preset_runs_on_it()
     assert fit(per, {"big": "ov", "small": "ov"}, 100.0) == ({"big": "ort", "small": "ort"}, 40.0)
 
 
+def test_a_shared_build_takes_the_fastest_candidate_of_a_backend_that_fits_the_budget():
+    """On one backend, shared candidates differ in memory (OpenVINO's branches engine against its one
+    dynamic-shape graph): over the budget, the speed rule's pick gives way to the fastest candidate that
+    fits, measured only as far as needed; where none fits, the smallest; each figure goes into the records."""
+    from edgevit.backends.base import Candidate, EngineSpec
+    from edgevit.build.budget import within_budget
+    from edgevit.build.pipeline import CandidateResult
+
+    def result(cid, p50, passed=True):
+        rec = {"id": cid, "latency_ms": {"p50": p50}}
+        return CandidateResult(Candidate(cid, "int8", "r"), EngineSpec("openvino", "int8", f"{cid}.xml"),
+                               records={"a": dict(rec), "b": dict(rec)}, passed=passed)
+
+    branches, graph, weights, failed = (result("int8-branches", 10.0), result("int8-graph", 12.0),
+                                        result("int8-weights", 15.0), result("int8-other", 11.0, passed=False))
+    results = [branches, weights, graph, failed]
+    mb = {"int8-branches": 300.0, "int8-graph": 160.0, "int8-weights": 120.0, "int8-other": 50.0}
+    asked, logs = [], []
+
+    def mb_of(r):
+        asked.append(r.id)
+        return mb[r.id]
+
+    assert within_budget(results, branches, "fastest", 400.0, mb_of, logs.append) == (branches, "fastest")
+    assert asked == ["int8-branches"] and branches.records["b"]["resident_mb"] == 300.0
+    chosen, why = within_budget(results, branches, "fastest", 172.0, mb_of, logs.append)
+    assert chosen is graph and "within the memory budget (172 MB): 160.0 MB" in why and "int8-branches" in why
+    assert asked == ["int8-branches", "int8-graph"]          # measured once each, the failed one never
+    chosen, why = within_budget(results, branches, "fastest", 100.0, mb_of, logs.append)
+    assert chosen is weights and why.startswith("no candidate fits the memory budget (100 MB): the smallest")
+    assert "int8-other" not in asked
+    assert within_budget(results, None, "none passed", 100.0, mb_of, logs.append) == (None, "none passed")
+
+
 def test_the_build_applies_the_profiles_memory_budget_and_measures_the_set(built):
     import types
 

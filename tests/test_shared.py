@@ -154,6 +154,46 @@ def test_openvino_int8_branches_run_each_presets_own_quantization_over_int8_weig
             np.testing.assert_allclose(got, alone(x[None])[0], atol=0.02, err_msg=name)
 
 
+def test_openvino_int8_graph_quantizes_the_one_graph_on_every_presets_inputs(quick_checkpoint, tmp_path):
+    """``int8-graph``: NNCF INT8 of the one dynamic-shape graph, the calibration images going through every
+    preset in turn, so one set of activation scales serves them all: the INT8 weights are stored once and
+    every preset agrees with the FP32 graph. The graph and inputs it lists are checked against their digests
+    (they key the engine cache): changed since, they are refused."""
+    import openvino as ov
+
+    from edgevit.backends.openvino.quantize import MIN_IMAGES_PER_PRESET, quantize_graph
+    from edgevit.backends.shared import preset_feeds
+    from edgevit.build.checkpoints import load_checkpoint
+    from edgevit.build.export import export_shared
+    from edgevit.build.shared import binding, write_graph_sources, write_inputs
+    from edgevit.data.datasets import load_digits
+    from edgevit.errors import EdgevitError
+
+    m = load_checkpoint(quick_checkpoint).model.eval()
+    ds = load_digits()
+    cx, _ = ds.calib.arrays(ds.preprocess, limit=16)
+    vx, _ = ds.val.arrays(ds.preprocess, limit=64)
+    export_shared(m, tmp_path / "shared.onnx", cx[:4])
+    write_inputs(m, m.presets(), tmp_path)
+    src = write_graph_sources(tmp_path / "shared.onnx", tmp_path, m, m.presets(), tmp_path / "graph.json")
+    report = quantize_graph(src, tmp_path / "q.xml", cx)
+    assert report["calibrated_on"] == [p.name for p in m.presets()]
+    assert report["samples"] == MIN_IMAGES_PER_PRESET * len(m.presets())   # 16 images: each preset sees 4
+    core = ov.Core()
+    assert sum(op.get_type_name() == "FakeQuantize" for op in core.read_model(str(tmp_path / "q.xml")).get_ops()) > 10
+    assert (tmp_path / "q.bin").stat().st_size < 0.5 * (tmp_path / "shared.onnx").stat().st_size   # INT8, once
+    q = core.compile_model(str(tmp_path / "q.xml"), "CPU", OPENVINO_CPU).create_infer_request()
+    f = core.compile_model(str(tmp_path / "shared.onnx"), "CPU", OPENVINO_CPU).create_infer_request()
+    for p in m.presets():
+        feeds = preset_feeds(tmp_path, binding(m, p))
+        agree = np.mean([np.argmax(q.infer({"input": x[None], **feeds})[0]) ==
+                         np.argmax(f.infer({"input": x[None], **feeds})[0]) for x in vx])
+        assert agree >= 0.85, f"{p.name}: {agree:.2f} agreement with the FP32 graph"
+    (tmp_path / "engines/shared-inputs.npz").write_bytes(b"changed")
+    with pytest.raises(EdgevitError, match="shared-inputs.npz is changed since it was listed"):
+        quantize_graph(src, tmp_path / "again.xml", cx)
+
+
 def test_onnxruntime_branches_engine_runs_each_presets_graph_in_one_session_with_the_weights_once(built, tmp_path):
     """Two presets' dynamic-INT8 static graphs as branches of one model: one file about one preset's size,
     the weights in the outer graph only, each preset's binding giving that preset's own engine's logits, and
@@ -425,8 +465,10 @@ def test_openvino_shared_candidates_follow_the_profiles_shared_graph():
     branches = load_profile("x86-cpu")
     dynamic = branches.with_overrides(**{"openvino.shared_graph": "dynamic"})
     built = [c for c in ov.candidates(branches, shared=True) if not c.skip]
-    assert built and {c.source for c in built} == {"presets"} and built[-1].floor
-    assert {c.source for c in ov.candidates(dynamic, shared=True)} == {"model"}
+    assert built and built[-1].floor
+    # INT8 also from the one graph calibrated on every preset's inputs (less memory, dynamic shapes)
+    assert {c.id: c.source for c in built if c.source != "presets"} == {"int8-graph": "graph-presets"}
+    assert {c.source for c in ov.candidates(dynamic, shared=True)} == {"model", "graph-presets"}
     by_id = {c.id: c.source for c in ort.candidates(branches, shared=True)}
     assert by_id["int8-dynamic-presets"] == by_id["int8-dynamic-branches"] == "presets"
     assert by_id["int8-dynamic"] == by_id["fp32"] == "model"

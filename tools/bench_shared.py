@@ -10,7 +10,9 @@ dynamic INT8) it writes the 12 static engines, one per preset, and the one share
 (every preset's static graph behind If, ``backends.openvino.branches``; FP32, INT8 weights by NNCF
 ``compress_weights``, whose static engines are that recipe per preset, and ``int8-branches``, each preset
 quantized by NNCF with its own activation scales, against the per-preset build's default NNCF INT8 engines)
-and, as a further row, the dynamic-shape graph (``openvino.shared_graph: dynamic``); on ONNX Runtime the
+and, as further rows, the dynamic-shape graph in FP32 (``openvino.shared_graph: dynamic``) and in INT8
+(``int8-graph``: NNCF on the one graph, calibrated on every preset's inputs in turn, against the same NNCF
+INT8 engines per preset); on ONNX Runtime the
 dynamic-shape graph (``SharedPresets``) and the presets engine (every preset's static dynamic-INT8 graph over
 one weights file, ``backends.onnxruntime.presets``: a session per preset, so a switch is choosing another
 session) and the branches engine (the same graphs as branches of one model, ``backends.onnxruntime.branches``:
@@ -140,9 +142,9 @@ def main() -> int:
     from edgevit.backends.onnxruntime.quantize import quantize_onnxruntime_dynamic
     from edgevit.backends.onnxruntime import branches as ort_branches, presets as ort_presets
     from edgevit.backends.openvino.quantize import (compress_openvino_weights, convert_openvino_fp32,
-                                                    quantize_openvino)
+                                                    quantize_graph, quantize_openvino)
     from edgevit.measure import measure_latencies_interleaved
-    from edgevit.build.shared import INPUTS_FILE, binding, write_inputs, write_sources
+    from edgevit.build.shared import INPUTS_FILE, binding, write_graph_sources, write_inputs, write_sources
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     torch.manual_seed(0)
@@ -152,7 +154,8 @@ def main() -> int:
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     calib = np.random.default_rng(2).standard_normal((args.calib, 3, size, size)).astype(np.float32)
     every = ("openvino fp32", "openvino fp32 dynamic", "openvino int8-weights", "openvino int8-branches",
-             "onnxruntime fp32", "onnxruntime int8-dynamic", "onnxruntime int8-dynamic-presets",
+             "openvino int8-graph", "onnxruntime fp32", "onnxruntime int8-dynamic",
+             "onnxruntime int8-dynamic-presets",
              "onnxruntime int8-dynamic-branches")
     kinds = every if not args.kinds else tuple(k.strip() for k in args.kinds.split(","))
     if set(kinds) - set(every):
@@ -170,10 +173,11 @@ def main() -> int:
             compress_openvino_weights(onnx_path, tmp / f"{p.name}.w8.xml")
             files["openvino int8-weights"].append(tmp / f"{p.name}.w8.xml")
             aux["openvino int8-weights"].append(tmp / f"{p.name}.w8.bin")
-            if "openvino int8-branches" in kinds:   # the per-preset build's default: NNCF INT8 per preset
-                quantize_openvino(onnx_path, tmp / f"{p.name}.q8.xml", calib)
-            files["openvino int8-branches"].append(tmp / f"{p.name}.q8.xml")
-            aux["openvino int8-branches"].append(tmp / f"{p.name}.q8.bin")
+            if {"openvino int8-branches", "openvino int8-graph"} & set(kinds):
+                quantize_openvino(onnx_path, tmp / f"{p.name}.q8.xml", calib)   # the per-preset build's default
+            for k in ("openvino int8-branches", "openvino int8-graph"):
+                files[k].append(tmp / f"{p.name}.q8.xml")
+                aux[k].append(tmp / f"{p.name}.q8.bin")
             files["onnxruntime fp32"].append(onnx_path)
             for k in ("openvino fp32", "openvino fp32 dynamic"):   # the same static engines for both rows
                 files[k].append(tmp / f"{p.name}.xml")
@@ -203,12 +207,16 @@ def main() -> int:
                   "onnxruntime int8-dynamic-presets": (preset_graphs[0], [tmp / "presets" / str(weights_file),
                                                                           *preset_graphs[1:]]),
                   "openvino fp32 dynamic": (tmp / "shared.xml", [tmp / "shared.bin"]),
+                  "openvino int8-graph": (tmp / "graph.q8.xml", [tmp / "graph.q8.bin"]),
                   "openvino int8-weights": (tmp / "branches.w8.xml", [tmp / "branches.w8.bin"]),
                   "onnxruntime fp32": (tmp / "shared.onnx", []),
                   "onnxruntime int8-dynamic": (tmp / "shared.int8.onnx", []),
                   "onnxruntime int8-dynamic-branches": (tmp / "branches.ort.onnx", [])}
         # The shared bundle's inputs file and bindings, as `edgevit build --shared-weights` writes them.
         write_inputs(model, presets, tmp)
+        if "openvino int8-graph" in kinds:    # the one graph, calibrated on every preset's inputs in turn
+            quantize_graph(write_graph_sources(tmp / "shared.onnx", tmp, model, presets, tmp / "graph.json"),
+                           tmp / "graph.q8.xml", calib)
         bindings = {p.name: binding(model, p, i) for i, p in enumerate(presets)}
         feeds = {p.name: preset_feeds(tmp, bindings[p.name]) for p in presets}
         inputs_mb = mb([tmp / INPUTS_FILE])

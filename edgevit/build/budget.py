@@ -100,6 +100,44 @@ def fit(options: dict[str, list[Option]], current: dict[str, str], budget_mb: fl
     return choice, mb
 
 
+def within_budget(results: list, chosen, why: str, budget_mb: float, mb_of, log) -> tuple[object, str]:
+    """(result, why): a shared build's engine on one backend under the memory budget. ``chosen`` (the speed
+    rule's pick among ``results``) where its engine fits with every preset resident; else the fastest
+    passing candidate that fits; where none fits, the smallest, if smaller than ``chosen``. A backend's
+    shared candidates differ in memory, not only in speed (OpenVINO's branches engine holds 2.5x one preset's
+    engine, its one dynamic-shape graph 1.4x), so the budget chooses among them before it chooses among
+    backends (``fit``). ``mb_of(result)``: MB of the engine with every preset resident (a fresh process), or
+    None where it could not be measured; each figure goes into the candidate's records (``resident_mb``)."""
+    def mb(r) -> float | None:
+        recs = list(r.records.values())
+        if "resident_mb" not in recs[0]:
+            got = mb_of(r)
+            for rec in recs:
+                rec["resident_mb"] = None if got is None else round(got, 1)
+        return recs[0]["resident_mb"]
+
+    first = None if chosen is None else mb(chosen)
+    if first is None or first <= budget_mb:
+        return chosen, why
+    others = sorted((r for r in results if r is not chosen and r.passed and r.runs_here and r.latency()),
+                    key=lambda r: r.latency()["p50"])
+    sizes = {}
+    for r in others:
+        got = mb(r)
+        if got is not None and got <= budget_mb:
+            log(f"[memory] budget {budget_mb:g} MB: {r.spec.backend} {r.id} ({got:.1f} MB with every preset resident) "
+                f"instead of {chosen.id} ({first:.1f} MB)")
+            return r, (f"within the memory budget ({budget_mb:g} MB): {got:.1f} MB with every preset resident, p50 "
+                       f"{r.latency()['p50']:.3f} ms; the fastest, {chosen.id}, holds {first:.1f} MB ({why})")
+        if got is not None:
+            sizes[id(r)] = (got, r)
+    got, smallest = min(sizes.values(), key=lambda t: t[0], default=(None, None))
+    if smallest is not None and got < first:
+        return smallest, (f"no candidate fits the memory budget ({budget_mb:g} MB): the smallest, {got:.1f} MB with "
+                          f"every preset resident; the fastest, {chosen.id}, holds {first:.1f} MB")
+    return chosen, why
+
+
 def options_of(entries: list) -> dict[str, list[Option]]:
     """Per preset, every backend engine that is built, measured and has a resident figure."""
     out = {}

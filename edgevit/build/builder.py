@@ -532,7 +532,10 @@ def shared_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path) -> Engines:
                                                        profile, cache)
                 log(f"[export] {p.name} static graph {'(cached)' if hit else 'done'}")
             sources = shared_build.write_sources(graphs, Path(scratch) / "sources.json")
-        graph = shared_build.SharedGraph(plan.model, plan.presets, tmp / shared_build.ONNX_FILE, sources)
+        graph_sources = shared_build.write_graph_sources(tmp / shared_build.ONNX_FILE, tmp, plan.model, plan.presets,
+                                                         Path(scratch) / "graph-sources.json")
+        graph = shared_build.SharedGraph(plan.model, plan.presets, tmp / shared_build.ONNX_FILE, sources,
+                                         graph_sources)
         chosen = shared_build.build_shared(graph, sites(plan, cache, tmp, None),
                                            Checks(plan.vx, plan.vy, refs, profile.accuracy), plan.measure, log)
     if not plan.measure:

@@ -33,6 +33,7 @@ import numpy as np
 from edgevit.backends.base import EngineSpec
 from edgevit.errors import EdgevitError
 from edgevit.manifest import EngineEntry
+from edgevit.build.budget import within_budget
 from edgevit.build.selection import choose_backend
 from edgevit.build import artifacts as engine_cache
 from edgevit.build.artifacts import Site, compile_cached
@@ -93,6 +94,38 @@ def read_sources(sources_json) -> list[tuple[str, Path]]:
     return out
 
 
+GRAPH_SOURCE = "graph-presets"   # a candidate's source: the one graph, with every preset's inputs to calibrate on
+
+
+def write_graph_sources(onnx_path: Path, bundle_dir: Path, model, presets, path: Path) -> Path:
+    """The file a ``source="graph-presets"`` candidate compiles from: the one graph for every preset and each
+    preset's binding (its inputs, in ``bundle_dir``'s shared-inputs file), so a calibrated engine of the one
+    graph sees every preset's activations, not one preset's. The digests of the graph and of the inputs file
+    are in it: the file's own digest keys the engine cache."""
+    from edgevit.bundle import sha256_file
+
+    path.write_text(json.dumps({"onnx": str(onnx_path), "sha256": sha256_file(onnx_path), "bundle": str(bundle_dir),
+                                "inputs_sha256": sha256_file(Path(bundle_dir) / INPUTS_FILE),
+                                "presets": [{"name": p.name, "binding": binding(model, p)} for p in presets]},
+                               indent=1))
+    return path
+
+
+def read_graph_sources(sources_json) -> tuple[Path, list[tuple[str, dict]]]:
+    """(the one graph, [(preset, its feeds but the image)]) from a ``write_graph_sources`` file, the graph and
+    the inputs file checked against their digests."""
+    from edgevit.backends.shared import preset_feeds
+    from edgevit.bundle import sha256_file
+
+    item = json.loads(Path(sources_json).read_text())
+    onnx_path, inputs = Path(item["onnx"]), Path(item["bundle"]) / INPUTS_FILE
+    for path, digest in ((onnx_path, item["sha256"]), (inputs, item["inputs_sha256"])):
+        if not path.is_file() or sha256_file(path) != digest:
+            raise EdgevitError(f"{sources_json}: {path} is {'changed since it was listed' if path.is_file() else 'missing'}"
+                               f"; build again (or remove the build's --cache-dir)")
+    return onnx_path, [(p["name"], preset_feeds(item["bundle"], p["binding"])) for p in item["presets"]]
+
+
 def needs_preset_graphs(backends, profile) -> bool:
     return any(c.source == "presets" and not c.skip for b in backends for c in b.candidates(profile, shared=True))
 
@@ -127,12 +160,14 @@ def export_cached(model, weights: str, sample, profile, cache) -> tuple[Path, di
 @dataclass(frozen=True)
 class SharedGraph:
     """What a shared-weight build compiles: the model and its presets, the one graph for every preset, and
-    ``sources`` (``write_sources``): what candidates with ``source="presets"`` compile from."""
+    ``sources`` (``write_sources``): what candidates with ``source="presets"`` compile from; ``graph_sources``
+    (``write_graph_sources``): what candidates with ``source="graph-presets"`` compile from."""
 
     model: object
     presets: list
     onnx: Path
     sources: Path | None = None
+    graph_sources: Path | None = None
 
     def spec_for(self, spec: EngineSpec, name: str) -> EngineSpec:
         """``spec`` selecting the preset ``name``: its binding in the settings."""
@@ -141,6 +176,11 @@ class SharedGraph:
         return EngineSpec(**{**spec.to_dict(), "settings": {**spec.settings, "shared": shared}})
 
     def source(self, backend_name: str, cand) -> Path:
+        if cand.source == GRAPH_SOURCE:
+            if self.graph_sources is None:
+                raise EdgevitError(f"{backend_name} {cand.id}: calibrates the one graph on every preset's inputs, "
+                                   f"and none were listed (shared_build.write_graph_sources)")
+            return self.graph_sources
         if cand.source != "presets":
             return self.onnx
         if self.sources is None:
@@ -178,12 +218,28 @@ def build_shared(graph: SharedGraph, sites: dict, checks: Checks, measure: bool,
     out: dict[str, dict] = {p.name: {} for p in graph.presets}
     for b, site in sites.items():
         chosen, why = choose(work[b], measure)
+        budget = site.profile.runtime.get("memory_budget_mb")
+        if measure and budget is not None:
+            chosen, why = within_budget(work[b], chosen, why, float(budget),
+                                        lambda r, s=site: _resident_mb(graph, s, r, log), log)
         remove_unchosen(work[b], chosen, site.bundle_dir)
         for p in graph.presets:
             out[p.name][b] = entry_for(Choice(chosen, why, work[b]), p.name, graph.spec_for(chosen.spec, p.name),
                                        site.profile.preferred, measure)
     set_default(out, graph.presets, list(sites), measure)
     return out
+
+
+def _resident_mb(graph: SharedGraph, site: Site, result, log) -> float | None:
+    """MB one candidate's shared engine holds with every preset resident, in a fresh process."""
+    from edgevit.build import resident
+
+    specs = {p.name: graph.spec_for(result.spec, p.name) for p in graph.presets}
+    try:
+        return resident.measure(site.bundle_dir, site.backend.name, specs).total_mb
+    except EdgevitError as e:
+        log(f"[memory] {site.backend.name} {result.id}: not measured: {e}")
+        return None
 
 
 def set_default(out: dict, presets, order: list[str], measure: bool, excluded: dict | None = None) -> None:

@@ -1,9 +1,11 @@
 """OpenVINO shared-weight engine as branches: every preset's static graph in one IR, behind a tree of ``If``
 nodes that a ``preset`` input steers, each weight tensor stored once.
 
-Why not the dynamic-shape graph (``SharedPresets``) on OpenVINO: the CPU plugin redoes shape work on every
-request of a dynamic graph (1.5-2 ms on SuperViT-DeiT-S, 7-11 % of a small preset) and re-prepares its
-kernels when the shapes change (a preset switch: ~1.8 ms). Why not twelve static compiled models of one IR:
+Why not only the dynamic-shape graph (``SharedPresets``) on OpenVINO: the CPU plugin redoes shape work on
+every request of a dynamic graph (1.5-2 ms on SuperViT-DeiT-S, 7-11 % of a small preset; INT8 on an AMX
+host 1.2-1.3x the static engines) and re-prepares its kernels when the shapes change (a preset switch: ~1.8
+ms). It holds less (INT8: 1.4x one preset, the branches 2.5x), so the build measures both
+(``quantize.quantize_graph``) and a memory budget can take it. Why not twelve static compiled models of one IR:
 the plugin keeps repacked weights per compiled model, so twelve of them hold twelve copies (10.6x one).
 
 Inside one compiled model the plugin keys repacked weights by the address of the constant's data and the
