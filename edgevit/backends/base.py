@@ -49,7 +49,8 @@ class Candidate:
     floor: bool = False                # what ships when nothing faster passes (FP32)
     skip: str | None = None            # why this host cannot build or run it
     source: str = "model"              # what it compiles: the exported graph, or (shared engines) "presets":
-                                       # every preset's static graph, listed in a sources file
+                                       # every preset's static graph, listed in a sources file, or
+                                       # "graph-presets": the one graph with every preset's inputs
 
     def record(self) -> dict:
         return {"id": self.id, "precision": self.precision, "recipe": self.recipe, "floor": self.floor}

@@ -121,7 +121,7 @@ def within_budget(results: list, chosen, why: str, budget_mb: float, mb_of, log)
         return chosen, why
     others = sorted((r for r in results if r is not chosen and r.passed and r.runs_here and r.latency()),
                     key=lambda r: r.latency()["p50"])
-    sizes = {}
+    sizes = []
     for r in others:
         got = mb(r)
         if got is not None and got <= budget_mb:
@@ -130,8 +130,8 @@ def within_budget(results: list, chosen, why: str, budget_mb: float, mb_of, log)
             return r, (f"within the memory budget ({budget_mb:g} MB): {got:.1f} MB with every preset resident, p50 "
                        f"{r.latency()['p50']:.3f} ms; the fastest, {chosen.id}, holds {first:.1f} MB ({why})")
         if got is not None:
-            sizes[id(r)] = (got, r)
-    got, smallest = min(sizes.values(), key=lambda t: t[0], default=(None, None))
+            sizes.append((got, r))
+    got, smallest = min(sizes, key=lambda t: t[0], default=(None, None))
     if smallest is not None and got < first:
         return smallest, (f"no candidate fits the memory budget ({budget_mb:g} MB): the smallest, {got:.1f} MB with "
                           f"every preset resident; the fastest, {chosen.id}, holds {first:.1f} MB")

@@ -536,11 +536,13 @@ def shared_engines(plan: Plan, refs: dict, cache: Cache, tmp: Path) -> Engines:
                                                          Path(scratch) / "graph-sources.json")
         graph = shared_build.SharedGraph(plan.model, plan.presets, tmp / shared_build.ONNX_FILE, sources,
                                          graph_sources)
+        measured = {}
         chosen = shared_build.build_shared(graph, sites(plan, cache, tmp, None),
-                                           Checks(plan.vx, plan.vy, refs, profile.accuracy), plan.measure, log)
+                                           Checks(plan.vx, plan.vy, refs, profile.accuracy), plan.measure, log,
+                                           measured)
     if not plan.measure:
         return Engines(entries, shared=chosen)
-    return _memory_rule(plan, Engines(entries, shared=chosen), cache, tmp)
+    return _memory_rule(plan, Engines(entries, shared=chosen, resident=measured), cache, tmp)
 
 
 def _memory_rule(plan: Plan, engines: Engines, cache: Cache, tmp: Path) -> Engines:
@@ -551,7 +553,8 @@ def _memory_rule(plan: Plan, engines: Engines, cache: Cache, tmp: Path) -> Engin
 
     largest = max(plan.presets, key=lambda p: p.flops)
     reference, _, _ = export_cached(plan.model, largest, plan.weights, export_sample(plan), plan.profile, cache)
-    engines.resident, engines.shared_check = build_memory.shared_check(plan, engines.shared, tmp, reference, cache)
+    engines.resident, engines.shared_check = build_memory.shared_check(plan, engines.shared, tmp, reference, cache,
+                                                                       engines.resident)
     excluded = {b: (f"{c['shared_mb']:.0f} MB with all {c['presets']} presets resident, more than {c['presets']} x "
                     f"{c['per_preset_mb']:.0f} MB of one preset's own engine")
                 for b, c in engines.shared_check.items() if not c["passed"]}

@@ -64,10 +64,13 @@ def _reference_candidate(backend, profile, shared_cand: dict):
             or next(c for c in cands if c.floor))
 
 
-def shared_check(plan, shared: dict, bundle_dir: Path, reference_onnx: Path, cache) -> tuple[dict, dict]:
+def shared_check(plan, shared: dict, bundle_dir: Path, reference_onnx: Path, cache,
+                 known: dict | None = None) -> tuple[dict, dict]:
     """Each backend's shared engine with every preset resident against ``len(presets)`` x one preset's own
     engine (``reference_onnx``: the largest preset's static graph). Returns (backend -> ``Resident`` of the
-    shared set, backend -> the check's record, with ``passed``)."""
+    shared set, backend -> the check's record, with ``passed``). ``known``: shared sets measured already
+    (the budget's choice, backend -> ``Resident``)."""
+    known = known or {}
     presets, log = plan.presets, plan.opts.log
     largest = max(presets, key=lambda p: p.flops)
     measured, checks = {}, {}
@@ -83,7 +86,7 @@ def shared_check(plan, shared: dict, bundle_dir: Path, reference_onnx: Path, cac
                 site = Site(b, plan.profile, cache, Path(scratch), plan.cx, array_digest(plan.cx))
                 spec, _ = compile_cached(site, reference_onnx, largest.name, cand)
                 one = resident.measure(Path(scratch), b.name, {largest.name: spec}).total_mb
-            measured[b.name] = got = resident.measure(bundle_dir, b.name, specs)
+            measured[b.name] = got = known.get(b.name) or resident.measure(bundle_dir, b.name, specs)
         except EdgevitError as e:
             log(f"[memory] {b.name} shared engine: not checked against the presets' own engines: {e}")
             continue

@@ -198,7 +198,8 @@ def shared_job(graph: SharedGraph, site: Site, checks: Checks) -> Job:
                bundle_dir=site.bundle_dir)
 
 
-def build_shared(graph: SharedGraph, sites: dict, checks: Checks, measure: bool, log) -> dict[str, dict]:
+def build_shared(graph: SharedGraph, sites: dict, checks: Checks, measure: bool, log,
+                 resident_sets: dict | None = None) -> dict[str, dict]:
     """Engines entries ``{preset: {backend: entry}}`` and each preset's ``default``, for a shared bundle: per
     backend every candidate through the pipeline, one interleaved latency pass, then one choice per backend
     for all presets."""
@@ -220,8 +221,11 @@ def build_shared(graph: SharedGraph, sites: dict, checks: Checks, measure: bool,
         chosen, why = choose(work[b], measure)
         budget = site.profile.runtime.get("memory_budget_mb")
         if measure and budget is not None:
+            sets = {}
             chosen, why = within_budget(work[b], chosen, why, float(budget),
-                                        lambda r, s=site: _resident_mb(graph, s, r, log), log)
+                                        lambda r, s=site, m=sets: _resident_mb(graph, s, r, log, m), log)
+            if resident_sets is not None and chosen is not None and chosen.id in sets:
+                resident_sets[b] = sets[chosen.id]     # the memory check takes it instead of measuring again
         remove_unchosen(work[b], chosen, site.bundle_dir)
         for p in graph.presets:
             out[p.name][b] = entry_for(Choice(chosen, why, work[b]), p.name, graph.spec_for(chosen.spec, p.name),
@@ -230,13 +234,15 @@ def build_shared(graph: SharedGraph, sites: dict, checks: Checks, measure: bool,
     return out
 
 
-def _resident_mb(graph: SharedGraph, site: Site, result, log) -> float | None:
-    """MB one candidate's shared engine holds with every preset resident, in a fresh process."""
+def _resident_mb(graph: SharedGraph, site: Site, result, log, sets: dict) -> float | None:
+    """MB one candidate's shared engine holds with every preset resident, in a fresh process (the whole
+    measurement kept in ``sets`` by candidate id)."""
     from edgevit.build import resident
 
     specs = {p.name: graph.spec_for(result.spec, p.name) for p in graph.presets}
     try:
-        return resident.measure(site.bundle_dir, site.backend.name, specs).total_mb
+        sets[result.id] = resident.measure(site.bundle_dir, site.backend.name, specs)
+        return sets[result.id].total_mb
     except EdgevitError as e:
         log(f"[memory] {site.backend.name} {result.id}: not measured: {e}")
         return None

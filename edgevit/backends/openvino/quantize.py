@@ -36,6 +36,19 @@ def _ov_activation_matmuls(model) -> list[str]:
             and not any(constant(op.input_value(i).get_node()) for i in range(op.get_input_size()))]
 
 
+def _ptq_settings(samples: int) -> dict:
+    """NNCF post-training INT8 as every calibrated OpenVINO engine here is made: transformer model type,
+    symmetric activations (PERFORMANCE), every calibration sample used."""
+    import nncf
+
+    return dict(model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=samples)
+
+
+def _family_keeps_fp32(model, onnx_path) -> list[str]:
+    """The activation matmuls to leave in float where the model family keeps its attention out of INT8."""
+    return _ov_activation_matmuls(model) if "attention" in model_keep_fp32(onnx_path) else []
+
+
 def quantize_openvino(fp32_onnx, out_xml, calib: np.ndarray, level: int = 0, batch: int = 1,
                       max_drop: float = 0.01, inference_precision: str = "f32") -> dict:
     """NNCF PTQ on the OpenVINO model (transformer model type); level 1: accuracy-controlled."""
@@ -48,11 +61,10 @@ def quantize_openvino(fp32_onnx, out_xml, calib: np.ndarray, level: int = 0, bat
     model = ov.Core().read_model(str(fp32_onnx))
     calib_batches = list(batches(calib, batch))
     dataset = nncf.Dataset(calib_batches)
-    common = dict(model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.PERFORMANCE,
-                  subset_size=len(calib_batches))
+    common = _ptq_settings(len(calib_batches))
     info = {"tool": f"nncf {nncf.__version__}", "model_type": "transformer", "samples": len(calib_batches) * batch,
             "level": level}
-    keep = _ov_activation_matmuls(model) if "attention" in model_keep_fp32(fp32_onnx) else []
+    keep = _family_keeps_fp32(model, fp32_onnx)
     if level == 0:
         if keep:
             common["ignored_scope"] = nncf.IgnoredScope(names=keep, validate=False)
@@ -114,8 +126,8 @@ def quantize_graph(graph_sources, out_xml, calib: np.ndarray, batch: int = 1) ->
     n = max(len(calib_batches), MIN_IMAGES_PER_PRESET * len(presets))
     items = [{images[0]: calib_batches[i % len(calib_batches)],
               **{k: v for k, v in presets[i % len(presets)][1].items() if k in names}} for i in range(n)]
-    common = dict(model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=n)
-    keep = _ov_activation_matmuls(model) if "attention" in model_keep_fp32(onnx_path) else []
+    common = _ptq_settings(n)
+    keep = _family_keeps_fp32(model, onnx_path)
     if keep:
         common["ignored_scope"] = nncf.IgnoredScope(names=keep, validate=False)
     qmodel = nncf.quantize(model, nncf.Dataset(items), **common)
