@@ -14,22 +14,25 @@ from pathlib import Path
 from edgevit.errors import EdgevitError
 
 # What the manifest schema says too (manifest.schema.json, $defs/path), so a writer cannot produce one either.
-PATTERN = r"^(?!/)(?!.*\\)(?!(.*/)?\.{1,2}(/|$))(?!.*//)[^\x00]+$"
+# No line break anywhere: ``.`` stops at one, so "x\n/../y" would slip past the ``..`` look-ahead, and ``$``
+# matches before a final one.
+PATTERN = r"^(?![\s\S]*[\n\r])(?!/)(?!.*\\)(?!(.*/)?\.{1,2}(/|$))(?!.*//)[^\x00]+$"
 _RE = re.compile(PATTERN)
 # Keys under an engine's record and settings whose string values are files of the bundle.
 _PATH_KEYS = {"file", "extra_files", "onnx", "engine", "inputs", "weights"}
 
 
-def inside(bundle, rel, field: str) -> Path:
-    """``bundle / rel``, or an ``EdgevitError`` naming ``field`` where ``rel`` leaves the bundle."""
+def inside(bundle, rel, field: str, what: str = "bundle") -> Path:
+    """``bundle / rel``, or an ``EdgevitError`` naming ``field`` where ``rel`` leaves the bundle. ``what``
+    names the folder in the message (a build cache entry is held to the same rule)."""
     if not isinstance(rel, str) or not _RE.match(rel):
-        raise EdgevitError(f"bundle {bundle}: {field} is {str(rel)[:200]!r}: expected a relative path inside the "
-                           f"bundle, with '/' between parts and no '..', '.' or empty part")
+        raise EdgevitError(f"{what} {bundle}: {field} is {str(rel)[:200]!r}: expected a relative path inside the "
+                           f"{what}, with '/' between parts and no '..', '.' or empty part")
     root = Path(bundle).resolve()
     path = root / rel
     if not path.resolve().is_relative_to(root):
-        raise EdgevitError(f"bundle {bundle}: {field} {rel!r} resolves outside the bundle (a symlink to "
-                           f"{path.resolve()}); a bundle's files must be inside its folder")
+        raise EdgevitError(f"{what} {bundle}: {field} {rel!r} resolves outside the {what} (a symlink to "
+                           f"{path.resolve()}); its files must be inside its folder")
     return path
 
 

@@ -29,7 +29,8 @@ def _engine(d):
     ("engine file", "../outside.onnx"), ("engine file", "/etc/passwd"), ("engine file", "engines/../../x.onnx"),
     ("engine file", "engines//x.onnx"), ("engine file", "./engines/x.onnx"), ("engine file", "engines\\..\\x"),
     ("preset onnx", "../r32.onnx"), ("files key", "../outside.onnx"), ("checkpoint", "/root/model.pt"),
-    ("shared inputs", "../inputs.npz"), ("extra file", "../x.bin")])
+    ("shared inputs", "../inputs.npz"), ("extra file", "../x.bin"),
+    ("engine file", "engines/x\n/../../../../etc/hostname"), ("engine file", "engines/x.onnx\n")])
 def test_a_path_that_leaves_the_bundle_is_refused_naming_the_field(tmp_path, where, bad):
     def change(d):
         if where == "engine file":
@@ -81,7 +82,7 @@ def test_the_schema_refuses_what_the_reader_refuses():
 
     for good in ("engines/openvino/r32-k1.int8.xml", "model.pt", "kit/tensorrt/weights.bin", "a..b/c"):
         jsonschema.validate(good, {"type": "string", "pattern": PATTERN})
-    for bad in ("../x", "/x", "a/../b", "a//b", "./a", "a/.", "a\\b", ""):
+    for bad in ("../x", "/x", "a/../b", "a//b", "./a", "a/.", "a\\b", "", "x\n/../../etc/hostname", "a\n"):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, {"type": "string", "pattern": PATTERN})
 

@@ -8,7 +8,7 @@ alike. Nothing here imports torch: runners run on devices that do not have it.
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
@@ -31,6 +31,35 @@ class EngineSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    # Runtime-only settings: the loader sets them for this host; a bundle or a cache entry may not
+    # (``cache_dir`` from a manifest would have OpenVINO write, and later import, blobs wherever it says).
+    RUNTIME_SETTINGS = ("cache_dir",)
+
+    @classmethod
+    def from_dict(cls, d, where: str) -> "EngineSpec":
+        """An engine record read from a bundle or a build cache entry, its fields checked: an error naming
+        ``where`` and the field instead of a TypeError from deep inside a load."""
+        if not isinstance(d, dict):
+            raise EdgevitError(f"{where}: expected an engine record (an object), found {type(d).__name__}")
+        known = [f.name for f in fields(cls)]
+        if unknown := sorted(set(d) - set(known)):
+            raise EdgevitError(f"{where}: unknown field(s) {unknown}; an engine record has {known}")
+        kinds = {"backend": str, "precision": str, "file": str, "extra_files": list, "settings": dict,
+                 "quantization": (dict, type(None)), "status": str}
+        for name in ("backend", "precision", "file"):
+            if name not in d:
+                raise EdgevitError(f"{where}: the engine record has no {name!r}")
+        for name, value in d.items():
+            if not isinstance(value, kinds[name]):
+                raise EdgevitError(f"{where}: field {name!r} is {type(value).__name__} {str(value)[:80]!r}: "
+                                   f"expected {getattr(kinds[name], '__name__', 'an object')}")
+        if not all(isinstance(x, str) for x in d.get("extra_files", [])):
+            raise EdgevitError(f"{where}: field 'extra_files' must list file paths (strings)")
+        if taken := sorted(set(d.get("settings", {})) & set(cls.RUNTIME_SETTINGS)):
+            raise EdgevitError(f"{where}: settings {taken} are chosen on the host that loads the engine, not "
+                               f"read from a bundle or cache")
+        return cls(**d)
 
     @property
     def files(self) -> list[str]:
@@ -163,6 +192,14 @@ class Backend:
 
     def load(self, bundle_dir, spec: EngineSpec) -> Runner:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def files_read(self, spec: EngineSpec) -> list[str]:
+        """Every bundle file loading ``spec`` opens, so a load can check each against the manifest's sha256:
+        the engine's files and a shared engine's preset inputs. A backend whose library opens more by itself
+        (OpenVINO: the weights beside the IR) says so, or refuses a record that does not list them."""
+        shared = spec.settings.get("shared")
+        inputs = shared.get("inputs") if isinstance(shared, dict) else None
+        return spec.files + ([inputs] if isinstance(inputs, str) and inputs not in spec.files else [])
 
     def with_compile_cache(self, spec: EngineSpec, cache_dir: str | None) -> EngineSpec:
         """``spec`` loading through a compiled-model cache in ``cache_dir``, where the backend has one (a later

@@ -1,6 +1,12 @@
 """Exports and compiled engines cached by content: the same weights, preset, opset and tool versions give the
 same ONNX, and the same ONNX, candidate, profile section and tool versions the same engine, so a second
-build (static or shared) copies them instead of exporting or compiling again."""
+build (static or shared) copies them instead of exporting or compiling again.
+
+A cache entry is a trust boundary, as a bundle is: a cache folder is shared between builds and users, and an
+entry's files go into bundles that devices run. So an entry records the sha256 of every file it holds, and a
+hit is read back checked: its record's fields and types, every path inside the entry (no ``..``, absolute
+path or symlink out), every file against its digest. An entry that fails is an error naming it, never a
+silent reuse; an entry written before digests were kept is compiled again."""
 
 from __future__ import annotations
 
@@ -14,10 +20,48 @@ import numpy as np
 
 from edgevit.backends.base import EngineSpec
 from edgevit.bundle import sha256_file
+from edgevit.bundle_paths import inside
 from edgevit.build.cache import Cache, content_key
 from edgevit.host import tool_versions
 from edgevit.build.profiles import Profile
+from edgevit.errors import EdgevitError
 from edgevit.version import __version__
+
+ENTRY = "entry.json"      # what an entry holds: {"sha256": {file: digest}, ...the stage's own record}
+WHAT = "build cache entry"
+
+
+def write_entry(folder: Path, files: list[str], **record) -> None:
+    digests = {rel: sha256_file(inside(folder, rel, "file", WHAT)) for rel in files}
+    (folder / ENTRY).write_text(json.dumps({"sha256": digests, **record}))
+
+
+def read_entry(folder: Path) -> dict | None:
+    """An entry's record with every file it lists checked (``None``: the entry keeps no digests, so it is
+    from an older edgevit and is made again)."""
+    path = inside(folder, ENTRY, ENTRY, WHAT) if (folder / ENTRY).exists() else None
+    if path is None:
+        return None
+    again = f"; remove {folder} (or the build's --cache-dir) and build again"
+    try:
+        d = json.loads(path.read_bytes()[: 1 << 20].decode())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise EdgevitError(f"{WHAT} {path}: unreadable ({type(e).__name__}: {str(e)[:120]}){again}") from None
+    if not isinstance(d, dict) or not isinstance(d.get("sha256"), dict):
+        raise EdgevitError(f"{WHAT} {path}: expected an object with the sha256 of each file{again}")
+    for rel, digest in d["sha256"].items():
+        src = inside(folder, rel, f"{ENTRY} sha256[{str(rel)[:80]!r}]", WHAT)
+        if not src.is_file() or sha256_file(src) != digest:
+            raise EdgevitError(f"{WHAT} {folder}: {rel} is {'changed since it was cached' if src.is_file() else 'missing'}"
+                               f"{again}")
+    return d
+
+
+def _cached_file(folder: Path, record: dict, rel: str) -> Path:
+    if rel not in record["sha256"]:
+        raise EdgevitError(f"{WHAT} {folder}: {rel} is used but has no sha256 in its {ENTRY}; remove the entry "
+                           f"(or the build's --cache-dir) and build again")
+    return folder / rel
 
 
 def export_cached(stage: str, parts: tuple, cache: Cache, export) -> tuple[Path, dict, bool]:
@@ -26,11 +70,15 @@ def export_cached(stage: str, parts: tuple, cache: Cache, export) -> tuple[Path,
     v = tool_versions()
     key = content_key(stage, *parts, v["torch"], v["onnx"], v["onnxslim"], __version__)
     hit = cache.get("export", key)
-    if hit:
-        return hit / "model.onnx", json.loads((hit / "report.json").read_text()), True
+    record = read_entry(hit) if hit else None
+    if record is not None:
+        if not isinstance(record.get("report"), dict):
+            raise EdgevitError(f"{WHAT} {hit}: its {ENTRY} has no export report; remove the entry (or the build's "
+                               f"--cache-dir) and build again")
+        return _cached_file(hit, record, "model.onnx"), record["report"], True
     with cache.put("export", key) as tmp:
         report = {**export(tmp / "model.onnx"), "path": None}
-        (tmp / "report.json").write_text(json.dumps(report))
+        write_entry(tmp, ["model.onnx"], report=report)
     return cache.path("export", key) / "model.onnx", report, False
 
 
@@ -66,17 +114,20 @@ def compile_cached(site: Site, onnx_path: Path, name: str, candidate) -> tuple[E
                       profile.accuracy, profile.batch, profile.device, backend.cache_tag(), tool_versions(),
                       __version__)
     hit = cache.get("engine", key)
-    cached = hit is not None
+    record = read_entry(hit) if hit else None
+    cached = record is not None
     if not cached:
         with cache.put("engine", key) as tmp:
             spec = backend.compile(onnx_path, tmp, name, candidate, site.calib, profile)
-            (tmp / "spec.json").write_text(json.dumps(spec.to_dict()))
+            write_entry(tmp, spec.files, spec=spec.to_dict())
         hit = cache.path("engine", key)
-    spec = EngineSpec(**json.loads((hit / "spec.json").read_text()))
+        record = read_entry(hit)
+    spec = EngineSpec.from_dict(record.get("spec"), f"{WHAT} {hit / ENTRY} spec")
     for rel in spec.files:
-        dst = site.bundle_dir / rel
+        src = _cached_file(hit, record, rel)
+        dst = inside(site.bundle_dir, rel, "engine file")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(hit / rel, dst)
+        shutil.copyfile(src, dst)
     return spec, cached
 
 

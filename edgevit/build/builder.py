@@ -78,6 +78,7 @@ class Obtained:
 
 def obtain(opts: BuildOptions, cache: Cache) -> Obtained:
     """Load ``--checkpoint`` or train the model (cached by its recipe and data split)."""
+    from edgevit.build.artifacts import read_entry, write_entry
     from edgevit.build.checkpoints import load_checkpoint
     from edgevit.data.datasets import input_kind, load_dataset
     from edgevit.models import create_model
@@ -98,13 +99,16 @@ def obtain(opts: BuildOptions, cache: Cache) -> Obtained:
     recipe = {k: v for k, v in asdict(cfg).items() if k not in ("out", "data", "workers", "threads")}
     key = content_key("train", recipe, ds.split_hash(), __version__, tool_versions()["torch"])
     path = cache.path("train", key) / "model.pt"
-    if cache.get("train", key):
+    hit = cache.get("train", key)
+    record = read_entry(hit) if hit else None
+    if record is not None and "model.pt" in record["sha256"]:
         log(f"[obtain] training: reused the cached checkpoint {path} (same model, recipe and data split)")
     else:
         log(f"[obtain] no checkpoint given: training {name} on {ds.summary()}")
         with cache.put("train", key) as tmp:
             cfg.out = str(tmp / "model.pt")
             train(cfg, dataset=ds)
+            write_entry(tmp, ["model.pt"])
     ck = load_checkpoint(path)
     return Obtained(ck.model, "edgevit", f"trained ({name}, {ds.name})", ds, ds.preprocess)
 
