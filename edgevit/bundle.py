@@ -28,6 +28,7 @@ from edgevit.files import check_writable_dir
 from edgevit.manifest import SCHEMA, Manifest, parse
 
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20   # 12 presets x 4 backends with every candidate's record is ~200 KB
 
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:
@@ -156,10 +157,20 @@ def read_manifest(bundle) -> Manifest:
         raise EdgevitError(f"bundle {bundle} does not exist or is not a directory")
     if not path.is_file():
         raise EdgevitError(f"{bundle} is not an edgevit bundle: {MANIFEST} is missing")
+    inside(bundle, MANIFEST, MANIFEST)          # a manifest linked in from elsewhere is not this bundle's
+    with open(path, "rb") as f:
+        raw = f.read(MAX_MANIFEST_BYTES + 1)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise EdgevitError(f"{path}: larger than {MAX_MANIFEST_BYTES >> 20} MB; an edgevit manifest is a few hundred "
+                           f"KB")
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(raw.decode("utf-8"))
     except json.JSONDecodeError as e:
         raise EdgevitError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError as e:
+        raise EdgevitError(f"{path}: not UTF-8 text (byte {e.start}); a manifest is JSON written by edgevit") from None
+    except RecursionError:
+        raise EdgevitError(f"{path}: nested too deeply to be an edgevit manifest") from None
     manifest = parse(d, str(path))
     check_paths(bundle, manifest)      # before anything it names is opened, hashed or run
     return manifest

@@ -105,6 +105,32 @@ def _state_dict_of(obj: dict) -> dict:
     return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items() if torch.is_tensor(v)}
 
 
+def _check_own(obj: dict, path) -> None:
+    """The fields of an edgevit checkpoint, typed before they are used (a checkpoint comes from anywhere)."""
+    def bad(field, expected):
+        return EdgevitError(f"checkpoint {path}: field {field} is {type(_get(obj, field)).__name__}: expected "
+                            f"{expected} (an edgevit checkpoint, as edgevit train writes it)")
+
+    if type(obj.get("format_version", 0)) is not int:
+        raise bad("format_version", "an integer")
+    if not isinstance(obj.get("model"), dict):
+        raise bad("model", "an object with name and config")
+    if not isinstance(obj["model"].get("name"), str):
+        raise bad("model.name", "a model name")
+    config = obj["model"].get("config")
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise bad("model.config", "an object of model options")
+    state = obj.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise bad("state_dict", "an object of named tensors")
+
+
+def _get(obj: dict, dotted: str):
+    for part in dotted.split("."):
+        obj = obj.get(part) if isinstance(obj, dict) else None
+    return obj
+
+
 def load_into(model, state: dict, source) -> None:
     """Load with every mismatch named: shapes, missing and unexpected keys."""
     own = model.state_dict()
@@ -138,6 +164,7 @@ def load_checkpoint(path, model_name: str | None = None, trust: bool = False) ->
     """
     obj = read_checkpoint_file(path, trust)
     if obj.get("format") == FORMAT:
+        _check_own(obj, path)
         if obj.get("format_version", 0) > FORMAT_VERSION:
             raise EdgevitError(f"checkpoint {path} has format version {obj['format_version']}; this edgevit "
                                f"({__version__}) reads up to {FORMAT_VERSION}")

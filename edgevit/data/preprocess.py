@@ -41,12 +41,14 @@ class Preprocess:
     version: int = field(default=1, repr=False)
 
     def __post_init__(self):
+        _sides(self, "resize", "crop")
         if self.interpolation not in _RESAMPLE:
             raise EdgevitError(f"preprocess.interpolation {self.interpolation!r}: expected one of {sorted(_RESAMPLE)}")
         if self.channels not in (1, 3):
             raise EdgevitError(f"preprocess.channels {self.channels}: expected 1 or 3")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise EdgevitError(f"preprocess.mean/std need {self.channels} values, got {self.mean} / {self.std}")
+        _finite(self)
         if self.crop > self.resize:
             raise EdgevitError(f"preprocess.crop {self.crop} is larger than preprocess.resize {self.resize}")
 
@@ -148,6 +150,25 @@ MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485   # a file with more is refuse
 _PIL_LIMIT = threading.Lock()
 # PIL modes whose pixels are not 8-bit: read as arrays of their values, by the arrays' rules
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+MAX_SIDE = 8192   # pixels (or bands): a bundle's preprocessing runs on every request, so it is bounded
+
+
+def _sides(pre, *names) -> None:
+    """Sizes a bundle's manifest gives: whole numbers in range, before PIL or numpy is asked to allocate them."""
+    for name in names:
+        v = getattr(pre, name)
+        if type(v) is not int or not 1 <= v <= MAX_SIDE:
+            raise EdgevitError(f"preprocess.{name} {v!r}: expected a whole number from 1 to {MAX_SIDE}")
+
+
+def _finite(pre) -> None:
+    values = (*pre.mean, *pre.std)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise EdgevitError(f"preprocess.mean/std {list(pre.mean)} / {list(pre.std)}: expected finite numbers")
+    if any(v <= 0 for v in pre.std):
+        raise EdgevitError(f"preprocess.std {list(pre.std)}: expected positive values (the image is divided by them)")
 
 
 def _describe(x) -> str:
@@ -262,6 +283,10 @@ class PatchPreprocess:
     rotation: float = 0.02 * 360      # degrees, +-
     zoom: float = 0.2
     version: int = field(default=1, repr=False)
+
+    def __post_init__(self):
+        _sides(self, "bands", "crop")
+        _finite(self)
 
     @property
     def channels(self) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgevit.backends.base import Closing, EngineSpec, get_backend
-from edgevit.bundle import read_manifest, verify_files
+from edgevit.bundle import MANIFEST, read_manifest, verify_files
 from edgevit.manifest import PENDING, EngineEntry, Manifest, PresetEntry
 from edgevit.data.preprocess import preprocess_from_dict
 from edgevit.errors import EdgevitError
@@ -369,20 +369,19 @@ def load(bundle, backend: str | None = None, presets: list[str] | None = None, v
         known = [p.name for p in manifest.presets]
         raise EdgevitError(f"unknown preset(s) {sorted(set(presets) - set(known))}; this bundle has: {', '.join(known)}")
     loads, infos, used = {}, [], []
+    pre = preprocess_from_dict(manifest.preprocess)
+    shapes = ((pre.channels, pre.crop, pre.crop), len(manifest.labels))   # what every engine must take and give
     installed = _Installed()
-    verified: set[str] = set()   # a file several presets share (a shared engine, a kit's weights) is hashed once
+    verified: set[str] = set()
     for p in chosen:
         b = backend or default_backend(manifest, p, installed)
         entry = _usable_entry(bundle, p, b, installed, backend is None, manifest)
-        spec = EngineSpec(**entry.engine)
-        if verify:
-            verify_files(bundle, manifest, [f for f in spec.files if f not in verified])
-            verified.update(spec.files)
         impl = get_backend(b)
+        spec = _checked_spec(bundle, manifest, p.name, b, entry, impl, verified if verify else None)
         sha = _files_digest(manifest, spec)
         if cache and sha and impl.compile_cache:
             spec = impl.with_compile_cache(spec, compile_cache_dir(b, sha))
-        loads[p.name] = lambda impl=impl, spec=spec: _load_engine(impl, bundle, spec)
+        loads[p.name] = lambda impl=impl, spec=spec: _load_engine(impl, bundle, spec, shapes)
         infos.append(_preset_info(p, entry, b, backend is None and b == p.default_backend()))
         used.append(b)
     infos.sort(key=lambda i: (i.gflops, -i.resolution))
@@ -432,11 +431,26 @@ def _preset_names(presets) -> list[str] | None:
     return list(presets)
 
 
-def _load_engine(impl, bundle: Path, spec: EngineSpec):
+def _checked_spec(bundle: Path, manifest: Manifest, preset: str, b: str, entry: EngineEntry, impl,
+                  verified: set | None) -> EngineSpec:
+    """The engine record of ``preset`` on ``b``, its fields checked and every file its library opens
+    checked against the manifest's sha256 (skipped when ``verified`` is None: ``verify=False``); a file
+    several presets share (a shared engine, a kit's weights) is hashed once."""
+    spec = EngineSpec.from_dict(entry.engine, f"{bundle / MANIFEST} presets[{preset}].engines.{b}.engine")
+    read = impl.files_read(spec)
+    if verified is not None:
+        verify_files(bundle, manifest, [f for f in read if f not in verified])
+        verified.update(read)
+    return spec
+
+
+def _load_engine(impl, bundle: Path, spec: EngineSpec, shapes: tuple):
     """The backend's runner, or an error naming the engine file where its library cannot read it (a truncated
-    or foreign file loaded with ``verify=False``)."""
+    or foreign file loaded with ``verify=False``), or where it does not fit the manifest: the image the bundle's
+    preprocessing makes, one logit per label (else a request would fail inside the library, or index past
+    the labels)."""
     try:
-        return impl.load(bundle, spec)
+        runner = impl.load(bundle, spec)
     except EdgevitError:
         raise
     except Exception as e:
@@ -444,6 +458,16 @@ def _load_engine(impl, bundle: Path, spec: EngineSpec):
         raise EdgevitError(f"bundle {bundle}: {impl.name} cannot load engine {spec.file}: {first} (corrupted, or "
                            f"not a {impl.name} engine for this device; load verifies the files' sha256 unless "
                            f"verify=False)") from None
+    (image, classes), ins, outs = shapes, tuple(runner.input_shape[1:]), tuple(runner.output_shape[1:])
+    fixed = lambda dims: all(isinstance(d, int) and d >= 0 for d in dims)  # noqa: E731 - dynamic: the library checks
+    problem = (f"takes {ins} images where the manifest's preprocess makes {image}" if fixed(ins) and ins != image
+               else f"gives {outs[-1]} logits for the manifest's {classes} labels"
+               if outs and fixed(outs[-1:]) and outs[-1] != classes else None)
+    if problem:
+        runner.close()
+        raise EdgevitError(f"bundle {bundle}: engine {spec.file} {problem}; the manifest does not describe this "
+                           f"engine (rebuild the bundle)")
+    return runner
 
 
 def _usable_entry(bundle: Path, p: PresetEntry, b: str, installed, default: bool,

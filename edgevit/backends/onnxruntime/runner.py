@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgevit.backends.base import Runner
+from edgevit.errors import EdgevitError
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -23,11 +24,38 @@ def _engine_cache_dir(model_path: Path) -> str:
     return str(path)
 
 
+# The options a bundle may set, which are the ones edgevit writes. Others reach what a bundle must not choose:
+# TensorRT plugin or engine-decryption libraries to load, context files to write, caches elsewhere.
+PROVIDER_KEYS = {
+    "TensorrtExecutionProvider": {"trt_fp16_enable", "trt_int8_enable", "trt_engine_cache_enable",
+                                  "trt_timing_cache_enable", "trt_max_workspace_size",
+                                  "trt_builder_optimization_level"},
+    "CUDAExecutionProvider": {"device_id", "cudnn_conv_algo_search"},
+}
+SESSION_KEYS = {"session.disable_prepacking"}
+
+
+def _check_options(path, options: dict, session_config: dict) -> None:
+    if not isinstance(options, dict) or not isinstance(session_config, dict):
+        raise EdgevitError(f"{path}: provider_options and session_config must be objects")
+    for provider, given in options.items():
+        allowed = PROVIDER_KEYS.get(provider)
+        if allowed is None or not isinstance(given, dict) or not set(given) <= allowed:
+            extra = sorted(set(given) - (allowed or set())) if isinstance(given, dict) else given
+            raise EdgevitError(f"{path}: provider option(s) {provider} {extra} are not ones edgevit sets "
+                               f"({ {p: sorted(k) for p, k in PROVIDER_KEYS.items()} }); an engine record may "
+                               f"not choose them")
+    if unknown := sorted(set(session_config) - SESSION_KEYS):
+        raise EdgevitError(f"{path}: session_config {unknown} is not one edgevit sets ({sorted(SESSION_KEYS)}); an "
+                           f"engine record may not choose it")
+
+
 class OrtRunner(Runner):
     def __init__(self, path, providers=None, threads: int = 0, options: dict | None = None,
                  session_config: dict | None = None):
         import onnxruntime as ort
 
+        _check_options(path, options or {}, session_config or {})
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:

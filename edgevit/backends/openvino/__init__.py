@@ -7,6 +7,7 @@ from pathlib import Path
 from edgevit.backends.base import Backend, Candidate, EngineSpec, Runner
 from edgevit.backends.openvino.runner import OvRunner
 from edgevit.backends.shared import shared_runner
+from edgevit.errors import EdgevitError
 from edgevit.fields import F
 
 
@@ -119,6 +120,16 @@ class OpenVINOBackend(Backend):
             raise ValueError(f"openvino backend builds int8, bf16 or fp32, not {candidate.precision}")
         return EngineSpec(self.name, candidate.precision, rel.as_posix(), [rel.with_suffix(".bin").as_posix()],
                           settings=settings, quantization=quant)
+
+    def files_read(self, spec: EngineSpec) -> list[str]:
+        # OpenVINO opens the weights beside the IR itself (``x.xml`` -> ``x.bin``): one the record does not list
+        # would be read unchecked, so such a record is refused.
+        weights = str(Path(spec.file).with_suffix(".bin").as_posix())
+        if spec.file.endswith(".xml") and weights not in spec.files:
+            raise EdgevitError(f"openvino engine {spec.file}: its weights {weights} are not among the engine's files "
+                               f"(extra_files {spec.extra_files}); OpenVINO would read them unchecked. Rebuild the "
+                               f"bundle")
+        return super().files_read(spec)
 
     def with_compile_cache(self, spec: EngineSpec, cache_dir: str | None) -> EngineSpec:
         """Blobs go to a folder of their own per engine file: ``cache_dir`` may serve a whole build, and a

@@ -10,6 +10,7 @@ host is itself a suitable GPU machine, and ``edgevit engine build BUNDLE`` calls
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from edgevit.backends.base import Candidate, EngineSpec
+from edgevit.bundle_paths import inside
 from edgevit.manifest import PENDING
 from edgevit.build.pipeline import Choice, Checks
 from edgevit.errors import EdgevitError
@@ -42,13 +44,27 @@ def write_validation(bundle_dir: Path, x: np.ndarray, y: np.ndarray, refs: dict[
 
 
 def read_validation(bundle_dir: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    path = Path(bundle_dir) / VALIDATION_FILE
+    path = inside(bundle_dir, Path(VALIDATION_FILE).as_posix(), "the validation subset")
     if not path.is_file():
         raise EdgevitError(f"bundle {bundle_dir}: {VALIDATION_FILE} is missing; rebuild the bundle with edgevit "
                            f">= 0.1 (it carries the validation subset the device checks its engines on)")
     with np.load(path, allow_pickle=False) as z:
+        if missing := sorted({"inputs", "labels"} - set(z.files)):
+            raise EdgevitError(f"{path}: has no {missing} (it has {sorted(z.files)[:8]}); rebuild the bundle")
         refs = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("torch_logits/")}
         return z["inputs"], z["labels"], refs
+
+
+def refuse_links_out(bundle: Path) -> None:
+    """The bundle is copied whole into the rewritten one: a link out of it would bring in a file from
+    elsewhere, listed and shipped as the bundle's own."""
+    root = Path(bundle).resolve()
+    for folder, dirs, files in os.walk(bundle):
+        for name in dirs + files:
+            p = Path(folder) / name
+            if p.is_symlink() and not p.resolve().is_relative_to(root):
+                raise EdgevitError(f"bundle {bundle}: {p.relative_to(bundle)} is a link to {p.resolve()}, outside the "
+                                   f"bundle; a bundle's files must be inside its folder")
 
 
 # -- the kit's instructions --------------------------------------------------------------------------------
@@ -392,6 +408,7 @@ def engine_build(bundle, presets: list[str] | None = None, force: bool = False, 
         log(f"[engine] nothing to build: every TensorRT engine in {bundle} is built (use --force to rebuild)")
         return {"built": 0, "failed": [], "built_on": here}
     verify_files(bundle, manifest)
+    refuse_links_out(bundle)
     checks = Checks(*read_validation(bundle), target["accuracy"])
     log(f"[engine] building {len(todo)} TensorRT engine(s) on {here['gpu']} (compute capability "
         f"{here['compute_capability']}, TensorRT {here['tensorrt']}"
