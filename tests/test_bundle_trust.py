@@ -153,6 +153,7 @@ def test_preprocessing_that_does_not_make_the_engines_input_is_an_error_at_load(
     ({"resize": 32, "crop": 0}, "preprocess.crop 0"),
     ({"resize": 32, "crop": 32, "std": [0, 0, 0]}, r"preprocess.std \[0, 0, 0\]: expected positive values"),
     ({"resize": 32, "crop": 32, "mean": ["x", 0, 0]}, "expected finite numbers"),
+    ({"resize": 32, "crop": 32, "mean": 5}, "expected lists of numbers, one per channel"),
 ])
 def test_preprocessing_values_are_checked_before_they_are_used(tmp_path, preprocess, message):
     root = _ort_bundle(tmp_path, lambda d: d.update(preprocess=preprocess))
@@ -181,6 +182,7 @@ def test_onnx_runtime_options_a_bundle_may_set_are_the_ones_edgevit_writes(tmp_p
     (lambda o: o.update(format_version="2"), "field format_version is str"),
     (lambda o: o.update(state_dict=[1, 2]), "field state_dict is list"),
     (lambda o: o["model"].pop("config"), "field model.config is NoneType"),
+    (lambda o: o.update(format_version=99, model="a later layout"), "has format version 99; this edgevit"),
 ])
 def test_a_malformed_edgevit_checkpoint_is_an_error_naming_the_field(tmp_path, change, message):
     import torch
@@ -214,3 +216,19 @@ def test_a_shared_engines_preset_inputs_are_among_the_files_a_load_checks():
                                  ("openvino", "engines/s.xml", ["engines/s.bin"])):
         spec = EngineSpec(backend, "int8", file, extra, settings={"shared": shared})
         assert get_backend(backend).files_read(spec) == [file, *extra, "engines/shared-inputs.npz"]
+
+
+def test_files_a_library_opens_by_itself_must_be_listed_on_every_backend():
+    from edgevit.backends.base import EngineSpec, get_backend
+
+    ov = get_backend("openvino")
+    for name in ("engines/a.XML", "engines/a"):     # OpenVINO would read either, and engines/a.bin beside it
+        with pytest.raises(EdgevitError, match="expected an OpenVINO IR file ending in .xml"):
+            ov.files_read(EngineSpec("openvino", "fp32", name, ["engines/a.bin"]))
+    trt = get_backend("tensorrt")
+    settings = {"onnx": "kit/tensorrt/r32.onnx", "strip_weights": True, "weights": "kit/tensorrt/weights.bin"}
+    with pytest.raises(EdgevitError, match=r"\['kit/tensorrt/r32.onnx', 'kit/tensorrt/weights.bin'\] are read at load"):
+        trt.files_read(EngineSpec("tensorrt", "fp16", "engines/r32.plan", [], settings=settings))
+    listed = EngineSpec("tensorrt", "fp16", "engines/r32.plan", [settings["onnx"], settings["weights"]],
+                        settings=settings)
+    assert trt.files_read(listed) == listed.files

@@ -137,3 +137,14 @@ def test_a_cached_export_is_checked_too(tmp_path):
     path.write_bytes(b"another graph")
     with pytest.raises(EdgevitError, match="model.onnx is changed since it was cached"):
         export_cached("export", ("r32",), cache, export)
+
+
+def test_a_build_that_finishes_second_keeps_the_entry_the_first_made(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    with cache.put("engine", "k") as first:
+        (first / "f").write_text("first")
+        with cache.put("engine", "k") as second:         # another build, finishing first
+            (second / "f").write_text("second")
+            (second / ENTRY).write_text("{}")
+    assert (cache.path("engine", "k") / "f").read_text() == "second"
+    assert sorted(p.name for p in (tmp_path / "cache" / "engine").iterdir()) == ["k"]   # no scratch left

@@ -21,14 +21,14 @@ import numpy as np
 from edgevit.backends.base import EngineSpec
 from edgevit.bundle import sha256_file
 from edgevit.bundle_paths import inside
-from edgevit.build.cache import Cache, content_key
+from edgevit.build.cache import ENTRY, Cache, content_key
 from edgevit.host import tool_versions
 from edgevit.build.profiles import Profile
 from edgevit.errors import EdgevitError
 from edgevit.version import __version__
 
-ENTRY = "entry.json"      # what an entry holds: {"sha256": {file: digest}, ...the stage's own record}
 WHAT = "build cache entry"
+MAX_ENTRY_BYTES = 1 << 20   # a record is a few KB
 
 
 def write_entry(folder: Path, files: list[str], **record) -> None:
@@ -44,7 +44,11 @@ def read_entry(folder: Path) -> dict | None:
         return None
     again = f"; remove {folder} (or the build's --cache-dir) and build again"
     try:
-        d = json.loads(path.read_bytes()[: 1 << 20].decode())
+        with open(path, "rb") as f:
+            raw = f.read(MAX_ENTRY_BYTES + 1)
+        if len(raw) > MAX_ENTRY_BYTES:
+            raise ValueError(f"larger than {MAX_ENTRY_BYTES >> 10} KB")
+        d = json.loads(raw.decode())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise EdgevitError(f"{WHAT} {path}: unreadable ({type(e).__name__}: {str(e)[:120]}){again}") from None
     if not isinstance(d, dict) or not isinstance(d.get("sha256"), dict):

@@ -7,6 +7,7 @@ Entries are written to a temporary directory and renamed, so a killed build neve
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from edgevit import cleanup
 from edgevit.bundle import make_readable
+
+ENTRY = "entry.json"      # an entry's record: {"sha256": {file: digest}, ...the stage's own fields}
 
 
 def content_key(*parts) -> str:
@@ -58,8 +61,14 @@ class Cache:
             (tmp / ".complete").touch()
             make_readable(tmp)
             if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+                if (final / ".complete").exists() and (final / ENTRY).exists():
+                    return      # another build made it meanwhile: the first stays (its readers may be reading it)
+                shutil.rmtree(final)        # half-made, or from an edgevit that kept no digests
+            try:
+                os.replace(tmp, final)
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise                   # else another build renamed its entry into place just now
         finally:
             cleanup.unregister(tmp)
             if tmp.exists():

@@ -111,8 +111,6 @@ def _check_own(obj: dict, path) -> None:
         return EdgevitError(f"checkpoint {path}: field {field} is {type(_get(obj, field)).__name__}: expected "
                             f"{expected} (an edgevit checkpoint, as edgevit train writes it)")
 
-    if type(obj.get("format_version", 0)) is not int:
-        raise bad("format_version", "an integer")
     if not isinstance(obj.get("model"), dict):
         raise bad("model", "an object with name and config")
     if not isinstance(obj["model"].get("name"), str):
@@ -164,10 +162,14 @@ def load_checkpoint(path, model_name: str | None = None, trust: bool = False) ->
     """
     obj = read_checkpoint_file(path, trust)
     if obj.get("format") == FORMAT:
-        _check_own(obj, path)
-        if obj.get("format_version", 0) > FORMAT_VERSION:
+        version = obj.get("format_version", 0)
+        if type(version) is not int:
+            raise EdgevitError(f"checkpoint {path}: field format_version is {type(version).__name__}: expected an "
+                               f"integer (an edgevit checkpoint, as edgevit train writes it)")
+        if version > FORMAT_VERSION:        # first: a newer layout would fail the field checks below
             raise EdgevitError(f"checkpoint {path} has format version {obj['format_version']}; this edgevit "
                                f"({__version__}) reads up to {FORMAT_VERSION}")
+        _check_own(obj, path)
         name = obj["model"]["name"]
         if model_name and resolve(model_name) != name:
             raise EdgevitError(f"checkpoint {path} holds {name}, not {model_name}")

@@ -46,9 +46,9 @@ class Preprocess:
             raise EdgevitError(f"preprocess.interpolation {self.interpolation!r}: expected one of {sorted(_RESAMPLE)}")
         if self.channels not in (1, 3):
             raise EdgevitError(f"preprocess.channels {self.channels}: expected 1 or 3")
+        _finite(self)
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise EdgevitError(f"preprocess.mean/std need {self.channels} values, got {self.mean} / {self.std}")
-        _finite(self)
         if self.crop > self.resize:
             raise EdgevitError(f"preprocess.crop {self.crop} is larger than preprocess.resize {self.resize}")
 
@@ -164,6 +164,9 @@ def _sides(pre, *names) -> None:
 
 
 def _finite(pre) -> None:
+    if not isinstance(pre.mean, (tuple, list)) or not isinstance(pre.std, (tuple, list)):
+        raise EdgevitError(f"preprocess.mean/std {pre.mean!r} / {pre.std!r}: expected lists of numbers, one per "
+                           f"channel")
     values = (*pre.mean, *pre.std)
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
         raise EdgevitError(f"preprocess.mean/std {list(pre.mean)} / {list(pre.std)}: expected finite numbers")

@@ -124,8 +124,11 @@ class OpenVINOBackend(Backend):
     def files_read(self, spec: EngineSpec) -> list[str]:
         # OpenVINO opens the weights beside the IR itself (``x.xml`` -> ``x.bin``): one the record does not list
         # would be read unchecked, so such a record is refused.
+        # OpenVINO reads an IR under any name (``a.XML``, ``a``) and its ``a.bin`` beside it: only ``.xml``.
+        if not spec.file.endswith(".xml"):
+            raise EdgevitError(f"openvino engine {spec.file}: expected an OpenVINO IR file ending in .xml")
         weights = str(Path(spec.file).with_suffix(".bin").as_posix())
-        if spec.file.endswith(".xml") and weights not in spec.files:
+        if weights not in spec.files:
             raise EdgevitError(f"openvino engine {spec.file}: its weights {weights} are not among the engine's files "
                                f"(extra_files {spec.extra_files}); OpenVINO would read them unchecked. Rebuild the "
                                f"bundle")

@@ -145,6 +145,17 @@ class TensorRTBackend(Backend):
         # Shared weights: one engine per process, each preset a context on its own optimisation profile.
         return shared_runner(bundle_dir, spec, make) if spec.settings.get("shared") else make()
 
+    def files_read(self, spec: EngineSpec) -> list[str]:
+        # A weight-stripped plan is refitted from the kit's ONNX at load, and that ONNX reads the kit's shared
+        # weights file by itself: both must be among the engine's files, or they would be read unchecked.
+        s = spec.settings
+        needed = [s["onnx"]] if s.get("strip_weights") and isinstance(s.get("onnx"), str) else []
+        needed += [s["weights"]] if isinstance(s.get("weights"), str) else []
+        if missing := [f for f in needed if f not in spec.files]:
+            raise EdgevitError(f"tensorrt engine {spec.file}: {missing} are read at load but are not among the "
+                               f"engine's files (extra_files {spec.extra_files}); rebuild the bundle")
+        return super().files_read(spec)
+
     def validation_runner(self, bundle_dir, spec: EngineSpec) -> Runner:
         if spec.status != PENDING:
             return self.load(bundle_dir, spec)
