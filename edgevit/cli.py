@@ -6,6 +6,7 @@ them, so ``edgevit --help`` is instant and works on a device without torch.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -262,6 +263,18 @@ def build_cmd(target, model, checkpoint, data, out, presets, resolutions, batch,
                        precision=[x.strip() for x in precision.split(",") if x.strip()] if precision else None))
 
 
+def _trust_engine_code(f):
+    def trust(ctx, param, value):
+        if value:       # read where an engine is loaded (backends.tensorrt.runner.refuse_host_code)
+            os.environ["EDGEVIT_TRUST_ENGINE_CODE"] = "1"
+
+    return click.option(
+        "--trust-engine-code", is_flag=True, expose_value=False, callback=trust,
+        help="Let engines run code they carry (TensorRT version-compatible plans embed TensorRT's lean runtime; "
+             "same as EDGEVIT_TRUST_ENGINE_CODE=1): only for bundles you trust. Without it such an engine is "
+             "refused.")(f)
+
+
 @cli.command("map")
 @click.argument("bundle", type=click.Path())
 @click.argument("scene", type=click.Path())
@@ -271,6 +284,7 @@ def build_cmd(target, model, checkpoint, data, out, presets, resolutions, batch,
               help="Output tile side in pixels: memory is about tile^2 x bands x 256 bytes.")
 @click.option("--backend", default=None, help="Engines to use (default: the bundle's primary backend).")
 @click.option("--preset", default=None, help="Preset (default: the runtime's choice).")
+@_trust_engine_code
 def map_cmd(bundle, scene, out, preview, tile, backend, preset):
     """Classify every pixel of SCENE (GeoTIFF, .npy or .mat, H x W x bands) with a WetMapFormer BUNDLE.
 
@@ -384,6 +398,7 @@ def _names(value, option: str = "--presets"):
 @click.option("--md", "md_out", default=None, metavar="FILE", help="[default: bench/<bundle>.md]")
 @click.option("--plot", "plot_out", default=None, metavar="FILE.png", help="[default: bench/<bundle>.png]")
 @click.option("--no-plot", is_flag=True, help="Write no plot (also skipped, with a note, without matplotlib).")
+@_trust_engine_code
 def bench_cmd(bundle, presets, backends, batches, threads, warmup, duration, iterations, repeats, interval_ms, accuracy,
               no_baseline, power_modes, json_out, md_out, plot_out, no_plot):
     """Latency, throughput, memory, accuracy and energy of every preset and backend, beside torch eager.
@@ -477,6 +492,7 @@ def _can_plot(no_plot: bool) -> bool:
 @click.option("--plot", "plot_out", default=None, metavar="FILE.png", help="[default: bench/<bundle>-simulate.png]")
 @click.option("--json", "json_out", default=None, metavar="FILE", help="Write the whole result as JSON.")
 @click.option("--no-plot", is_flag=True, help="Write no plot (also skipped, with a note, without matplotlib).")
+@_trust_engine_code
 def simulate_cmd(bundle, trace, policy, dry, step, fps, power_w, min_dwell, backend, plot_out, json_out, no_plot):
     """Replay a battery/load/temperature trace against a bundle and a switching policy.
 

@@ -106,6 +106,7 @@ def test_a_manifest_that_is_not_one_is_a_clear_error(tmp_path, content, message)
 @pytest.mark.parametrize("change, message", [
     (lambda e: e.update(surprise=1), "surprise"),
     (lambda e: e["settings"].update(cache_dir="/anywhere"), "cache_dir"),
+    (lambda e: e["settings"].update(host_code_allowed=True), "host_code_allowed"),
 ])
 def test_an_engine_record_may_not_carry_unknown_fields_or_runtime_settings(tmp_path, change, message):
     root = _ort_bundle(tmp_path, lambda d: change(_engine(d)))

@@ -429,6 +429,49 @@ def test_engine_build_on_the_device_validates_and_records(orin_bundle, fake_devi
     assert m["presets"][0]["engines"]["tensorrt"]["engine"]["settings"]["built_on"]["tensorrt"] == "10.7.0"
 
 
+def test_a_plan_that_runs_its_own_code_loads_only_when_the_user_trusts_it(orin_bundle, fake_device, tmp_path,
+                                                                          monkeypatch):
+    from click.testing import CliRunner
+
+    from edgevit.backends.tensorrt.device_build import DeviceBuild, engine_build
+    from edgevit.cli import cli
+
+    monkeypatch.delenv("EDGEVIT_TRUST_ENGINE_CODE", raising=False)
+    bundle = _copy(orin_bundle[0], tmp_path / "bundle")
+    engine_build(bundle, how=DeviceBuild(log=lambda m: None))
+    d = json.loads((bundle / "manifest.json").read_text())
+    for p in d["presets"]:        # as a desktop-gpu build with tensorrt.version_compatible writes it
+        p["engines"]["tensorrt"]["engine"]["settings"]["version_compatible"] = True
+    (bundle / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(EdgevitError, match=r"version-compatible TensorRT engine: it runs code it carries.*"
+                                           r"EDGEVIT_TRUST_ENGINE_CODE=1"):
+        edgevit.load(bundle, backend="tensorrt")
+    r = CliRunner().invoke(cli, ["bench", str(bundle), "--backends", "tensorrt", "--no-baseline", "--iterations", "1",
+                                 "--repeats", "1", "--no-plot", "--json", str(tmp_path / "b.json"),
+                                 "--md", str(tmp_path / "b.md")])
+    assert r.exit_code != 0 and "EDGEVIT_TRUST_ENGINE_CODE=1" in r.output, r.output
+    monkeypatch.setenv("EDGEVIT_TRUST_ENGINE_CODE", "1")
+    with edgevit.load(bundle, backend="tensorrt") as rt:
+        assert rt.backend == "tensorrt" and len(rt.presets) == 2
+    d["presets"][0]["engines"]["tensorrt"]["engine"]["settings"]["host_code_allowed"] = True   # not a bundle's call
+    (bundle / "manifest.json").write_text(json.dumps(d))
+    monkeypatch.delenv("EDGEVIT_TRUST_ENGINE_CODE")
+    with pytest.raises(EdgevitError, match="host_code_allowed"):
+        edgevit.load(bundle, backend="tensorrt")
+
+
+def test_the_trust_flag_is_the_users_to_give():
+    import os
+
+    from click.testing import CliRunner
+
+    from edgevit.cli import cli
+
+    for cmd in ("bench", "map", "simulate"):
+        assert "--trust-engine-code" in CliRunner().invoke(cli, [cmd, "--help"]).output
+    assert os.environ.get("EDGEVIT_TRUST_ENGINE_CODE") is None      # --help alone sets nothing
+
+
 def test_engine_build_refuses_the_wrong_gpu(orin_bundle, fake_device, tmp_path):
     from edgevit.backends.tensorrt.device_build import engine_build
 

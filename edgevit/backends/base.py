@@ -33,8 +33,9 @@ class EngineSpec:
         return asdict(self)
 
     # Runtime-only settings: the loader sets them for this host; a bundle or a cache entry may not
-    # (``cache_dir`` from a manifest would have OpenVINO write, and later import, blobs wherever it says).
-    RUNTIME_SETTINGS = ("cache_dir",)
+    # (``cache_dir`` from a manifest would have OpenVINO write, and later import, blobs wherever it says;
+    # ``host_code_allowed``: the device build's own word that a plan it has just built may run its code).
+    RUNTIME_SETTINGS = ("cache_dir", "host_code_allowed")
 
     @classmethod
     def from_dict(cls, d, where: str) -> "EngineSpec":

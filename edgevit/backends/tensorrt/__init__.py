@@ -21,7 +21,7 @@ from edgevit.backends.shared import SharedRunner, preset_feeds, shared_runner
 from edgevit.manifest import PENDING
 from edgevit.backends.tensorrt.build import build_settings, shell_line, trtexec_command
 from edgevit.backends.tensorrt.kit import TIMING_CACHE, artifact_paths, refit_from, write_artifact
-from edgevit.backends.tensorrt.runner import TensorRTRunner
+from edgevit.backends.tensorrt.runner import TensorRTRunner, refuse_host_code
 from edgevit.errors import EdgevitError
 from edgevit.fields import F
 
@@ -130,6 +130,7 @@ class TensorRTBackend(Backend):
     def load(self, bundle_dir, spec: EngineSpec) -> Runner:
         from edgevit.backends.tensorrt.gpu import device_info, engine_mismatches
 
+        refuse_host_code(spec.settings, Path(bundle_dir) / spec.file)
         if spec.status == PENDING:
             raise EdgevitError(f"bundle {bundle_dir}: {spec.settings.get('engine', spec.file)} is {PENDING}; "
                                f"build it on the target device with: edgevit engine build {bundle_dir}")

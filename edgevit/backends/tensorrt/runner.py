@@ -3,6 +3,7 @@ allocated once."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -31,6 +32,20 @@ def _refit(trt, engine, onnx_path, logger) -> None:
                            f"on this device with: edgevit engine build BUNDLE --force")
 
 
+TRUST_ENV = "EDGEVIT_TRUST_ENGINE_CODE"
+
+
+def refuse_host_code(settings: dict, engine) -> None:
+    """A version-compatible plan carries TensorRT's lean runtime and runs it as host code; NVIDIA allows that
+    for trusted plans only, so it loads only where the user said so (``EDGEVIT_TRUST_ENGINE_CODE=1``, or
+    ``--trust-engine-code``) or the device build has just made it, never because a manifest says so."""
+    if settings.get("version_compatible") and not (settings.get("host_code_allowed")
+                                                   or os.environ.get(TRUST_ENV) == "1"):
+        raise EdgevitError(f"{engine} is a version-compatible TensorRT engine: it runs code it carries (TensorRT's "
+                           f"lean runtime). Load it only if you trust the bundle: set {TRUST_ENV}=1 (or pass "
+                           f"--trust-engine-code)")
+
+
 class TensorRTRunner(Runner):
     """One deserialized engine, device buffers allocated once. A static engine has one execution context. A
     shared-weight engine (one optimisation profile per preset, ``profiles``) gets a context per preset from
@@ -47,6 +62,7 @@ class TensorRTRunner(Runner):
         logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(logger)
         if settings.get("version_compatible"):
+            refuse_host_code(settings, engine_path)
             self.runtime.engine_host_code_allowed = True  # the lean runtime travels inside the engine
         self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
         if self.engine is None:
