@@ -22,11 +22,12 @@ from typing import Callable
 import numpy as np
 
 from edgevit.version import __version__
-from edgevit.backends.base import EngineSpec, get_backend
+from edgevit.backends.base import get_backend
+from edgevit.runtime.runtime import checked_spec
 from edgevit.runtime.sensors import find_sensor, jetson_power_mode, power_mode_ids, set_power_mode
 from edgevit.bench.peak import fp32_peak, int8_peak
 from edgevit.bench.stats import summarize
-from edgevit.bundle import MANIFEST, read_manifest, verify_files
+from edgevit.bundle import read_manifest, verify_files
 from edgevit.build.reference import REFERENCE, TorchRunner
 from edgevit.manifest import Manifest, PresetEntry
 from edgevit.measure import concurrent, resident_mb, timed
@@ -100,11 +101,8 @@ def load_engines(bundle: Path, manifest: Manifest, opts: BenchOptions, threads: 
             if entry is None or not entry.ok:
                 skipped[f"{p.name}/{b}"] = "missing" if entry is None else entry.reason or entry.status
                 continue
-            spec = EngineSpec.from_dict(entry.engine, f"{bundle / MANIFEST} presets[{p.name}].engines.{b}.engine")
+            spec = checked_spec(bundle, manifest, p.name, b, entry, get_backend(b), verified)
             spec.settings = {**spec.settings, "threads": threads}
-            read = get_backend(b).files_read(spec)
-            verify_files(bundle, manifest, [f for f in read if f not in verified])   # shared files once
-            verified.update(read)
             before = resident_mb()
             runner = get_backend(b).load(bundle, spec)
             engines.append(Engine(p, b, spec.precision, runner.infer, runner.input_shape[0],

@@ -377,7 +377,7 @@ def load(bundle, backend: str | None = None, presets: list[str] | None = None, v
         b = backend or default_backend(manifest, p, installed)
         entry = _usable_entry(bundle, p, b, installed, backend is None, manifest)
         impl = get_backend(b)
-        spec = _checked_spec(bundle, manifest, p.name, b, entry, impl, verified if verify else None)
+        spec = checked_spec(bundle, manifest, p.name, b, entry, impl, verified if verify else None)
         sha = _files_digest(manifest, spec)
         if cache and sha and impl.compile_cache:
             spec = impl.with_compile_cache(spec, compile_cache_dir(b, sha))
@@ -431,8 +431,8 @@ def _preset_names(presets) -> list[str] | None:
     return list(presets)
 
 
-def _checked_spec(bundle: Path, manifest: Manifest, preset: str, b: str, entry: EngineEntry, impl,
-                  verified: set | None) -> EngineSpec:
+def checked_spec(bundle: Path, manifest: Manifest, preset: str, b: str, entry: EngineEntry, impl,
+                 verified: set | None) -> EngineSpec:
     """The engine record of ``preset`` on ``b``, its fields checked and every file its library opens
     checked against the manifest's sha256 (skipped when ``verified`` is None: ``verify=False``); a file
     several presets share (a shared engine, a kit's weights) is hashed once."""
@@ -458,11 +458,14 @@ def _load_engine(impl, bundle: Path, spec: EngineSpec, shapes: tuple):
         raise EdgevitError(f"bundle {bundle}: {impl.name} cannot load engine {spec.file}: {first} (corrupted, or "
                            f"not a {impl.name} engine for this device; load verifies the files' sha256 unless "
                            f"verify=False)") from None
-    (image, classes), ins, outs = shapes, tuple(runner.input_shape[1:]), tuple(runner.output_shape[1:])
-    fixed = lambda dims: all(isinstance(d, int) and d >= 0 for d in dims)  # noqa: E731 - dynamic: the library checks
-    problem = (f"takes {ins} images where the manifest's preprocess makes {image}" if fixed(ins) and ins != image
-               else f"gives {outs[-1]} logits for the manifest's {classes} labels"
-               if outs and fixed(outs[-1:]) and outs[-1] != classes else None)
+    (image, classes), ins = shapes, tuple(runner.input_shape[1:])
+    logits = runner.output_shape[-1] if len(runner.output_shape) else None
+    # A dynamic dimension (-1, or a name) is the library's to check at run time.
+    problem = None
+    if all(isinstance(d, int) and d >= 0 for d in ins) and ins != image:
+        problem = f"takes {ins} images where the manifest's preprocess makes {image}"
+    elif isinstance(logits, int) and logits >= 0 and logits != classes:
+        problem = f"gives {logits} logits for the manifest's {classes} labels"
     if problem:
         runner.close()
         raise EdgevitError(f"bundle {bundle}: engine {spec.file} {problem}; the manifest does not describe this "

@@ -122,9 +122,9 @@ class OpenVINOBackend(Backend):
                           settings=settings, quantization=quant)
 
     def files_read(self, spec: EngineSpec) -> list[str]:
-        # OpenVINO opens the weights beside the IR itself (``x.xml`` -> ``x.bin``): one the record does not list
-        # would be read unchecked, so such a record is refused.
-        # OpenVINO reads an IR under any name (``a.XML``, ``a``) and its ``a.bin`` beside it: only ``.xml``.
+        # OpenVINO opens the weights beside the IR by itself (``x.xml`` -> ``x.bin``, and for an IR under any
+        # other name too): a record that does not name an ``.xml`` and list its ``.bin`` is refused, else the
+        # weights would be read unchecked.
         if not spec.file.endswith(".xml"):
             raise EdgevitError(f"openvino engine {spec.file}: expected an OpenVINO IR file ending in .xml")
         weights = str(Path(spec.file).with_suffix(".bin").as_posix())
